@@ -1,0 +1,22 @@
+# The two commands of the README: `make demo` and `make test`. Both run setup first.
+.PHONY: setup test demo lint cluster-up cluster-down bench
+
+setup:
+	bash hack/setup.sh
+
+test: setup
+	bash hack/test.sh
+
+demo: setup
+	.venv/bin/varmor dev up
+
+lint:
+	.venv/bin/ruff check varmor tests bench
+	.venv/bin/ruff format --check varmor tests bench
+	.venv/bin/mypy
+
+cluster-up:
+	.venv/bin/varmor dev cluster up
+
+cluster-down:
+	.venv/bin/varmor dev cluster down

@@ -1,0 +1,61 @@
+"""The pure core stays free of I/O imports, so it is testable without servers and
+cannot block the event loop."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2] / "varmor"
+# Modules that take plain data and return plain data. `cli.py` files are shells.
+PURE_GLOBS = (
+    "api.py",
+    "policy.py",
+    "rules/*.py",
+    "profile/*.py",
+    "webhook/planner.py",
+    "reconcile/status.py",
+    "reconcile/desired.py",
+    "nodeexec/audit.py",
+)
+FORBIDDEN = {
+    "aiohttp",
+    "asyncio",
+    "kubernetes",
+    "subprocess",
+    "socket",
+    "ssl",
+    "urllib",
+    "http",
+    "requests",
+    "varmor.kube",
+    "varmor.parser",
+    "prometheus_client",
+}
+
+
+def pure_modules() -> list[Path]:
+    found = {p for pattern in PURE_GLOBS for p in ROOT.glob(pattern) if p.name != "cli.py"}
+    return sorted(found)
+
+
+def imported_names(path: Path) -> set[str]:
+    names: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module)
+    return names
+
+
+def test_pure_core_exists() -> None:
+    assert (ROOT / "api.py") in pure_modules()
+
+
+@pytest.mark.parametrize("path", pure_modules(), ids=lambda p: str(p.relative_to(ROOT)))
+def test_pure_module_has_no_io_imports(path: Path) -> None:
+    bad = {n for n in imported_names(path) if n.split(".")[0] in FORBIDDEN or n in FORBIDDEN}
+    assert not bad, f"{path.relative_to(ROOT)} imports I/O modules {sorted(bad)}"

@@ -1,0 +1,1 @@
+"""Certificates: the PKI primitives, Secret storage, rotation and caBundle sync."""

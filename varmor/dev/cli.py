@@ -1,0 +1,44 @@
+"""`varmor dev ...`: the local control plane, and (later) the one-command demo."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+from varmor.dev.cluster import ControlPlane, ControlPlaneError, stop_detached
+from varmor.dev.paths import cache_dir
+
+
+def _cluster_dir() -> Any:
+    return cache_dir() / "dev-cluster"
+
+
+def cluster_up(_args: argparse.Namespace) -> int:
+    workdir = _cluster_dir()
+    if (workdir / "state.json").exists():
+        print(f"a dev cluster is already running; export KUBECONFIG={workdir / 'admin.kubeconfig'}")
+        return 0
+    try:
+        state = ControlPlane(workdir).start(detach=True)
+    except ControlPlaneError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"control plane up at {state.server} (logs in {workdir})", file=sys.stderr)
+    print(f"export KUBECONFIG={state.kubeconfig}")
+    return 0
+
+
+def cluster_down(_args: argparse.Namespace) -> int:
+    stopped = stop_detached(_cluster_dir())
+    print("dev cluster stopped" if stopped else "no dev cluster running")
+    return 0
+
+
+def register(sub: Any) -> None:
+    dev = sub.add_parser("dev", help="local development: control plane and demo")
+    dev_sub = dev.add_subparsers(dest="dev_command", metavar="COMMAND", required=True)
+    cluster = dev_sub.add_parser("cluster", help="the local kube-apiserver + etcd + controller-manager")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="COMMAND", required=True)
+    cluster_sub.add_parser("up", help="start it in the background and print KUBECONFIG").set_defaults(func=cluster_up)
+    cluster_sub.add_parser("down", help="stop it").set_defaults(func=cluster_down)
