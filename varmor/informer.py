@@ -1,0 +1,192 @@
+"""List+watch cache for custom resources, shared by every role.
+
+One implementation of the client-go informer contract that varmor needs: an initial list,
+a watch from its resourceVersion, a relist on 410 Gone, exponential backoff on errors,
+and a periodic resync that re-delivers every cached object so reconcilers converge even
+if an event was lost. Handlers get plain dicts (the API's JSON).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any, Literal
+
+import orjson
+from kubernetes.aio import client
+
+from varmor import api
+from varmor.kube import JSON, ApiException
+
+log = logging.getLogger(__name__)
+
+EventType = Literal["ADDED", "MODIFIED", "DELETED", "RESYNC"]
+Handler = Callable[[EventType, JSON], Awaitable[None]]
+Key = tuple[str, str]  # (namespace or "", name)
+
+
+def object_key(obj: JSON) -> Key:
+    meta = obj.get("metadata", {})
+    return meta.get("namespace", "") or "", meta["name"]
+
+
+class Informer:
+    """Watches one custom resource (all namespaces, or one) and keeps a cache."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        resource: api.Resource,
+        *,
+        namespace: str | None = None,
+        label_selector: str | None = None,
+        resync_seconds: float = 300.0,
+        watch_timeout_seconds: int = 240,
+    ) -> None:
+        self._custom = client.CustomObjectsApi(api_client)
+        self.resource = resource
+        self.namespace = namespace
+        self.label_selector = label_selector
+        self.resync_seconds = resync_seconds
+        self.watch_timeout_seconds = watch_timeout_seconds
+        self.cache: dict[Key, JSON] = {}
+        self._handlers: list[Handler] = []
+        self._synced = asyncio.Event()
+        self._resource_version = ""
+
+    def add_handler(self, handler: Handler) -> None:
+        self._handlers.append(handler)
+
+    @property
+    def synced(self) -> bool:
+        return self._synced.is_set()
+
+    async def wait_synced(self) -> None:
+        await self._synced.wait()
+
+    def get(self, namespace: str, name: str) -> JSON | None:
+        return self.cache.get((namespace, name))
+
+    def list(self) -> list[JSON]:
+        return [self.cache[k] for k in sorted(self.cache)]
+
+    # -- plumbing ---------------------------------------------------------------
+    def _kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {}
+        if self.label_selector:
+            kwargs["label_selector"] = self.label_selector
+        return kwargs
+
+    async def _list(self) -> JSON:
+        g, v, p = api.GROUP, api.VERSION, self.resource.plural
+        if self.namespace:
+            result = await self._custom.list_namespaced_custom_object(g, v, self.namespace, p, **self._kwargs())
+        else:
+            result = await self._custom.list_cluster_custom_object(g, v, p, **self._kwargs())
+        return dict(result)
+
+    async def _open_watch(self) -> Any:
+        g, v, p = api.GROUP, api.VERSION, self.resource.plural
+        kwargs = {
+            **self._kwargs(),
+            "watch": True,
+            "allow_watch_bookmarks": True,
+            "resource_version": self._resource_version,
+            "timeout_seconds": self.watch_timeout_seconds,
+        }
+        if self.namespace:
+            return await self._custom.list_namespaced_custom_object_without_preload_content(
+                g, v, self.namespace, p, **kwargs
+            )
+        return await self._custom.list_cluster_custom_object_without_preload_content(g, v, p, **kwargs)
+
+    async def _emit(self, event: EventType, obj: JSON) -> None:
+        for handler in self._handlers:
+            try:
+                await handler(event, obj)
+            except Exception:  # a handler bug must not kill the watch
+                log.exception("handler failed for %s %s", self.resource.kind, object_key(obj))
+
+    async def _relist(self) -> None:
+        listing = await self._list()
+        fresh = {object_key(o): o for o in listing.get("items", [])}
+        for key, obj in fresh.items():
+            obj.setdefault("apiVersion", api.API_VERSION)
+            obj.setdefault("kind", self.resource.kind)
+            old = self.cache.get(key)
+            self.cache[key] = obj
+            if old is None:
+                await self._emit("ADDED", obj)
+            elif old["metadata"].get("resourceVersion") != obj["metadata"].get("resourceVersion"):
+                await self._emit("MODIFIED", obj)
+        for key in sorted(set(self.cache) - set(fresh)):
+            await self._emit("DELETED", self.cache.pop(key))
+        self._resource_version = listing["metadata"]["resourceVersion"]
+        self._synced.set()
+
+    async def _watch_once(self) -> None:
+        """Watch until the server closes the stream. Raises ApiException(410) when stale."""
+        response = await self._open_watch()
+        try:
+            while True:
+                line = await response.content.readline()
+                if not line:
+                    return
+                event = orjson.loads(line)
+                kind, obj = event["type"], event["object"]
+                if kind == "ERROR":
+                    raise ApiException(status=obj.get("code", 500), reason=obj.get("message", ""))
+                self._resource_version = obj["metadata"]["resourceVersion"]
+                if kind == "BOOKMARK":
+                    continue
+                key = object_key(obj)
+                if kind == "DELETED":
+                    self.cache.pop(key, None)
+                else:
+                    self.cache[key] = obj
+                await self._emit(kind, obj)
+        finally:
+            response.release()
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.resync_seconds)
+            for obj in self.list():
+                await self._emit("RESYNC", obj)
+
+    async def run(self) -> None:
+        """Run forever (until cancelled)."""
+        backoff = 0.2
+        need_list = True
+        resync = asyncio.create_task(self._resync_loop())
+        try:
+            while True:
+                try:
+                    if need_list:
+                        await self._relist()
+                        need_list = False
+                    await self._watch_once()
+                    backoff = 0.2
+                except asyncio.CancelledError:
+                    raise
+                except ApiException as exc:
+                    if exc.status == 410:
+                        log.info("%s watch expired; relisting", self.resource.kind)
+                        need_list = True
+                        continue
+                    log.warning("%s watch failed: %s", self.resource.kind, exc.status)
+                    need_list = True
+                    await asyncio.sleep(backoff * (1 + random.random()))
+                    backoff = min(backoff * 2, 30.0)
+                except Exception as exc:  # connection errors, server restarts
+                    log.warning("%s watch error: %r", self.resource.kind, exc)
+                    need_list = True
+                    await asyncio.sleep(backoff * (1 + random.random()))
+                    backoff = min(backoff * 2, 30.0)
+        finally:
+            resync.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await resync
