@@ -1,0 +1,366 @@
+"""The pure mutation planner: precedence, patches valid as sent, idempotence, opt-outs."""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from varmor import api
+from varmor.webhook import planner
+from varmor.webhook.jsonpatch import PatchError, apply_patch
+from varmor.webhook.planner import PolicyIndex, plan, plan_patch, remove_patch, select_policy
+
+
+def policy(
+    name: str,
+    *,
+    namespace: str | None = "demo",
+    kind: str = "Deployment",
+    target_name: str | None = None,
+    selector: dict[str, Any] | None = None,
+    containers: list[str] | None = None,
+    profile: str | None = "auto",
+    created: str = "2025-01-01T00:00:00Z",
+) -> dict[str, Any]:
+    target: dict[str, Any] = {"kind": kind}
+    if target_name is not None:
+        target["name"] = target_name
+    else:
+        target["selector"] = selector if selector is not None else {"matchLabels": {"app": "web"}}
+    if containers:
+        target["containers"] = containers
+    meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}", "creationTimestamp": created}
+    if namespace is not None:
+        meta["namespace"] = namespace
+    doc: dict[str, Any] = {
+        "apiVersion": api.API_VERSION,
+        "kind": "VarmorPolicy" if namespace is not None else "VarmorClusterPolicy",
+        "metadata": meta,
+        "spec": {"target": target, "policy": {"enforcer": "AppArmor", "mode": "RuntimeDefault"}},
+    }
+    if profile == "auto":
+        profile = f"varmor-{namespace}-{name}" if namespace else f"varmor-cluster-varmor-{name}"
+    if profile:
+        doc["status"] = {"profileName": profile}
+    return doc
+
+
+def deployment(name: str = "web", labels: dict[str, str] | None = None, **template: Any) -> dict[str, Any]:
+    labels = {"app": "web"} if labels is None else labels
+    tmpl: dict[str, Any] = {
+        "metadata": {"labels": dict(labels)},
+        "spec": {"containers": [{"name": "app", "image": "x"}, {"name": "side", "image": "y"}]},
+    }
+    tmpl.update(template)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name, "namespace": "demo", "labels": dict(labels)},
+        "spec": {"selector": {"matchLabels": labels}, "template": tmpl},
+    }
+
+
+def pod(name: str = "p", labels: dict[str, str] | None = None) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name}
+    if labels is not None:
+        meta["labels"] = labels
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": meta,
+        "spec": {
+            "initContainers": [{"name": "init", "image": "i"}],
+            "containers": [{"name": "c", "image": "x"}],
+            "ephemeralContainers": [{"name": "dbg", "image": "d"}],
+        },
+    }
+
+
+VARMOR_OPT_OUT_SIDE = api.VARMOR_APPARMOR_ANNOTATION_PREFIX + "side"
+
+
+# -- selection ----------------------------------------------------------------------
+
+
+def test_cluster_policy_beats_namespaced_and_name_beats_selector() -> None:
+    ns_name = policy("by-name", target_name="web")
+    ns_sel = policy("by-sel")
+    cl_sel = policy("cl-sel", namespace=None)
+    cl_name = policy("cl-name", namespace=None, target_name="web")
+    sel = select_policy([ns_name, ns_sel, cl_sel, cl_name], "Deployment", deployment(), "demo")
+    assert sel.winner is not None
+    assert sel.winner.candidate.name == "cl-name"
+    assert [m.candidate.name for m in sel.losers] == ["cl-sel", "by-name", "by-sel"]
+
+
+def test_selection_is_independent_of_input_order() -> None:
+    pols = [
+        policy("b", created="2025-01-01T00:00:00Z"),
+        policy("a", created="2025-01-01T00:00:00Z"),
+        policy("old", created="2024-01-01T00:00:00Z"),
+        policy("n", target_name="web", created="2026-01-01T00:00:00Z"),
+    ]
+    winners = set()
+    for seed in range(20):
+        shuffled = pols[:]
+        random.Random(seed).shuffle(shuffled)
+        sel = select_policy(shuffled, "Deployment", deployment(), "demo")
+        assert sel.winner is not None
+        winners.add((sel.winner.candidate.name, tuple(m.candidate.name for m in sel.losers)))
+    assert winners == {("n", ("old", "a", "b"))}
+
+
+def test_oldest_policy_wins_a_tie() -> None:
+    new = policy("aaa", created="2025-06-01T00:00:00Z")
+    old = policy("zzz", created="2025-01-01T00:00:00Z")
+    sel = select_policy([new, old], "Deployment", deployment(), "demo")
+    assert sel.winner is not None
+    assert sel.winner.candidate.name == "zzz"
+
+
+def test_namespaced_policy_only_matches_its_namespace_and_kind() -> None:
+    p = policy("web")
+    assert select_policy([p], "Deployment", deployment(), "other").winner is None
+    assert select_policy([p], "StatefulSet", deployment(), "demo").winner is None
+    assert select_policy([p], "Deployment", deployment(labels={"app": "db"}), "demo").winner is None
+    cl = policy("cl", namespace=None)
+    assert select_policy([cl], "Deployment", deployment(), "anywhere").winner is not None
+
+
+def test_policy_without_profile_name_is_pending_not_winner() -> None:
+    pending = policy("new", namespace=None, profile=None)
+    ready = policy("ready")
+    sel = select_policy([pending, ready], "Deployment", deployment(), "demo")
+    assert sel.winner is not None
+    assert sel.winner.candidate.name == "ready"
+    assert [m.candidate.name for m in sel.pending] == ["new"]
+    only = select_policy([pending], "Deployment", deployment(), "demo")
+    assert only.winner is None
+    assert only.selected
+
+
+def test_selector_expressions_and_empty_selector() -> None:
+    expr = policy(
+        "e",
+        selector={
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["fe", "be"]},
+                {"key": "skip", "operator": "DoesNotExist"},
+            ],
+        },
+    )
+    assert select_policy([expr], "Deployment", deployment(labels={"app": "web", "tier": "fe"}), "demo").winner
+    assert not select_policy([expr], "Deployment", deployment(labels={"app": "web", "tier": "x"}), "demo").winner
+    assert not select_policy(
+        [expr], "Deployment", deployment(labels={"app": "web", "tier": "fe", "skip": ""}), "demo"
+    ).winner
+    everything = policy("all", selector={})
+    assert select_policy([everything], "Deployment", deployment(labels={}), "demo").winner
+
+
+def test_malformed_policies_never_match() -> None:
+    bad = [
+        policy("x", selector={"matchExpressions": [{"key": "a", "operator": "Bogus"}]}),
+        policy("y", kind="CronJob"),
+        {"metadata": {"name": "z"}, "spec": {"target": {"kind": "Deployment", "name": "web", "selector": {}}}},
+        {"metadata": "nope"},
+        {},
+    ]
+    assert select_policy(bad, "Deployment", deployment(), "demo").winner is None
+    assert len(PolicyIndex(bad)) == 0
+
+
+def test_index_agrees_with_select_policy() -> None:
+    pols = [policy("a"), policy("b", namespace=None, kind="Pod", selector={}), policy("c", target_name="web")]
+    index = PolicyIndex(pols)
+    for kind, obj in (("Deployment", deployment()), ("Pod", pod(labels={"app": "web"}))):
+        assert index.select(kind, obj, "demo") == select_policy(pols, kind, obj, "demo")
+
+
+# -- patches ------------------------------------------------------------------------
+
+
+def confined(obj: dict[str, Any], container: str, kind: str = "Deployment") -> str | None:
+    spec = obj["spec"] if kind == "Pod" else obj["spec"]["template"]["spec"]
+    for c in spec["containers"]:
+        if c["name"] == container:
+            prof = (c.get("securityContext") or {}).get("appArmorProfile") or {}
+            return prof.get("localhostProfile") if prof.get("type") == "Localhost" else None
+    raise KeyError(container)
+
+
+def test_field_patch_creates_missing_maps_and_is_idempotent() -> None:
+    dep = deployment()
+    del dep["spec"]["template"]["metadata"]
+    ops = plan_patch("Deployment", dep, "varmor-demo-web", use_field=True)
+    assert all(op["op"] == "add" for op in ops)
+    out = apply_patch(dep, ops)
+    assert confined(out, "app") == "varmor-demo-web"
+    assert confined(out, "side") == "varmor-demo-web"
+    ann = out["spec"]["template"]["metadata"]["annotations"]
+    assert ann == {
+        "container.apparmor.security.beta.varmor.org/app": "localhost/varmor-demo-web",
+        "container.apparmor.security.beta.varmor.org/side": "localhost/varmor-demo-web",
+    }
+    assert plan_patch("Deployment", out, "varmor-demo-web", use_field=True) == []
+
+
+def test_annotation_patch_before_1_30() -> None:
+    dep = deployment()
+    out = apply_patch(dep, plan_patch("Deployment", dep, "varmor-demo-web", use_field=False))
+    ann = out["spec"]["template"]["metadata"]["annotations"]
+    assert ann["container.apparmor.security.beta.kubernetes.io/app"] == "localhost/varmor-demo-web"
+    assert confined(out, "app") is None
+    assert plan_patch("Deployment", out, "varmor-demo-web", use_field=False) == []
+
+
+def test_pod_patch_skips_init_and_ephemeral_containers() -> None:
+    p = pod()
+    out = apply_patch(p, plan_patch("Pod", p, "varmor-demo-p"))
+    assert confined(out, "c", "Pod") == "varmor-demo-p"
+    assert "securityContext" not in out["spec"]["initContainers"][0]
+    assert "securityContext" not in out["spec"]["ephemeralContainers"][0]
+    assert set(out["metadata"]["annotations"]) == {"container.apparmor.security.beta.varmor.org/c"}
+
+
+def test_target_containers_and_opt_outs() -> None:
+    dep = deployment()
+    dep["spec"]["template"]["metadata"]["annotations"] = {VARMOR_OPT_OUT_SIDE: "unconfined"}
+    result = plan("Deployment", dep, "varmor-demo-web")
+    assert result.confined == ("app",)
+    assert result.opted_out == ("side",)
+    out = apply_patch(dep, list(result.ops))
+    assert confined(out, "side") is None
+    only = plan("Deployment", deployment(), "varmor-demo-web", containers=["side", "missing"])
+    assert only.confined == ("side",)
+    dep2 = deployment()
+    dep2["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {"appArmorProfile": {"type": "Unconfined"}}
+    assert plan("Deployment", dep2, "varmor-demo-web").opted_out == ("app",)
+    dep3 = deployment()
+    dep3["spec"]["template"]["spec"]["securityContext"] = {"appArmorProfile": {"type": "Unconfined"}}
+    assert plan("Deployment", dep3, "varmor-demo-web").confined == ()
+    dep4 = deployment()
+    dep4["spec"]["template"]["metadata"]["annotations"] = {api.K8S_APPARMOR_ANNOTATION_PREFIX + "app": "unconfined"}
+    assert plan("Deployment", dep4, "varmor-demo-web").opted_out == ("app",)
+
+
+def test_field_mode_aligns_conflicting_legacy_annotation() -> None:
+    dep = deployment()
+    key = "container.apparmor.security.beta.kubernetes.io/app"
+    dep["spec"]["template"]["metadata"]["annotations"] = {key: "runtime/default"}
+    dep["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {"runAsNonRoot": True}
+    out = apply_patch(dep, plan_patch("Deployment", dep, "varmor-demo-web"))
+    assert out["spec"]["template"]["metadata"]["annotations"][key] == "localhost/varmor-demo-web"
+    assert out["spec"]["template"]["spec"]["containers"][0]["securityContext"]["runAsNonRoot"] is True
+    assert confined(out, "app") == "varmor-demo-web"
+
+
+def test_profile_change_overwrites_and_remove_patch_rolls_back() -> None:
+    dep = deployment()
+    dep["spec"]["template"]["metadata"]["annotations"] = {VARMOR_OPT_OUT_SIDE: "unconfined"}
+    once = apply_patch(dep, plan_patch("Deployment", dep, "varmor-demo-old"))
+    twice = apply_patch(once, plan_patch("Deployment", once, "varmor-demo-new"))
+    assert confined(twice, "app") == "varmor-demo-new"
+    assert remove_patch("Deployment", twice, "varmor-demo-old") == []
+    back = apply_patch(twice, remove_patch("Deployment", twice, "varmor-demo-new"))
+    assert confined(back, "app") is None
+    assert back["spec"]["template"]["metadata"]["annotations"] == {
+        "container.apparmor.security.beta.varmor.org/side": "unconfined"
+    }
+    legacy = apply_patch(dep, plan_patch("Deployment", dep, "varmor-demo-x", use_field=False))
+    assert apply_patch(legacy, remove_patch("Deployment", legacy)) == dep
+
+
+def test_windows_and_templateless_objects_are_unsupported() -> None:
+    dep = deployment()
+    dep["spec"]["template"]["spec"]["os"] = {"name": "windows"}
+    assert plan("Deployment", dep, "varmor-demo-web").unsupported
+    assert plan("Deployment", {"spec": {}}, "varmor-demo-web").unsupported == "no pod template"
+
+
+@pytest.mark.parametrize(
+    "obj",
+    [
+        {"spec": "x"},
+        {"spec": {"template": []}},
+        {"spec": {"template": {"spec": {"containers": [{"noname": 1}]}}}},
+        {"spec": {"template": {"metadata": {"annotations": []}, "spec": {"containers": []}}}},
+        {"spec": {"template": {"spec": {"containers": [{"name": "a", "securityContext": 3}]}}}},
+    ],
+)
+def test_malformed_objects_raise_plan_error(obj: dict[str, Any]) -> None:
+    with pytest.raises(planner.PlanError):
+        plan("Deployment", obj, "varmor-x")
+
+
+def test_escape_pointer_tokens() -> None:
+    assert planner.escape("a/b~c") == "a~1b~0c"
+
+
+def test_strict_applier_rejects_add_under_missing_parent() -> None:
+    with pytest.raises(PatchError):
+        apply_patch({}, [{"op": "add", "path": "/metadata/annotations/x", "value": "1"}])
+    with pytest.raises(PatchError):
+        apply_patch({"a": {}}, [{"op": "replace", "path": "/a/missing", "value": 1}])
+
+
+# -- properties ---------------------------------------------------------------------
+
+names = st.text(alphabet="abc-/~.", min_size=1, max_size=6)
+ann_values = st.sampled_from(["unconfined", "localhost/varmor-x", "runtime/default", "other"])
+sc_values = st.one_of(
+    st.none(),
+    st.just({}),
+    st.just({"appArmorProfile": {"type": "Unconfined"}}),
+    st.just({"appArmorProfile": {"type": "RuntimeDefault"}}),
+    st.just({"appArmorProfile": {"type": "Localhost", "localhostProfile": "varmor-x"}}),
+)
+
+
+@st.composite
+def pod_templates(draw: st.DrawFn) -> dict[str, Any]:
+    cnames = draw(st.lists(names, min_size=0, max_size=4, unique=True))
+    containers = []
+    for n in cnames:
+        c: dict[str, Any] = {"name": n}
+        sc = draw(sc_values)
+        if sc is not None:
+            c["securityContext"] = copy.deepcopy(sc)
+        containers.append(c)
+    meta: dict[str, Any] | None = draw(st.sampled_from([None, {}, {"annotations": None}, {"annotations": {}}]))
+    if meta is not None and draw(st.booleans()) and cnames:
+        prefix = draw(st.sampled_from([api.K8S_APPARMOR_ANNOTATION_PREFIX, api.VARMOR_APPARMOR_ANNOTATION_PREFIX]))
+        meta = {"annotations": {prefix + draw(st.sampled_from(cnames)): draw(ann_values)}}
+    tmpl: dict[str, Any] = {"spec": {"containers": containers}}
+    if meta is not None:
+        tmpl["metadata"] = meta
+    return {"spec": {"template": tmpl}}
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    obj=pod_templates(),
+    use_field=st.booleans(),
+    pick=st.lists(names, max_size=2),
+    profile=st.sampled_from(["varmor-x", "varmor-y"]),
+)
+def test_patches_apply_strictly_and_are_idempotent(
+    obj: dict[str, Any], use_field: bool, pick: list[str], profile: str
+) -> None:
+    result = plan("Deployment", obj, profile, pick, use_field)
+    out = apply_patch(obj, list(result.ops))  # strict RFC 6902: valid on the object as sent
+    assert plan_patch("Deployment", out, profile, pick, use_field) == []
+    if use_field:
+        for name in result.confined:
+            assert confined(out, name) == profile
+    for op in result.ops:
+        assert op["op"] == "add"
+    # Rollback removes exactly what was added for the profile.
+    back = apply_patch(out, remove_patch("Deployment", out, profile))
+    assert plan("Deployment", back, profile, pick, use_field).confined == result.confined

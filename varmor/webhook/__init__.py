@@ -1,0 +1,1 @@
+"""Admission webhook: the pure mutation planner, the aiohttp shell, and registration."""
