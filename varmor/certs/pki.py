@@ -48,7 +48,17 @@ def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def new_ca(common_name: str, lifetime: dt.timedelta, now: dt.datetime | None = None) -> KeyPair:
+BACKDATE = dt.timedelta(minutes=5)
+
+
+def new_ca(
+    common_name: str,
+    lifetime: dt.timedelta,
+    now: dt.datetime | None = None,
+    *,
+    backdate: dt.timedelta = BACKDATE,
+) -> KeyPair:
+    """A self-signed CA valid from `now - backdate` (clock skew) to `now + lifetime`."""
     now = now or _now()
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
@@ -58,7 +68,7 @@ def new_ca(common_name: str, lifetime: dt.timedelta, now: dt.datetime | None = N
         .issuer_name(name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(now - backdate)
         .not_valid_after(now + lifetime)
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
@@ -92,6 +102,7 @@ def issue(
     server: bool = True,
     client: bool = False,
     now: dt.datetime | None = None,
+    backdate: dt.timedelta = BACKDATE,
 ) -> KeyPair:
     """Issue a leaf certificate signed by `ca`."""
     now = now or _now()
@@ -110,7 +121,7 @@ def issue(
         .issuer_name(ca_cert.subject)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_before(now - backdate)
         .not_valid_after(min(now + lifetime, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
