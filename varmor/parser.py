@@ -118,7 +118,14 @@ def compile_check(
                     results[paths[p]] = CompileResult(rc1 == 0, _rename(out1, p, paths[p]))
                 break
             for p in blamed:
-                results[paths[p]] = CompileResult(False, _rename(_blame(output, p), p, paths[p]))
+                message = _blame(output, p)
+                if len(blamed) > 1:
+                    # Parallel compiles can interleave lines: re-check alone to be exact.
+                    rc1, message = _run([p], dirs, timeout)
+                    if rc1 == 0:
+                        results[paths[p]] = CompileResult(True, "")
+                        continue
+                results[paths[p]] = CompileResult(False, _rename(message, p, paths[p]))
             pending = [p for p in pending if p not in blamed]
     return {name: results[name] for name in texts}
 

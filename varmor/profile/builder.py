@@ -115,11 +115,25 @@ class _Child:
     raw: tuple[str, ...]
 
 
+UNIX_DENY_LINES = ("network", "network unix")
+
+
+def denies_unix(rules: Iterable[Rule], disp: Disposition) -> bool:
+    """Whether these rules deny UNIX sockets, which needs the by-omission form
+    (templates.network_allows)."""
+    return not disp.allowed and any(line in UNIX_DENY_LINES for rule in rules for line in rule.apparmor)
+
+
 def _rule_lines(rule: Rule, disp: Disposition) -> list[str]:
     if not rule.enforceable:
         return [f"# {rule.id}: not enforced by AppArmor (see warnings)"]
     lines = [f"# {rule.id}"]
     for line in rule.apparmor:
+        if not disp.allowed and line in UNIX_DENY_LINES:
+            lines.append("# network unix: denied by not allowing it (see base)")
+            if line == "network":
+                lines += [f"{disp.qualifier} network {f}," for f in templates.NETWORK_FAMILIES]
+            continue
         suffix = f" {disp.exec_perms}" if rule.exec else ""
         lines.append(f"{disp.qualifier} {line}{suffix},")
     return lines
@@ -198,13 +212,25 @@ def _flags(disp: Disposition) -> str:
     return f"flags=({','.join(flags)})"
 
 
-def _base(policy: Policy, disp: Disposition, peers: Sequence[str]) -> list[str]:
+def _base(policy: Policy, disp: Disposition, peers: Sequence[str], deny_unix: bool) -> list[str]:
+    """The include of abstractions/base and the mode's body. When UNIX sockets are denied,
+    abstractions/base is replaced by its non-unix rules (its `unix (create)` would allow
+    them again) and `network,` by the other families."""
+    if deny_unix:
+        head = [
+            "# abstractions/base without its unix rules: UNIX sockets are denied by omission",
+            *templates.BASE_WITHOUT_UNIX,
+        ]
+    else:
+        head = ["#include <abstractions/base>"]
     ep = policy.enhance_protect
     if policy.mode == "AlwaysAllow" or (ep is not None and ep.privileged):
-        return ["# Base: AlwaysAllow", *templates.always_allow_body()]
+        return [*head, "", "# Base: AlwaysAllow", *templates.always_allow_body(deny_unix)]
     return [
+        *head,
+        "",
         "# Base: RuntimeDefault (containerd)",
-        *templates.runtime_default_body(disp.qualifier, disp.allowed, peers),
+        *templates.runtime_default_body(disp.qualifier, disp.allowed, peers, deny_unix),
     ]
 
 
@@ -218,18 +244,17 @@ def render(policy: Policy, profile_name: str, catalog: Catalog) -> tuple[str, Pr
     plan = _Plan(ep, catalog) if ep else None
     children = plan.children() if plan else []
     peers = [profile_name] + ([f"{profile_name}//*"] if children else [])
-    base = _base(policy, disp, peers)
 
     global_rules: list[Rule] = plan.sorted_rules(plan.global_rules.rules) if plan else []
     global_raw = tuple(plan.global_rules.raw) if plan else ()
-    body = ["#include <abstractions/base>", "", *base]
+    body = _base(policy, disp, peers, denies_unix(global_rules, disp))
     body += _sections(global_rules, global_raw, disp, "Custom rules")
     if children:
         body += ["", "# Targets: executables with their own rules (child profiles)"]
         for child in children:
             body += [f"{t} cx -> {child.name}," for t in child.targets]
     for child in children:
-        inner = ["#include <abstractions/base>", "", *base]
+        inner = _base(policy, disp, peers, denies_unix([*global_rules, *child.rules], disp))
         inner += _sections(global_rules, global_raw, disp, "Custom rules")
         inner += ["", f"# Rules for {', '.join(child.targets)}"]
         inner += _sections(child.rules, child.raw, disp, "Custom rules for these targets")

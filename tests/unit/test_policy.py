@@ -1,0 +1,212 @@
+"""Policy parsing: vArmor-compatible documents parse; each class of bad input is refused
+with a message naming the field."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+
+from varmor.policy import LabelSelector, PolicyError, parse_policy
+
+
+def policy_doc(**enhance: Any) -> dict[str, Any]:
+    """A valid EnhanceProtect VarmorPolicy; keyword arguments fill enhanceProtect."""
+    return {
+        "apiVersion": "crd.varmor.org/v1beta1",
+        "kind": "VarmorPolicy",
+        "metadata": {"name": "demo", "namespace": "team-a"},
+        "spec": {
+            "target": {"kind": "Deployment", "selector": {"matchLabels": {"app": "demo"}}},
+            "policy": {"enforcer": "AppArmor", "mode": "EnhanceProtect", "enhanceProtect": enhance},
+        },
+    }
+
+
+def with_path(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
+    """Copy of `doc` with dotted `path` set (value None deletes)."""
+    doc = copy.deepcopy(doc)
+    *parents, last = path.split(".")
+    node = doc
+    for key in parents:
+        node = node.setdefault(key, {})
+    if value is None:
+        node.pop(last, None)
+    else:
+        node[last] = value
+    return doc
+
+
+def test_full_policy_parses() -> None:
+    doc = policy_doc(
+        hardeningRules=["Disallow_Write_Core_Pattern", "disallow-load-ebpf", "disable-cap-all"],
+        attackProtectionRules=[
+            {"rules": ["mitigate-sa-leak"]},
+            {"rules": ["disable-shell", "DISABLE_WGET"], "targets": ["/usr/bin/python3"]},
+        ],
+        vulMitigationRules=["runc-override-mitigation"],
+        appArmorRawRules=[{"rules": "audit deny /etc/hosts r,\ndeny network inet6,"}],
+        privileged=True,
+        auditViolations=True,
+    )
+    doc["spec"]["updateExistingWorkloads"] = True
+    policy = parse_policy(doc)
+    ep = policy.enhance_protect
+    assert ep is not None
+    assert ep.hardening_rules == (
+        "disallow-write-core-pattern",
+        "disallow-load-bpf-prog",
+        "disable-cap-all",
+    )
+    assert ep.attack_protection_rules[1].rules == ("disable-shell", "disable-wget")
+    assert ep.attack_protection_rules[1].targets == ("/usr/bin/python3",)
+    assert ep.raw_rules[0].rules == ("audit deny /etc/hosts r", "deny network inet6")
+    assert ep.privileged
+    assert ep.audit_violations
+    assert not ep.allow_violations
+    assert policy.update_existing_workloads
+    assert policy.profile_name() == "varmor-team-a-demo"
+    assert policy.warnings == ()
+
+
+def test_cluster_policy_profile_name_uses_install_namespace() -> None:
+    doc = with_path(policy_doc(), "kind", "VarmorClusterPolicy")
+    doc["metadata"].pop("namespace")
+    policy = parse_policy(doc)
+    assert policy.namespace is None
+    assert policy.cluster_scoped
+    assert policy.profile_name("kube-varmor") == "varmor-cluster-kube-varmor-demo"
+
+
+def test_modes_without_enhance_protect() -> None:
+    for mode in ("AlwaysAllow", "RuntimeDefault"):
+        doc = with_path(policy_doc(), "spec.policy.mode", mode)
+        doc["spec"]["policy"].pop("enhanceProtect")
+        assert parse_policy(doc).mode == mode
+
+
+def test_name_target_and_containers() -> None:
+    doc = with_path(policy_doc(), "spec.target", {"kind": "Pod", "name": "web", "containers": ["a"]})
+    target = parse_policy(doc).target
+    assert (target.kind, target.name, target.selector, target.containers) == ("Pod", "web", None, ("a",))
+
+
+def test_selector_semantics() -> None:
+    sel = LabelSelector(
+        (("app", "web"),),
+        (("tier", "In", ("a", "b")), ("canary", "DoesNotExist", ())),
+    )
+    assert sel.matches({"app": "web", "tier": "a"})
+    assert not sel.matches({"app": "web", "tier": "c"})
+    assert not sel.matches({"app": "web", "tier": "a", "canary": "1"})
+
+
+def test_unenforceable_rule_is_accepted_with_warning() -> None:
+    doc = policy_doc(
+        hardeningRules=["disallow-create-user-ns"],
+        attackProtectionRules=[{"rules": ["disallow-metadata-service"]}],
+    )
+    warnings = parse_policy(doc).warnings
+    assert any("disallow-create-user-ns" in w and "not enforced" in w for w in warnings)
+    assert any("block-access-to-metadata-service" in w for w in warnings)
+
+
+def test_allow_without_audit_warns() -> None:
+    doc = policy_doc(hardeningRules=["disallow-umount"], allowViolations=True)
+    assert any("complain mode" in w for w in parse_policy(doc).warnings)
+
+
+BAD: list[tuple[str, Any, str]] = [
+    # (dotted path to set, value, expected message start)
+    (
+        "spec.policy.enhanceProtect.hardeningRules",
+        ["no-such-rule"],
+        "spec.policy.enhanceProtect.hardeningRules[0]: unknown rule ID 'no-such-rule'",
+    ),
+    (
+        "spec.policy.enhanceProtect.hardeningRules",
+        ["mitigate-sa-leak"],
+        "spec.policy.enhanceProtect.hardeningRules[0]: 'mitigate-sa-leak' is a attack-protection rule",
+    ),
+    (
+        "spec.policy.enhanceProtect.attackProtectionRules",
+        [{"rules": ["disallow-mount"]}],
+        "spec.policy.enhanceProtect.attackProtectionRules[0].rules[0]: 'disallow-mount' is a hardening",
+    ),
+    (
+        "spec.policy.enhanceProtect.attackProtectionRules",
+        [{"rules": []}],
+        "spec.policy.enhanceProtect.attackProtectionRules[0].rules: is required",
+    ),
+    ("spec.policy.enforcer", "BPF", "spec.policy.enforcer: 'BPF' uses BPF"),
+    ("spec.policy.enforcer", "AppArmorSeccomp", "spec.policy.enforcer: 'AppArmorSeccomp' uses Seccomp"),
+    ("spec.policy.enforcer", "NotAppArmorReally", "spec.policy.enforcer: 'NotAppArmorReally' is not"),
+    ("spec.policy.enforcer", None, "spec.policy.enforcer: must be a non-empty string"),
+    ("spec.policy.mode", "BehaviorModeling", "spec.policy.mode: BehaviorModeling is not supported"),
+    ("spec.policy.mode", "Sometimes", "spec.policy.mode: must be one of"),
+    ("spec.policy.enhanceProtect", None, "spec.policy.enhanceProtect: is required in EnhanceProtect"),
+    ("spec.target.name", "web", "spec.target: name and selector are mutually exclusive"),
+    ("spec.target.selector", None, "spec.target: one of name or selector is required"),
+    ("spec.target.selector", {}, "spec.target.selector: must not be empty"),
+    ("spec.target.kind", "Job", "spec.target.kind: must be one of Deployment, StatefulSet"),
+    ("spec.target.containers", ["Bad_Name"], "spec.target.containers[0]: 'Bad_Name' is not"),
+    (
+        "spec.policy.enhanceProtect.attackProtectionRules",
+        [{"rules": ["disable-shell"], "targets": ["usr/bin/bash"]}],
+        "spec.policy.enhanceProtect.attackProtectionRules[0].targets[0]: 'usr/bin/bash' must be an absolute",
+    ),
+    (
+        "spec.policy.enhanceProtect.appArmorRawRules",
+        [{"rules": "deny /x r,", "targets": ["bin/sh"]}],
+        "spec.policy.enhanceProtect.appArmorRawRules[0].targets[0]: 'bin/sh' must be an absolute",
+    ),
+    (
+        "spec.policy.enhanceProtect.attackProtectionRules",
+        [{"rules": ["disable-shell"], "targets": ["/bin/a,b"]}],
+        "spec.policy.enhanceProtect.attackProtectionRules[0].targets[0]: '/bin/a,b' is not a plain",
+    ),
+    (
+        "spec.policy.enhanceProtect.appArmorRawRules",
+        [{"rules": "} profile evil {"}],
+        "spec.policy.enhanceProtect.appArmorRawRules[0].rules: braces are not allowed",
+    ),
+    (
+        "spec.policy.enhanceProtect.bpfRawRules",
+        {"files": [{}]},
+        "spec.policy.enhanceProtect.bpfRawRules: belongs to another enforcer",
+    ),
+    ("spec.policy.enhanceProtect.privileged", "yes", "spec.policy.enhanceProtect.privileged: must be true or false"),
+    ("spec.policy.defenseInDepth", {"appArmor": {}}, "spec.policy.defenseInDepth: is not supported"),
+    ("spec.surprise", 1, "spec.surprise: unknown field"),
+    ("metadata.name", "x" * 60, "metadata.name: derived profile name"),
+    ("apiVersion", "v1", "apiVersion: must be 'crd.varmor.org/v1beta1'"),
+    ("kind", "ArmorProfile", "kind: must be one of VarmorPolicy, VarmorClusterPolicy"),
+]
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"), BAD, ids=[b[2].split(":")[0] + f"-{i}" for i, b in enumerate(BAD)]
+)
+def test_bad_input_names_the_field(path: str, value: Any, message: str) -> None:
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(with_path(policy_doc(), path, value))
+    assert str(exc.value).startswith(message), str(exc.value)
+
+
+def test_unknown_rule_suggests_close_match() -> None:
+    with pytest.raises(PolicyError, match="did you mean 'disable-shell'"):
+        parse_policy(policy_doc(attackProtectionRules=[{"rules": ["disable-shel"]}]))
+
+
+def test_cluster_name_limit_depends_on_install_namespace() -> None:
+    doc = with_path(policy_doc(), "kind", "VarmorClusterPolicy")
+    doc["metadata"] = {"name": "p" * 40}
+    parse_policy(doc, install_namespace="varmor")
+    with pytest.raises(PolicyError, match=r"^metadata\.name: derived profile name"):
+        parse_policy(doc, install_namespace="a-very-long-install-namespace")
+
+
+def test_not_a_mapping() -> None:
+    with pytest.raises(PolicyError, match="must be an object"):
+        parse_policy([])  # type: ignore[arg-type]
