@@ -1,0 +1,122 @@
+"""Selected-but-unprotected workloads: the fail-open gap the webhook cannot see itself.
+
+When the webhook is down and failurePolicy is Ignore, the API server admits workloads
+without asking; only looking at what exists reveals it. `audit` is pure (same planner
+as the webhook); `collect` lists the workloads of the kinds and namespaces that have
+policies.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from kubernetes.aio import client
+
+from varmor import api
+from varmor.webhook import rawapi
+from varmor.webhook.planner import LOCALHOST, PlanError, PolicyIndex, plan
+from varmor.webhook.registration import scopes
+
+PolicyKey = tuple[str, str]  # (namespace or "" for cluster policies, name)
+
+
+def _effective(kind: str, obj: Mapping[str, Any], container: str) -> str | None:
+    """The Localhost profile a container of `obj` will run under, if any."""
+    holder: Mapping[str, Any] = obj if kind == "Pod" else (obj.get("spec") or {}).get("template") or {}
+    spec, meta = holder.get("spec") or {}, holder.get("metadata") or {}
+    for c in spec.get("containers") or []:
+        if c.get("name") != container:
+            continue
+        prof = (c.get("securityContext") or {}).get("appArmorProfile")
+        if prof:
+            return str(prof.get("localhostProfile")) if prof.get("type") == LOCALHOST else None
+        value = (meta.get("annotations") or {}).get(api.K8S_APPARMOR_ANNOTATION_PREFIX + container, "")
+        if isinstance(value, str) and value.startswith("localhost/"):
+            return value.removeprefix("localhost/")
+        pod_prof = (spec.get("securityContext") or {}).get("appArmorProfile") or {}
+        return str(pod_prof.get("localhostProfile")) if pod_prof.get("type") == LOCALHOST else None
+    return None
+
+
+def is_protected(kind: str, obj: Mapping[str, Any], profile: str, containers: Sequence[str] = ()) -> bool:
+    """Every container the policy confines (minus opt-outs) runs under `profile`."""
+    try:
+        result = plan(kind, obj, profile, containers, use_field=True)
+    except PlanError:
+        return False
+    if result.unsupported:
+        return False
+    return all(_effective(kind, obj, c) == profile for c in result.confined)
+
+
+def _live(kind: str, obj: Mapping[str, Any]) -> bool:
+    meta = obj.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return False
+    return not (kind == "Pod" and (obj.get("status") or {}).get("phase") in ("Succeeded", "Failed"))
+
+
+@dataclass(frozen=True)
+class AuditResult:
+    per_policy: dict[PolicyKey, int] = field(default_factory=dict)
+    per_kind: dict[str, int] = field(default_factory=dict)
+    examples: dict[PolicyKey, tuple[str, ...]] = field(default_factory=dict)
+
+
+def audit(
+    policies: Iterable[Mapping[str, Any]],
+    workloads: Mapping[str, Iterable[Mapping[str, Any]]],
+    excluded_namespaces: Iterable[str] = ("kube-system",),
+) -> AuditResult:
+    """Count, per policy, the live workloads it wins that do not carry its profile."""
+    policies = list(policies)
+    index = PolicyIndex(policies)
+    excluded = set(excluded_namespaces)
+    per_policy: dict[PolicyKey, int] = {}
+    per_kind: dict[str, int] = {k: 0 for k in api.TARGET_KINDS}
+    examples: dict[PolicyKey, list[str]] = {}
+    for kind, objs in workloads.items():
+        for obj in objs:
+            meta = obj.get("metadata") or {}
+            namespace = meta.get("namespace") or ""
+            if namespace in excluded or not _live(kind, obj):
+                continue
+            sel = index.select(kind, obj, namespace)
+            if sel.winner is not None:
+                cand = sel.winner.candidate
+                assert cand.profile_name is not None
+                if is_protected(kind, obj, cand.profile_name, cand.containers):
+                    continue
+            elif sel.pending:
+                cand = sel.pending[0].candidate
+            else:
+                continue
+            per_policy[cand.key] = per_policy.get(cand.key, 0) + 1
+            per_kind[kind] += 1
+            refs = examples.setdefault(cand.key, [])
+            if len(refs) < 5:
+                refs.append(f"{kind} {namespace}/{meta.get('name')}")
+    for policy in policies:  # zero counts too, so a fixed gap is reported as fixed
+        meta = policy.get("metadata") or {}
+        cluster = policy.get("kind") == api.VARMOR_CLUSTER_POLICY.kind
+        key = ("" if cluster else str(meta.get("namespace") or ""), str(meta.get("name") or ""))
+        per_policy.setdefault(key, 0)
+    return AuditResult(per_policy, per_kind, {k: tuple(v) for k, v in examples.items()})
+
+
+async def collect(
+    api_client: client.ApiClient, policies: Iterable[Mapping[str, Any]], excluded_namespaces: Iterable[str]
+) -> dict[str, list[Any]]:
+    """The workloads of every kind and namespace some policy could select."""
+    excluded = set(excluded_namespaces)
+    out: dict[str, list[Any]] = {}
+    for kind, namespaces in sorted(scopes(policies).items()):
+        if namespaces is None:
+            out[kind] = await rawapi.list_all(api_client, rawapi.workload_path(kind))
+        else:
+            out[kind] = []
+            for ns in sorted(namespaces - excluded):
+                out[kind] += await rawapi.list_all(api_client, rawapi.workload_path(kind, ns))
+    return out

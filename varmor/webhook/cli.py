@@ -1,0 +1,122 @@
+"""`varmor cleanup`: the chart's pre-delete hook.
+
+Order matters: the webhook configurations go first (nothing may call a webhook that is
+going away), then policies and ArmorProfiles, then we wait (bounded) for the agents to
+unload the profiles, then ArmorNodes. The configurations are also owned by the chart's
+ClusterRole, so the garbage collector removes any that a still-running leader recreates
+in the meantime.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+from typing import Any
+
+from varmor import api
+from varmor.kube import ApiException
+from varmor.webhook import rawapi
+
+log = logging.getLogger("varmor.cleanup")
+
+
+async def _delete(api_client: Any, path: str) -> bool:
+    try:
+        await rawapi.request(api_client, "DELETE", path)
+    except ApiException as exc:
+        if exc.status == 404:
+            return False
+        raise
+    return True
+
+
+def _custom(resource: api.Resource, namespace: str | None = None, name: str | None = None) -> str:
+    path = f"/apis/{api.GROUP}/{api.VERSION}"
+    if namespace:
+        path += f"/namespaces/{namespace}"
+    path += f"/{resource.plural}"
+    return f"{path}/{name}" if name else path
+
+
+async def delete_webhook_configurations(api_client: Any, name: str) -> list[str]:
+    deleted = []
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        if await _delete(api_client, rawapi.webhook_config_path(kind, name)):
+            deleted.append(f"{kind}/{name}")
+    return deleted
+
+
+async def _delete_all(api_client: Any, resource: api.Resource) -> int:
+    try:
+        items = await rawapi.list_all(api_client, _custom(resource))
+    except ApiException as exc:
+        if exc.status == 404:  # CRD not installed
+            return 0
+        raise
+    count = 0
+    for item in items:
+        meta = item["metadata"]
+        count += await _delete(api_client, _custom(resource, meta.get("namespace"), meta["name"]))
+    return count
+
+
+async def _wait_unloaded(api_client: Any, limit: float) -> bool:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + limit
+    while True:
+        try:
+            nodes = await rawapi.list_all(api_client, _custom(api.ARMOR_NODE))
+        except ApiException as exc:
+            if exc.status == 404:
+                return True
+            raise
+        loaded = [n["metadata"]["name"] for n in nodes if (n.get("status") or {}).get("profiles")]
+        if not loaded:
+            return True
+        if loop.time() > deadline:
+            log.warning("profiles still loaded on %s; continuing", ", ".join(sorted(loaded)[:10]))
+            return False
+        await asyncio.sleep(1.0)
+
+
+async def cleanup(api_client: Any, config_name: str, *, resources: bool = True, unload_timeout: float = 120.0) -> None:
+    for ref in await delete_webhook_configurations(api_client, config_name):
+        log.info("deleted %s", ref)
+    if not resources:
+        return
+    for resource in (api.VARMOR_CLUSTER_POLICY, api.VARMOR_POLICY, api.ARMOR_PROFILE):
+        log.info("deleted %d %s", await _delete_all(api_client, resource), resource.plural)
+    await _wait_unloaded(api_client, unload_timeout)
+    log.info("deleted %d %s", await _delete_all(api_client, api.ARMOR_NODE), api.ARMOR_NODE.plural)
+
+
+async def _main(args: argparse.Namespace) -> int:
+    from varmor.kube import new_api_client
+
+    api_client = await new_api_client(args.kubeconfig)
+    try:
+        await cleanup(
+            api_client, args.webhook_config_name, resources=not args.webhooks_only, unload_timeout=args.unload_timeout
+        )
+    finally:
+        await api_client.close()
+    return 0
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("cleanup", help="uninstall hook: remove webhook configurations and varmor's objects")
+    p.add_argument("--kubeconfig", default=None)
+    p.add_argument("--namespace", default=os.environ.get("VARMOR_NAMESPACE", "varmor"), help="install namespace")
+    p.add_argument("--webhook-config-name", default="varmor")
+    p.add_argument("--webhooks-only", action="store_true", help="keep policies, ArmorProfiles and ArmorNodes")
+    p.add_argument("--unload-timeout", type=float, default=120.0, help="seconds to wait for agents to unload")
+
+    def handler(args: argparse.Namespace) -> int:
+        from varmor.app import setup_logging
+
+        setup_logging("info")
+        return asyncio.run(_main(args))
+
+    p.set_defaults(func=handler)

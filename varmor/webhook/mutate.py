@@ -1,0 +1,95 @@
+"""The mutating decision: planner output turned into an admission answer, plus metrics.
+
+No aiohttp here: `decide` takes a parsed request and returns what to answer, so the
+hot path is testable and benchmarkable without a server.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from varmor import api
+from varmor.webhook import metrics
+from varmor.webhook.planner import JsonPatchOp, PolicyIndex, Selection, plan
+from varmor.webhook.review import AdmissionRequest
+
+MUTATED_KINDS = {"Pod": "", "Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps"}
+ConflictSink = Callable[[Selection, AdmissionRequest], None]
+
+
+@dataclass
+class MutationState:
+    """What every replica keeps current: the policy index and the server's AppArmor API."""
+
+    index: PolicyIndex = field(default_factory=PolicyIndex)
+    synced: bool = False
+    use_field: bool = True
+    excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
+    on_conflict: ConflictSink | None = None
+
+
+@dataclass(frozen=True)
+class Decision:
+    result: str  # metric label
+    patch: tuple[JsonPatchOp, ...] = ()
+    warnings: tuple[str, ...] = ()
+
+
+def _unconfined(kind: str, reason: str) -> None:
+    metrics.UNCONFINED.labels(kind, reason).inc()
+
+
+def _policy_ref(sel_key: tuple[str, str]) -> str:
+    ns, name = sel_key
+    return f"{ns}/{name}" if ns else name
+
+
+def decide(state: MutationState, req: AdmissionRequest) -> Decision:
+    """Raises PlanError when the object is not shaped like its kind (answered as 400)."""
+    kind = req.kind
+    if MUTATED_KINDS.get(kind) != req.group or req.sub_resource or req.obj is None:
+        return Decision("ignored")
+    if req.operation != "CREATE" and not (req.operation == "UPDATE" and kind != "Pod"):
+        return Decision("ignored")
+    if req.namespace in state.excluded_namespaces:
+        return Decision("excluded")
+    if not state.synced:
+        _unconfined(kind, "not_synced")
+        return Decision("not_synced", warnings=("varmor: policies not loaded yet; admitted without AppArmor",))
+    sel = state.index.select(kind, req.obj, req.namespace)
+    if sel.winner is None:
+        if not sel.pending:
+            return Decision("not_selected")
+        _unconfined(kind, "policy_pending")
+        ref = _policy_ref(sel.pending[0].candidate.key)
+        return Decision("policy_pending", warnings=(f"varmor: policy {ref} is not ready; admitted without AppArmor",))
+    cand = sel.winner.candidate
+    assert cand.profile_name is not None
+    result = plan(kind, req.obj, cand.profile_name, cand.containers, state.use_field)
+    warnings: list[str] = []
+    if sel.losers:
+        metrics.CONFLICTS.labels(kind).inc()
+        losers = ", ".join(_policy_ref(m.candidate.key) for m in sel.losers)
+        warnings.append(f"varmor: policy {_policy_ref(cand.key)} takes precedence over {losers}")
+        if state.on_conflict is not None and not req.dry_run:
+            state.on_conflict(sel, req)
+    if result.unsupported:
+        _unconfined(kind, "unsupported")
+        warnings.append(f"varmor: {result.unsupported}; admitted without AppArmor")
+    elif result.opted_out:
+        _unconfined(kind, "opted_out")
+    elif not result.confined:
+        _unconfined(kind, "no_matching_container")
+        warnings.append(f"varmor: no container matches policy {_policy_ref(cand.key)}'s target.containers")
+    if not result.ops:
+        return Decision("unchanged", warnings=tuple(warnings))
+    metrics.MUTATIONS.labels(kind).inc()
+    return Decision("mutated", result.ops, tuple(warnings))
+
+
+def excluded_namespaces(install_namespace: str) -> frozenset[str]:
+    return frozenset({"kube-system", install_namespace})
+
+
+assert set(MUTATED_KINDS) == set(api.TARGET_KINDS)

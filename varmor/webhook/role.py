@@ -1,0 +1,90 @@
+"""`varmor run --roles=webhook`: the TLS admission server in every replica.
+
+Serves from the certificate Secret and reloads it on change (no restart); answers from
+an informer cache of policies. Readiness waits for both.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+from aiohttp import web
+
+from varmor.certs import bundle as certbundle
+from varmor.certs.store import watch_secret
+from varmor.certs.tls import ReloadableTLS
+from varmor.kube import JSON
+from varmor.webhook import settings as webhook_settings
+from varmor.webhook.events import ConflictReporter
+from varmor.webhook.mutate import MutationState
+from varmor.webhook.planner import PolicyIndex
+from varmor.webhook.policies import PolicyCache, server_supports_field
+from varmor.webhook.server import build_app
+from varmor.webhook.validate import PolicyValidator
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    webhook_settings.add_arguments(parser)
+
+
+async def run(ctx: Any) -> None:
+    """Run the webhook role until cancelled. `ctx` is varmor.app.RoleContext."""
+    cfg = webhook_settings.from_args(ctx.args)
+    if cfg.apparmor_api == "auto":
+        use_field = await server_supports_field(ctx.api_client)
+    else:
+        use_field = cfg.apparmor_api == "field"
+    state = MutationState(use_field=use_field, excluded_namespaces=frozenset(cfg.excluded_namespaces))
+    reporter = ConflictReporter(ctx.api_client, interval=cfg.conflict_event_interval)
+    state.on_conflict = reporter.report
+
+    def rebuild() -> None:
+        state.index = PolicyIndex(cache.policies())
+        state.synced = cache.synced
+
+    cache = PolicyCache(ctx.api_client, rebuild)
+    tls = ReloadableTLS()
+    tls_loaded = asyncio.Event()
+
+    async def on_secret(secret: JSON) -> None:
+        try:
+            pair = certbundle.serving_from_secret(secret)
+            if tls.load(pair):
+                log.info("serving certificate loaded (expires %s)", pair.not_after.isoformat())
+            tls_loaded.set()
+        except Exception as exc:  # keep serving the previous pair
+            log.error("certificate Secret %s is unusable: %s", cfg.cert_secret, type(exc).__name__)
+
+    ctx.health.add("webhook-certificate", tls_loaded.is_set)
+    ctx.health.add("webhook-policies", lambda: cache.synced)
+    validator = PolicyValidator(cfg.namespace)
+    app = build_app(state, validator, max_body=cfg.max_request_bytes, synced=cache.synced_event)
+    tasks = [
+        asyncio.create_task(cache.run(), name="webhook-policies"),
+        asyncio.create_task(reporter.run(), name="webhook-events"),
+        asyncio.create_task(
+            watch_secret(ctx.api_client, cfg.namespace, cfg.cert_secret, on_secret), name="webhook-cert-watch"
+        ),
+    ]
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
+    try:
+        await tls_loaded.wait()
+        await runner.setup()
+        await web.TCPSite(runner, ctx.args.bind_address, cfg.port, ssl_context=tls.context).start()
+        log.info("webhook serving on :%d (appArmorProfile field: %s)", cfg.port, use_field)
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()  # a crashed task crashes the role (the shell logs it)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        await runner.cleanup()

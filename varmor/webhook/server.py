@@ -1,0 +1,109 @@
+"""The aiohttp shell: /mutate and /validate over TLS, answers never a 5xx.
+
+Malformed reviews get 400 with the reason; oversized bodies get 413 (aiohttp's
+client_max_size); a bug in planning is answered "allowed, unchanged" (fail-open,
+counted in varmor_admission_unconfined_total{reason="error"}) rather than a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+from aiohttp import web
+
+from varmor.webhook import metrics
+from varmor.webhook.mutate import Decision, MutationState, decide
+from varmor.webhook.planner import PlanError
+from varmor.webhook.review import AdmissionRequest, ReviewError, encode_response, parse_review
+from varmor.webhook.validate import PolicyValidator, Verdict
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MAX_BODY = 6 * 1024 * 1024  # object + oldObject of the largest (1.5 MiB) objects, with room
+JSON = "application/json"
+OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
+
+
+def _op(operation: str) -> str:
+    return operation if operation in OPERATIONS else "other"
+
+
+def _bad_request(endpoint: str, reason: str) -> web.Response:
+    metrics.REQUESTS.labels(endpoint, "other", "", "malformed").inc()
+    return web.json_response({"error": reason}, status=400)
+
+
+async def _read(request: web.Request, endpoint: str) -> AdmissionRequest | web.Response:
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        metrics.REQUESTS.labels(endpoint, "other", "", "too_large").inc()
+        return web.json_response({"error": exc.text or "request body too large"}, status=413)
+    try:
+        return parse_review(body)
+    except ReviewError as exc:
+        return _bad_request(endpoint, str(exc))
+
+
+def build_app(
+    state: MutationState,
+    validator: PolicyValidator | None = None,
+    *,
+    max_body: int = DEFAULT_MAX_BODY,
+    sync_wait: float = 2.0,
+    synced: asyncio.Event | None = None,
+) -> web.Application:
+    """The admission app. `synced`, when given, is awaited (bounded) before mutating."""
+
+    async def mutate(request: web.Request) -> web.Response:
+        start = time.perf_counter()
+        parsed = await _read(request, "mutate")
+        if isinstance(parsed, web.Response):
+            return parsed
+        req = parsed
+        if not state.synced and synced is not None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(synced.wait(), sync_wait)
+        try:
+            decision = decide(state, req)
+        except PlanError as exc:
+            return _bad_request("mutate", f"request.object: {exc}")
+        except Exception:
+            log.exception("mutation planning failed; admitting unchanged")
+            metrics.UNCONFINED.labels(metrics.kind_label(req.kind), "error").inc()
+            decision = Decision("error")
+        body = encode_response(req.uid, patch=decision.patch, warnings=decision.warnings)
+        kind = metrics.kind_label(req.kind)
+        metrics.REQUESTS.labels("mutate", kind, _op(req.operation), decision.result).inc()
+        metrics.LATENCY.labels("mutate").observe(time.perf_counter() - start)
+        return web.Response(body=body, content_type=JSON)
+
+    async def validate(request: web.Request) -> web.Response:
+        start = time.perf_counter()
+        parsed = await _read(request, "validate")
+        if isinstance(parsed, web.Response):
+            return parsed
+        req = parsed
+        try:
+            verdict = await validator.validate(req) if validator else Verdict(True, result="ignored")
+        except Exception:
+            log.exception("policy validation failed; allowing (the leader re-validates)")
+            verdict = Verdict(True, result="error")
+        body = encode_response(
+            req.uid, allowed=verdict.allowed, warnings=verdict.warnings, message=verdict.message, code=422
+        )
+        metrics.REQUESTS.labels("validate", metrics.kind_label(req.kind), _op(req.operation), verdict.result).inc()
+        metrics.LATENCY.labels("validate").observe(time.perf_counter() - start)
+        return web.Response(body=body, content_type=JSON)
+
+    async def healthz(_request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    app = web.Application(client_max_size=max_body)
+    app.router.add_post("/mutate", mutate)
+    app.router.add_post("/validate", validate)
+    app.router.add_get("/healthz", healthz)
+    return app

@@ -1,0 +1,133 @@
+"""Webhook, certificate and registration flags (shared by the webhook and leader roles).
+
+The flag names are the chart's contract (chart/templates/_helpers.tpl, varmor.webhookArgs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ipaddress
+import re
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from varmor.certs.bundle import CertConfig
+
+DAY = 86400.0
+
+
+def _failure_policy(value: str) -> str:
+    if value not in ("Ignore", "Fail"):
+        raise argparse.ArgumentTypeError("must be Ignore or Fail")
+    return value
+
+
+def _timeout(value: str) -> int:
+    seconds = int(value)
+    if not 1 <= seconds <= 30:
+        raise argparse.ArgumentTypeError("must be between 1 and 30 (the API server's limits)")
+    return seconds
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("webhook")
+    g.add_argument("--webhook-port", type=int, default=8443, help="HTTPS port of /mutate and /validate")
+    g.add_argument("--webhook-service", default="varmor-webhook", help="Service the API server calls")
+    g.add_argument("--webhook-service-port", type=int, default=443)
+    g.add_argument(
+        "--webhook-url", default="", help="call https://HOST:PORT instead of the Service (local clusters, tests)"
+    )
+    g.add_argument("--webhook-config-name", default="varmor", help="name of both webhook configurations")
+    g.add_argument("--webhook-failure-policy", type=_failure_policy, default="Ignore")
+    g.add_argument("--webhook-timeout-seconds", type=_timeout, default=5)
+    g.add_argument("--webhook-max-request-bytes", type=int, default=6 * 1024 * 1024)
+    g.add_argument(
+        "--apparmor-api",
+        choices=("auto", "field", "annotation"),
+        default="auto",
+        help="securityContext.appArmorProfile (>= 1.30) or the beta annotation; auto asks the API server",
+    )
+    g.add_argument("--owner-cluster-role", default="", help="cluster-scoped owner of the webhook configurations")
+    g.add_argument("--unprotected-audit-interval", type=float, default=60.0, help="seconds; 0 disables")
+    g.add_argument("--conflict-event-interval", type=float, default=300.0, help="min seconds between equal Events")
+    c = parser.add_argument_group("certificates")
+    c.add_argument("--cert-secret", default="varmor-webhook-tls")
+    c.add_argument("--cert-mode", choices=("self", "external"), default="self")
+    c.add_argument("--cert-validity-days", type=float, default=365.0, help="serving certificate lifetime")
+    c.add_argument("--ca-validity-days", type=float, default=0.0, help="CA lifetime (default: 10x the serving cert)")
+    c.add_argument("--cert-rotation-grace", type=float, default=30.0, help="seconds between rotation phases")
+    c.add_argument("--cert-extra-sans", default="", help="comma-separated extra DNS names / IPs")
+
+
+@dataclass(frozen=True)
+class WebhookSettings:
+    namespace: str
+    port: int
+    service: str
+    service_port: int
+    url: str
+    config_name: str
+    failure_policy: str
+    timeout_seconds: int
+    max_request_bytes: int
+    apparmor_api: str
+    owner_cluster_role: str
+    audit_interval: float
+    conflict_event_interval: float
+    cert_secret: str
+    cert_mode: str
+    cert: CertConfig
+
+    @property
+    def excluded_namespaces(self) -> tuple[str, ...]:
+        return tuple(sorted({"kube-system", self.namespace}))
+
+
+def _sans(service: str, namespace: str, url: str, extra: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    dns = [service, f"{service}.{namespace}", f"{service}.{namespace}.svc", f"{service}.{namespace}.svc.cluster.local"]
+    ips: list[str] = []
+    hosts = [h.strip() for h in extra.split(",") if h.strip()]
+    if url:
+        host = urlsplit(url).hostname
+        if host:
+            hosts.append(host)
+    for host in hosts:
+        try:
+            ips.append(str(ipaddress.ip_address(host)))
+        except ValueError:
+            if not re.fullmatch(r"[A-Za-z0-9*.-]+", host):
+                raise ValueError(f"bad SAN {host!r}") from None
+            dns.append(host)
+    return tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(ips))
+
+
+def from_args(args: Any) -> WebhookSettings:
+    dns, ips = _sans(args.webhook_service, args.namespace, args.webhook_url, args.cert_extra_sans)
+    cert_days = args.cert_validity_days
+    ca_days = args.ca_validity_days or cert_days * 10
+    return WebhookSettings(
+        namespace=args.namespace,
+        port=args.webhook_port,
+        service=args.webhook_service,
+        service_port=args.webhook_service_port,
+        url=args.webhook_url.rstrip("/"),
+        config_name=args.webhook_config_name,
+        failure_policy=args.webhook_failure_policy,
+        timeout_seconds=args.webhook_timeout_seconds,
+        max_request_bytes=args.webhook_max_request_bytes,
+        apparmor_api=args.apparmor_api,
+        owner_cluster_role=args.owner_cluster_role,
+        audit_interval=args.unprotected_audit_interval,
+        conflict_event_interval=args.conflict_event_interval,
+        cert_secret=args.cert_secret,
+        cert_mode=args.cert_mode,
+        cert=CertConfig(
+            dns_names=dns,
+            ip_addresses=ips,
+            cert_lifetime=dt.timedelta(seconds=cert_days * DAY),
+            ca_lifetime=dt.timedelta(seconds=ca_days * DAY),
+            grace=dt.timedelta(seconds=args.cert_rotation_grace),
+        ),
+    )
