@@ -1,0 +1,23 @@
+"""Prometheus metrics of the leader role. Labels are low-cardinality on purpose: kinds
+and outcomes, never policy, namespace or node names."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+IS_LEADER = Gauge("varmor_leader_is_leader", "1 while this process holds the leader lease.")
+LEADER_TRANSITIONS = Counter(
+    "varmor_leader_transitions_total", "Leadership changes seen by this process.", ["event"]
+)  # event: acquired | lost | released
+RECONCILE_DURATION = Histogram(
+    "varmor_reconcile_duration_seconds",
+    "Time to reconcile one policy (ArmorProfile and status).",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+)
+RECONCILE_ERRORS = Counter("varmor_reconcile_errors_total", "Reconciles that raised and were retried.", ["kind"])
+POLICIES = Gauge("varmor_policies", "Policies known to the leader, by phase.", ["phase"])
+ROLLOUT_WORKLOADS = Counter(
+    "varmor_rollout_workloads_total", "Workload templates patched by updateExistingWorkloads.", ["kind", "action"]
+)
+STATUS_WRITES = Counter("varmor_status_writes_total", "Status writes by the leader.", ["resource"])

@@ -1,0 +1,244 @@
+"""Pure status math: ArmorNodes + ArmorProfile -> counts, per-node conditions, readiness,
+and the policy status the leader writes.
+
+Everything is recomputed from the ArmorNode objects on every pass; nothing is kept in
+memory between passes, so a new leader after failover computes exactly what the old one
+would have (vArmor rebuilt its in-memory counters optimistically). Rules:
+
+* desired = nodes whose agent is ready and whose phase is Supported;
+* current = those reporting this profile (same namespace) loaded at spec.profile.sha256;
+* a failure recorded at the current hash is LoadFailed; a profile loaded at another hash
+  is Stale (visible, never counted as current);
+* Unsupported nodes are listed with their reason but are not desired, so they do not
+  block readiness on the others;
+* ready = at least one desired node, all desired nodes current, none failed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+JSON = dict[str, Any]
+NodeReason = Literal["LoadFailed", "Unsupported", "Stale"]
+Phase = Literal["Pending", "Protecting", "Error"]
+
+MAX_NAMES_IN_MESSAGE = 10
+
+
+@dataclass(frozen=True)
+class NodeCondition:
+    node: str
+    reason: NodeReason
+    message: str
+
+
+@dataclass(frozen=True)
+class ProfileStatus:
+    desired: int
+    current: int
+    conditions: tuple[NodeCondition, ...] = ()
+    pending: tuple[str, ...] = ()  # desired nodes that have not reported this hash yet
+
+    def nodes(self, reason: NodeReason) -> list[str]:
+        return [c.node for c in self.conditions if c.reason == reason]
+
+    @property
+    def failed(self) -> list[str]:
+        return self.nodes("LoadFailed")
+
+    @property
+    def ready(self) -> bool:
+        return self.desired > 0 and self.current == self.desired and not self.failed
+
+
+def _entry(entries: Any, profile: str, namespace: str) -> Mapping[str, Any] | None:
+    if not isinstance(entries, Mapping):
+        return None
+    entry = entries.get(profile)
+    if isinstance(entry, Mapping) and entry.get("namespace", namespace) == namespace:
+        return entry
+    return None
+
+
+def aggregate(profile: str, namespace: str, sha256: str, nodes: Iterable[Mapping[str, Any]]) -> ProfileStatus:
+    """The status of one ArmorProfile (name, namespace, content hash) across ArmorNodes."""
+    desired = current = 0
+    conditions: list[NodeCondition] = []
+    pending: list[str] = []
+    for node in sorted(nodes, key=lambda n: str(n.get("metadata", {}).get("name", ""))):
+        name = str(node.get("metadata", {}).get("name", ""))
+        status = node.get("status") or {}
+        if status.get("phase") == "Unsupported":
+            reason = status.get("reason") or "AppArmor is not available on this node"
+            conditions.append(NodeCondition(name, "Unsupported", str(reason)))
+            continue
+        if status.get("phase") != "Supported" or status.get("ready") is not True:
+            continue  # agent missing or still syncing: neither desired nor listed
+        desired += 1
+        loaded = _entry(status.get("profiles"), profile, namespace)
+        failure = _entry(status.get("failures"), profile, namespace)
+        if failure is not None and failure.get("sha256") == sha256:
+            conditions.append(NodeCondition(name, "LoadFailed", str(failure.get("message") or "load failed")))
+        elif loaded is not None and loaded.get("sha256") == sha256:
+            current += 1
+        elif loaded is not None:
+            got = str(loaded.get("sha256") or "?")[:12]
+            conditions.append(NodeCondition(name, "Stale", f"loaded at sha256 {got}…, want {sha256[:12]}…"))
+        else:
+            pending.append(name)
+    return ProfileStatus(desired, current, tuple(conditions), tuple(pending))
+
+
+def _names(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:MAX_NAMES_IN_MESSAGE])
+    more = len(names) - MAX_NAMES_IN_MESSAGE
+    return shown + (f" and {more} more" if more > 0 else "")
+
+
+def _keep_time(previous: Mapping[str, Any] | None, status: str, now: str) -> str:
+    """lastTransitionTime moves only when the status changes."""
+    if previous and previous.get("status") == status and previous.get("lastTransitionTime"):
+        return str(previous["lastTransitionTime"])
+    return now
+
+
+def armor_profile_status(ps: ProfileStatus, previous: Mapping[str, Any] | None, now: str) -> JSON:
+    """The ArmorProfile `.status` body: counts plus one Ready=False condition per listed node."""
+    before = {
+        (c.get("nodeName"), c.get("reason")): c for c in (previous or {}).get("conditions") or [] if isinstance(c, dict)
+    }
+    conditions = []
+    for c in ps.conditions:
+        prev = before.get((c.node, c.reason))
+        conditions.append(
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": c.reason,
+                "message": c.message,
+                "nodeName": c.node,
+                "lastTransitionTime": prev.get("lastTransitionTime", now) if prev else now,
+            }
+        )
+    return {"desiredNumberLoaded": ps.desired, "currentNumberLoaded": ps.current, "conditions": conditions}
+
+
+# -- policy status -----------------------------------------------------------------
+@dataclass(frozen=True)
+class Outcome:
+    """What the reconciler did with one policy generation (input to `policy_status`)."""
+
+    generation: int
+    profile_name: str | None = None  # set only when the leader accepted the policy
+    error_reason: str | None = None  # Invalid, ProfileNameConflict, ...
+    error_message: str = ""
+    profile_created: bool = False  # the ArmorProfile exists (now or before)
+    profile: ProfileStatus | None = None
+    extra_conditions: tuple[JSON, ...] = field(default=())  # e.g. Rollout, from the rollout worker
+
+
+def _ready_condition(o: Outcome) -> tuple[str, str, str]:
+    ps = o.profile
+    if ps is None:
+        if o.error_reason:
+            return "False", o.error_reason, o.error_message
+        return "False", "Processing", "the profile is being created"
+    unsupported = ps.nodes("Unsupported")
+    note = f"; {len(unsupported)} node(s) without AppArmor: {_names(unsupported)}" if unsupported else ""
+    if ps.failed:
+        msgs = [c for c in ps.conditions if c.reason == "LoadFailed"]
+        first = msgs[0]
+        return (
+            "False",
+            "LoadFailed",
+            f"{len(msgs)} node(s) failed to load the profile ({_names(ps.failed)}); {first.node}: "
+            f"{first.message[:512]}{note}",
+        )
+    if ps.desired == 0:
+        return "False", "NoSupportedNodes", f"no node with a ready varmor agent and AppArmor{note}"
+    stale = ps.nodes("Stale")
+    if ps.ready:
+        return "True", "AllNodesLoaded", f"{ps.current}/{ps.desired} nodes loaded the current profile{note}"
+    if stale:
+        return (
+            "False",
+            "Stale",
+            f"{ps.current}/{ps.desired} nodes loaded the current profile; stale on {_names(stale)}{note}",
+        )
+    return (
+        "False",
+        "Loading",
+        f"{ps.current}/{ps.desired} nodes loaded the current profile; waiting for {_names(ps.pending)}{note}",
+    )
+
+
+def phase(o: Outcome) -> Phase:
+    if o.error_reason or (o.profile is not None and o.profile.failed):
+        return "Error"
+    if o.profile is not None and o.profile.ready:
+        return "Protecting"
+    return "Pending"
+
+
+def policy_status(o: Outcome, previous: Mapping[str, Any] | None, now: str) -> JSON:
+    """The policy `.status`, keeping lastTransitionTime for unchanged conditions and
+    leaving condition types written by others (Conflict, Unprotected) alone."""
+    previous = previous or {}
+    old = {c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, dict)}
+    mine: dict[str, tuple[str, str, str]] = {}
+    if o.profile_created:
+        mine["Created"] = ("True", "ProfileCreated", f"ArmorProfile {o.profile_name} created")
+    else:
+        mine["Created"] = ("False", o.error_reason or "Processing", o.error_message or "creating the profile")
+    if o.profile_created and o.error_reason:
+        mine["Updated"] = (
+            "False",
+            o.error_reason,
+            f"{o.error_message}; the previous profile stays in force",
+        )
+    elif o.profile_created:
+        mine["Updated"] = ("True", "ProfileUpToDate", f"ArmorProfile matches generation {o.generation}")
+    mine["Ready"] = _ready_condition(o)
+    conditions: list[JSON] = []
+    for ctype in ("Created", "Updated", "Ready"):
+        if ctype not in mine:
+            continue
+        status, reason, message = mine[ctype]
+        conditions.append(
+            {
+                "type": ctype,
+                "status": status,
+                "reason": reason,
+                "message": message,
+                "lastTransitionTime": _keep_time(old.get(ctype), status, now),
+                "observedGeneration": o.generation,
+            }
+        )
+    for extra in o.extra_conditions:
+        cond = dict(extra)
+        cond["lastTransitionTime"] = _keep_time(old.get(cond["type"]), cond["status"], now)
+        conditions.append(cond)
+    written = {c["type"] for c in conditions}
+    conditions.extend(c for t, c in old.items() if t not in written and t not in ("Created", "Updated", "Ready"))
+    ps = o.profile
+    out: JSON = {
+        "ready": ps is not None and ps.ready,
+        "phase": phase(o),
+        "observedGeneration": o.generation,
+        "desiredNumberLoaded": ps.desired if ps else 0,
+        "currentNumberLoaded": ps.current if ps else 0,
+        "conditions": conditions,
+    }
+    if o.profile_name:
+        out["profileName"] = o.profile_name
+    for key in ("unprotectedWorkloads",):  # written by the webhook side; keep it
+        if key in previous:
+            out[key] = previous[key]
+    return out
+
+
+def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
+    """Equal ignoring nothing: used to skip no-op writes (times are kept stable above)."""
+    return (a or {}) == (b or {})
