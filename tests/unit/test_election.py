@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -72,6 +73,14 @@ class MemoryStore:
         return self.record
 
 
+async def until(predicate: Callable[[], bool]) -> None:
+    for _ in range(100_000):
+        if predicate():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("condition never met")
+
+
 def config(identity: str, **kw: float) -> ElectionConfig:
     return ElectionConfig(namespace="varmor", lease_name="l", identity=identity, **kw)
 
@@ -108,10 +117,13 @@ def test_desired_record_counts_transitions() -> None:
     assert (taken.holder, taken.transitions, taken.acquire_time, taken.resource_version) == ("b", 4, T0, "5")
     state.observe(taken, now=1)
     renewed = state.desired(T0 + dt.timedelta(seconds=2))
-    assert renewed.transitions == 4 and renewed.acquire_time == T0
+    assert renewed.transitions == 4
+    assert renewed.acquire_time == T0
     assert renewed.renew_time == T0 + dt.timedelta(seconds=2)
     released = state.released(T0)
-    assert released is not None and released.holder == "" and released.lease_duration == 1
+    assert released is not None
+    assert released.holder == ""
+    assert released.lease_duration == 1
     # Releasing a lease that is not ours writes nothing.
     other = ElectionState(config("c"))
     other.observe(taken, now=0)
@@ -123,13 +135,15 @@ async def test_first_candidate_creates_the_lease_second_waits_for_expiry() -> No
     a = LeaderElector(store, config("a"), clock)
     b = LeaderElector(store, config("b"), clock)
     assert await a.try_acquire_or_renew()
-    assert store.record is not None and store.record.holder == "a"
+    assert store.record is not None
+    assert store.record.holder == "a"
     assert not await b.try_acquire_or_renew()
     clock.advance(14)
     assert not await b.try_acquire_or_renew()
     clock.advance(1.5)  # b has now seen the same record for > 15 s
     assert await b.try_acquire_or_renew()
-    assert store.record.holder == "b" and store.record.transitions == 1
+    assert store.record.holder == "b"
+    assert store.record.transitions == 1
     # a learns it lost on its next round and does not write.
     version = store.version
     assert not await a.try_acquire_or_renew()
@@ -148,7 +162,8 @@ async def test_concurrent_candidates_resolve_by_resource_version() -> None:
     await store.update(a.state.desired(clock.now()))
     with pytest.raises(Conflict):
         await store.update(b.state.desired(clock.now()))
-    assert store.record is not None and store.record.holder == "a"
+    assert store.record is not None
+    assert store.record.holder == "a"
 
 
 async def test_leader_stops_at_renew_deadline_when_the_api_is_unreachable() -> None:
@@ -190,21 +205,21 @@ async def test_run_cancels_leader_tasks_on_loss_and_reacquires() -> None:
     runner = asyncio.create_task(elector.run(lead))
     for _ in range(50):
         await asyncio.sleep(0)
-    assert len(starts) == 1 and elector.leading
+    assert len(starts) == 1
+    assert elector.leading
     store.fail = True  # renewals fail until the deadline passes
     failed_at = clock.monotonic()
-    while not cancelled:
-        await asyncio.sleep(0)
+    await until(lambda: bool(cancelled))
     assert not elector.leading
     assert cancelled[0] - failed_at <= 10 + 2
     store.fail = False
-    while len(starts) < 2:
-        await asyncio.sleep(0)
+    await until(lambda: len(starts) >= 2)
     runner.cancel()
     with pytest.raises(asyncio.CancelledError):
         await runner
     # Cancelling the elector hands the lease back so a standby need not wait for expiry.
-    assert store.record is not None and store.record.holder == ""
+    assert store.record is not None
+    assert store.record.holder == ""
 
 
 async def test_lead_crash_releases_and_propagates() -> None:
@@ -216,4 +231,5 @@ async def test_lead_crash_releases_and_propagates() -> None:
 
     with pytest.raises(RuntimeError, match="boom"):
         await elector.run(lead)
-    assert store.record is not None and store.record.holder == ""
+    assert store.record is not None
+    assert store.record.holder == ""

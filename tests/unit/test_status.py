@@ -46,7 +46,8 @@ def test_unsupported_nodes_are_listed_but_do_not_block() -> None:
     assert ps.conditions[0].message == "AppArmor is not enabled"
     status = policy_status(Outcome(1, "varmor-demo-web", profile_created=True, profile=ps), None, NOW)
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert ready["status"] == "True" and "n2" in ready["message"]
+    assert ready["status"] == "True"
+    assert "n2" in ready["message"]
 
 
 def test_no_supported_nodes_is_not_ready() -> None:
@@ -69,7 +70,8 @@ def test_failure_at_current_hash_is_load_failed_with_parser_message() -> None:
     status = policy_status(Outcome(3, "p", profile_created=True, profile=ps), None, NOW)
     assert status["phase"] == "Error"
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
-    assert ready["reason"] == "LoadFailed" and "syntax error" in ready["message"]
+    assert ready["reason"] == "LoadFailed"
+    assert "syntax error" in ready["message"]
     body = armor_profile_status(ps, None, NOW)
     assert body["conditions"] == [
         {
@@ -107,7 +109,8 @@ def test_pending_nodes_named_in_message() -> None:
     status = policy_status(Outcome(1, "p", profile_created=True, profile=ps), None, NOW)
     ready = next(c for c in status["conditions"] if c["type"] == "Ready")
     assert (ready["reason"], status["ready"]) == ("Loading", False)
-    assert "1/2" in ready["message"] and "n2" in ready["message"]
+    assert "1/2" in ready["message"]
+    assert "n2" in ready["message"]
 
 
 def test_invalid_policy_is_error_without_profile_name() -> None:
@@ -123,9 +126,12 @@ def test_invalid_update_keeps_previous_profile_in_force() -> None:
     ps = ProfileStatus(1, 1)
     o = Outcome(2, "p", error_reason="Invalid", error_message="bad", profile_created=True, profile=ps)
     status = policy_status(o, None, NOW)
-    assert status["phase"] == "Error" and status["ready"] is True and status["profileName"] == "p"
+    assert status["phase"] == "Error"
+    assert status["ready"] is True
+    assert status["profileName"] == "p"
     updated = next(c for c in status["conditions"] if c["type"] == "Updated")
-    assert updated["status"] == "False" and "previous profile stays in force" in updated["message"]
+    assert updated["status"] == "False"
+    assert "previous profile stays in force" in updated["message"]
 
 
 def test_transition_times_move_only_on_change_and_foreign_conditions_survive() -> None:
@@ -137,7 +143,8 @@ def test_transition_times_move_only_on_change_and_foreign_conditions_survive() -
     assert again == first  # nothing changed: no write needed
     worse = policy_status(Outcome(1, "p", profile_created=True, profile=ProfileStatus(2, 1)), first, LATER)
     times = {c["type"]: c.get("lastTransitionTime") for c in worse["conditions"]}
-    assert times["Created"] == NOW and times["Ready"] == LATER
+    assert times["Created"] == NOW
+    assert times["Ready"] == LATER
     assert worse["unprotectedWorkloads"] == 2
     assert any(c["type"] == "Unprotected" for c in worse["conditions"])
 

@@ -206,7 +206,7 @@ class KubeLeaseStore:
 
     async def get(self) -> LeaseRecord | None:
         try:
-            lease = await self.kube.request("GET", f"{self._base}/{self.name}", timeout=self.request_timeout)
+            lease = await self.kube.request("GET", f"{self._base}/{self.name}", request_timeout=self.request_timeout)
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -216,7 +216,7 @@ class KubeLeaseStore:
     async def create(self, record: LeaseRecord) -> LeaseRecord:
         body = self._body(replace(record, resource_version=""))
         try:
-            lease = await self.kube.request("POST", self._base, body=body, timeout=self.request_timeout)
+            lease = await self.kube.request("POST", self._base, body=body, request_timeout=self.request_timeout)
         except ApiException as exc:
             if exc.status == 409:
                 raise Conflict from exc
@@ -226,7 +226,7 @@ class KubeLeaseStore:
     async def update(self, record: LeaseRecord) -> LeaseRecord:
         try:
             lease = await self.kube.request(
-                "PUT", f"{self._base}/{self.name}", body=self._body(record), timeout=self.request_timeout
+                "PUT", f"{self._base}/{self.name}", body=self._body(record), request_timeout=self.request_timeout
             )
         except ApiException as exc:
             if exc.status == 409:

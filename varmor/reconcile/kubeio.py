@@ -58,7 +58,7 @@ class Kube:
         query: Mapping[str, Any] | None = None,
         body: Any = None,
         content_type: str = "application/json",
-        timeout: float | None = None,
+        request_timeout: float | None = None,
     ) -> JSON:
         headers = {"Accept": "application/json"}
         if body is not None:
@@ -74,7 +74,7 @@ class Kube:
         )
         if method != "GET":
             self.writes += 1
-        response = await self.api_client.call_api(*serialized, _request_timeout=timeout or self.timeout)
+        response = await self.api_client.call_api(*serialized, _request_timeout=request_timeout or self.timeout)
         data = await response.read()
         if not 200 <= response.status <= 299:
             raise ApiException(status=response.status, reason=response.reason, body=data.decode("utf-8", "replace"))
