@@ -1,0 +1,511 @@
+"""varmor's webhook against the real API server: TLS with the registered caBundle,
+mutation of Pods and Deployments, dynamic registration, outages, rotation, uninstall.
+
+The webhook and leader tasks run in this process (the same code `varmor run` runs);
+there is no kube-proxy, so the configurations use clientConfig.url on loopback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import contextlib
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from kubernetes.aio import client
+from prometheus_client import REGISTRY
+
+from varmor import api
+from varmor.app import Health, RoleContext, add_common_arguments
+from varmor.dev.cluster import free_port
+from varmor.kube import ApiException
+from varmor.webhook import cli as webhook_cli
+from varmor.webhook import leader, rawapi
+from varmor.webhook import role as webhook_role
+
+pytestmark = pytest.mark.cluster
+
+
+async def wait_for(predicate: Callable[[], Awaitable[Any]], timeout: float = 30.0, interval: float = 0.2) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await predicate()
+        if result:
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(interval)
+
+
+def metric(name: str, **labels: str) -> float:
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+@dataclass
+class Varmor:
+    """A running webhook (+ leader tasks) with its own install namespace and names."""
+
+    api_client: Any
+    install_ns: str
+    name: str
+    port: int
+    extra: list[str] = field(default_factory=list)
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def args(self) -> argparse.Namespace:
+        parser = argparse.ArgumentParser()
+        add_common_arguments(parser)
+        webhook_role.add_arguments(parser)
+        return parser.parse_args(
+            [
+                f"--namespace={self.install_ns}",
+                "--bind-address=127.0.0.1",
+                f"--webhook-port={self.port}",
+                f"--webhook-url=https://127.0.0.1:{self.port}",
+                f"--webhook-config-name={self.name}",
+                f"--cert-secret={self.name}-tls",
+                "--unprotected-audit-interval=0",
+                *self.extra,
+            ]
+        )
+
+    def ctx(self) -> RoleContext:
+        return RoleContext(args=self.args(), api_client=self.api_client, health=Health(), roles=frozenset())
+
+    def start_webhook(self) -> RoleContext:
+        ctx = self.ctx()
+        self.tasks.append(asyncio.create_task(webhook_role.run(ctx)))
+        return ctx
+
+    def start_leader(self) -> RoleContext:
+        ctx = self.ctx()
+        self.tasks.append(asyncio.create_task(leader.run_leader_tasks(ctx)))
+        return ctx
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self.tasks.clear()
+
+    async def mutating(self) -> dict[str, Any] | None:
+        try:
+            return await rawapi.request(
+                self.api_client, "GET", rawapi.webhook_config_path("MutatingWebhookConfiguration", self.name)
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def validating(self) -> dict[str, Any] | None:
+        try:
+            return await rawapi.request(
+                self.api_client, "GET", rawapi.webhook_config_path("ValidatingWebhookConfiguration", self.name)
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def registered_kinds(self) -> set[str]:
+        config = await self.mutating()
+        return {w["rules"][0]["resources"][0] for w in (config or {}).get("webhooks") or []}
+
+
+@pytest.fixture
+async def varmor(api_client: Any, crds: list[str]) -> AsyncIterator[Varmor]:
+    core = client.CoreV1Api(api_client)
+    install_ns = f"varmor-{uuid.uuid4().hex[:8]}"
+    await core.create_namespace({"metadata": {"name": install_ns}})
+    v = Varmor(api_client, install_ns, install_ns, free_port())
+    try:
+        yield v
+    finally:
+        await v.stop()
+        await webhook_cli.delete_webhook_configurations(api_client, v.name)
+        await core.delete_namespace(install_ns)
+
+
+# -- objects ------------------------------------------------------------------------
+
+
+def policy_body(
+    name: str,
+    namespace: str | None,
+    kind: str,
+    *,
+    selector: dict[str, Any] | None = None,
+    target_name: str | None = None,
+) -> dict[str, Any]:
+    target: dict[str, Any] = {"kind": kind}
+    if target_name:
+        target["name"] = target_name
+    else:
+        target["selector"] = selector or {}
+    meta: dict[str, Any] = {"name": name}
+    if namespace:
+        meta["namespace"] = namespace
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.VARMOR_POLICY.kind if namespace else api.VARMOR_CLUSTER_POLICY.kind,
+        "metadata": meta,
+        "spec": {"target": target, "policy": {"enforcer": "AppArmor", "mode": "RuntimeDefault"}},
+    }
+
+
+async def create_policy(
+    api_client: Any, body: dict[str, Any], *, accept: bool = True, install_ns: str = "varmor"
+) -> dict[str, Any]:
+    """Create a policy and, standing in for the leader, accept it (status.profileName)."""
+    custom = client.CustomObjectsApi(api_client)
+    ns = body["metadata"].get("namespace")
+    if ns:
+        created: dict[str, Any] = await custom.create_namespaced_custom_object(
+            api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, body
+        )
+    else:
+        created = await custom.create_cluster_custom_object(
+            api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, body
+        )
+    if accept:
+        await set_profile_name(api_client, created, api.profile_name(ns, body["metadata"]["name"], install_ns))
+    return created
+
+
+async def set_profile_name(api_client: Any, policy: dict[str, Any], profile: str) -> None:
+    meta = policy["metadata"]
+    ns = meta.get("namespace")
+    resource = api.VARMOR_POLICY if ns else api.VARMOR_CLUSTER_POLICY
+    path = f"/apis/{api.GROUP}/{api.VERSION}" + (f"/namespaces/{ns}" if ns else "")
+    path += f"/{resource.plural}/{meta['name']}/status"
+    await rawapi.request(
+        api_client, "PATCH", path, body={"status": {"profileName": profile}}, content_type=rawapi.MERGE_PATCH
+    )
+
+
+async def delete_cluster_policy(api_client: Any, name: str) -> None:
+    with contextlib.suppress(ApiException):
+        await client.CustomObjectsApi(api_client).delete_cluster_custom_object(
+            api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name
+        )
+
+
+def deployment(name: str, labels: dict[str, str], replicas: int = 1) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "initContainers": [{"name": "init", "image": "busybox"}],
+                    "containers": [{"name": "app", "image": "busybox"}, {"name": "side", "image": "busybox"}],
+                },
+            },
+        },
+    }
+
+
+def pod(name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"metadata": {"name": name, "labels": labels}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+
+
+def profile_of(container: Any) -> str | None:
+    sc = container.security_context
+    prof = sc.app_armor_profile if sc else None
+    return prof.localhost_profile if prof and prof.type == "Localhost" else None
+
+
+# -- tests --------------------------------------------------------------------------
+
+
+async def test_api_server_admits_pods_and_deployments_through_varmor(
+    api_client: Any, namespace: str, varmor: Varmor
+) -> None:
+    core, apps = client.CoreV1Api(api_client), client.AppsV1Api(api_client)
+    webhook_ctx = varmor.start_webhook()
+    varmor.start_leader()
+    # No policies: the configuration exists but sends varmor nothing.
+    await wait_for(varmor.mutating)
+    assert not (await varmor.mutating() or {}).get("webhooks")
+    await create_policy(
+        api_client,
+        policy_body("web", namespace, "Deployment", selector={"matchLabels": {"app": "web"}}),
+        install_ns=varmor.install_ns,
+    )
+    await create_policy(
+        api_client,
+        policy_body("pods", namespace, "Pod", selector={"matchLabels": {"app": "p"}}),
+        install_ns=varmor.install_ns,
+    )
+    await wait_for(lambda: _has(varmor.registered_kinds(), {"deployments", "pods"}))
+    config = await varmor.mutating()
+    assert config is not None
+    deploy_hook = next(w for w in config["webhooks"] if w["rules"][0]["resources"] == ["deployments"])
+    assert {"key": "kubernetes.io/metadata.name", "operator": "In", "values": [namespace]} in deploy_hook[
+        "namespaceSelector"
+    ]["matchExpressions"]
+    secret = await core.read_namespaced_secret(f"{varmor.name}-tls", varmor.install_ns)
+    assert base64.b64decode(deploy_hook["clientConfig"]["caBundle"]) == base64.b64decode(secret.data["ca.crt"])
+    await wait_for(lambda: _ready(webhook_ctx.health))
+
+    # The API server picks up configuration changes asynchronously: retry with new names.
+    counter = iter(range(1000))
+
+    async def deployment_mutated() -> Any:
+        created = await apps.create_namespaced_deployment(namespace, deployment(f"web-{next(counter)}", {"app": "web"}))
+        spec = created.spec.template.spec
+        return created if profile_of(spec.containers[0]) else None
+
+    dep = await wait_for(deployment_mutated, timeout=30, interval=0.3)
+    spec = dep.spec.template.spec
+    assert [profile_of(c) for c in spec.containers] == [f"varmor-{namespace}-web"] * 2
+    assert profile_of(spec.init_containers[0]) is None
+    plain = await apps.create_namespaced_deployment(namespace, deployment("plain", {"app": "other"}))
+    assert profile_of(plain.spec.template.spec.containers[0]) is None
+    assert plain.spec.template.metadata.annotations is None
+
+    async def pod_mutated() -> Any:
+        created = await core.create_namespaced_pod(namespace, pod(f"p-{next(counter)}", {"app": "p"}))
+        return created if profile_of(created.spec.containers[0]) else None
+
+    p = await wait_for(pod_mutated, timeout=30, interval=0.3)
+    assert profile_of(p.spec.containers[0]) == f"varmor-{namespace}-pods"
+    untouched = await core.create_namespaced_pod(namespace, pod("untouched", {"app": "q"}))
+    assert profile_of(untouched.spec.containers[0]) is None
+
+    # The Deployment's pods inherit the profile from the mutated template.
+    async def rs_pod() -> Any:
+        pods = await core.list_namespaced_pod(namespace, label_selector="app=web")
+        return [x for x in pods.items if x.metadata.owner_references]
+
+    owned = (await wait_for(rs_pod))[0]
+    assert profile_of(owned.spec.containers[0]) == f"varmor-{namespace}-web"
+
+    # Re-applying the mutated Deployment (UPDATE) is a no-op for varmor.
+    labels = {"endpoint": "mutate", "kind": "Deployment", "operation": "UPDATE", "result": "unchanged"}
+    before = metric("varmor_admission_requests_total", **labels)
+    for _ in range(10):
+        latest = await apps.read_namespaced_deployment(dep.metadata.name, namespace)
+        latest.metadata.labels["touched"] = "yes"
+        try:
+            updated = await apps.replace_namespaced_deployment(dep.metadata.name, namespace, latest)
+            break
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    assert updated.metadata.generation == latest.metadata.generation  # the template did not change
+    assert metric("varmor_admission_requests_total", **labels) == before + 1
+
+
+async def _has(kinds: Awaitable[set[str]], wanted: set[str]) -> bool:
+    return wanted <= await kinds
+
+
+async def _ready(health: Health) -> bool:
+    return not health.failing()
+
+
+async def test_conflict_is_reported_on_the_losing_policy(api_client: Any, namespace: str, varmor: Varmor) -> None:
+    apps = client.AppsV1Api(api_client)
+    core = client.CoreV1Api(api_client)
+    varmor.start_webhook()
+    varmor.start_leader()
+    await create_policy(
+        api_client, policy_body("by-name", namespace, "Deployment", target_name="web"), install_ns=varmor.install_ns
+    )
+    await create_policy(
+        api_client,
+        policy_body("by-label", namespace, "Deployment", selector={"matchLabels": {"app": "web"}}),
+        install_ns=varmor.install_ns,
+    )
+    await wait_for(lambda: _has(varmor.registered_kinds(), {"deployments"}))
+
+    async def created() -> Any:
+        with contextlib.suppress(ApiException):
+            await apps.delete_namespaced_deployment("web", namespace)
+        dep = await apps.create_namespaced_deployment(namespace, deployment("web", {"app": "web"}))
+        return dep if profile_of(dep.spec.template.spec.containers[0]) else None
+
+    dep = await wait_for(created, interval=0.5)
+    assert profile_of(dep.spec.template.spec.containers[0]) == f"varmor-{namespace}-by-name"
+
+    async def conflict_event() -> Any:
+        events = await core.list_namespaced_event(namespace)
+        return [e for e in events.items if e.reason == "Conflict" and e.involved_object.name == "by-label"]
+
+    event = (await wait_for(conflict_event))[0]
+    assert "by-name" in event.message
+
+
+async def test_validating_webhook_rejects_uncompilable_raw_rules(
+    api_client: Any, namespace: str, varmor: Varmor
+) -> None:
+    import shutil
+
+    if not shutil.which("apparmor_parser"):
+        pytest.skip("apparmor_parser not installed")
+    custom = client.CustomObjectsApi(api_client)
+    varmor.start_webhook()
+    varmor.start_leader()
+    await wait_for(varmor.validating)
+    counter = iter(range(1000))
+
+    async def rejected() -> str | None:
+        body = policy_body(f"raw-{next(counter)}", namespace, "Deployment", target_name="web")
+        body["spec"]["policy"] = {
+            "enforcer": "AppArmor",
+            "mode": "EnhanceProtect",
+            "enhanceProtect": {"appArmorRawRules": [{"rules": "deny unix addr=@/containerd-shim/**,"}]},
+        }
+        try:
+            await custom.create_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, body
+            )
+        except ApiException as exc:
+            return str(exc.body)
+        return None
+
+    message = await wait_for(rejected, interval=0.5)
+    assert "appArmorRawRules" in message
+
+
+async def test_webhook_down_admits_with_ignore_and_the_gap_is_visible(
+    api_client: Any, namespace: str, varmor: Varmor
+) -> None:
+    apps = client.AppsV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
+    leader_ctx = varmor.start_leader()  # registers the webhook; nothing serves it
+    body = policy_body("web", namespace, "Deployment", selector={"matchLabels": {"app": "web"}})
+    await create_policy(api_client, body, install_ns=varmor.install_ns)
+    await wait_for(lambda: _has(varmor.registered_kinds(), {"deployments"}))
+    config = await varmor.mutating()
+    assert config is not None
+    assert config["webhooks"][0]["failurePolicy"] == "Ignore"
+    assert config["webhooks"][0]["timeoutSeconds"] == 5
+    dep = await apps.create_namespaced_deployment(namespace, deployment("web", {"app": "web"}))
+    assert profile_of(dep.spec.template.spec.containers[0]) is None  # admitted, unprotected
+    cache = leader.PolicyCache(api_client)
+    cache_task = asyncio.create_task(cache.run())
+    try:
+        await cache.synced_event.wait()
+        result = await leader.audit_once(
+            api_client, cache, leader.webhook_settings.from_args(leader_ctx.args).excluded_namespaces, None
+        )
+    finally:
+        cache_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cache_task
+    assert result.per_policy[(namespace, "web")] == 1
+    assert metric("varmor_unprotected_workloads", kind="Deployment") >= 1
+    got = await custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, "web")
+    assert got["status"]["unprotectedWorkloads"] == 1
+
+
+async def test_certificate_rotation_during_pod_stream_loses_nothing(
+    api_client: Any, namespace: str, varmor: Varmor
+) -> None:
+    """failurePolicy Fail: any TLS failure during rotation would fail a creation."""
+    core = client.CoreV1Api(api_client)
+    day = 86400
+    varmor.extra = [
+        "--webhook-failure-policy=Fail",
+        f"--cert-validity-days={4 / day}",
+        f"--ca-validity-days={12 / day}",
+        "--cert-rotation-grace=1.5",
+    ]
+    webhook_ctx = varmor.start_webhook()
+    varmor.start_leader()
+    await create_policy(api_client, policy_body("all", namespace, "Pod", selector={}), install_ns=varmor.install_ns)
+    await wait_for(lambda: _has(varmor.registered_kinds(), {"pods"}))
+    await wait_for(lambda: _ready(webhook_ctx.health))
+    warm = iter(range(1000))
+
+    async def mutated() -> bool:
+        created = await core.create_namespaced_pod(namespace, pod(f"warm-{next(warm)}", {}))
+        return profile_of(created.spec.containers[0]) is not None
+
+    await wait_for(mutated, interval=0.3)
+    steps = {s: metric("varmor_certificate_rotations_total", step=s) for s in ("staged", "promoted", "stable")}
+    reloads = metric("varmor_certificate_reloads_total")
+    failures: list[str] = []
+    unmutated = 0
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 16
+    i = 0
+    while loop.time() < deadline:
+        i += 1
+        try:
+            created = await core.create_namespaced_pod(namespace, pod(f"s-{i}", {}))
+            unmutated += profile_of(created.spec.containers[0]) is None
+        except ApiException as exc:
+            failures.append(str(exc.body)[:300])
+        await asyncio.sleep(0.02)
+    assert failures == []
+    assert unmutated == 0
+    assert i > 100
+    assert metric("varmor_certificate_rotations_total", step="staged") > steps["staged"]
+    assert metric("varmor_certificate_rotations_total", step="promoted") > steps["promoted"]
+    assert metric("varmor_certificate_rotations_total", step="stable") > steps["stable"]
+    assert metric("varmor_certificate_reloads_total") >= reloads + 2
+
+
+async def test_uninstall_leaves_no_webhook_configuration(api_client: Any, namespace: str, varmor: Varmor) -> None:
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    owner = f"{varmor.name}-manager"
+    await rbac.create_cluster_role({"metadata": {"name": owner}, "rules": []})
+    varmor.extra = [f"--owner-cluster-role={owner}"]
+    try:
+        varmor.start_leader()
+        await create_policy(
+            api_client, policy_body("web", namespace, "Deployment", target_name="web"), install_ns=varmor.install_ns
+        )
+        await wait_for(lambda: _has(varmor.registered_kinds(), {"deployments"}))
+        config = await varmor.mutating()
+        assert config is not None
+        assert config["metadata"]["ownerReferences"][0]["name"] == owner
+        # The pre-delete hook removes both configurations...
+        await webhook_cli.cleanup(api_client, varmor.name, resources=False)
+        assert await varmor.mutating() is None
+        assert await varmor.validating() is None
+        # ...a leader still running may recreate them (here: on a policy change)...
+        await create_policy(
+            api_client, policy_body("db", namespace, "StatefulSet", target_name="db"), install_ns=varmor.install_ns
+        )
+        await wait_for(varmor.mutating)
+        # ...and deleting the chart's ClusterRole garbage-collects whatever is left.
+        await rbac.delete_cluster_role(owner)
+
+        async def gone() -> bool:
+            return await varmor.mutating() is None and await varmor.validating() is None
+
+        await wait_for(gone, timeout=30)
+        # The leader refuses to register without its owner (it is being uninstalled).
+        await create_policy(
+            api_client, policy_body("ds", namespace, "DaemonSet", target_name="ds"), install_ns=varmor.install_ns
+        )
+        await asyncio.sleep(1.5)
+        assert await gone()
+        core = client.CoreV1Api(api_client)
+
+        async def secret_gone() -> bool:
+            try:
+                await core.read_namespaced_secret(f"{varmor.name}-tls", varmor.install_ns)
+            except ApiException as exc:
+                return exc.status == 404
+            return False
+
+        await wait_for(secret_gone, timeout=30)
+    finally:
+        with contextlib.suppress(ApiException):
+            await rbac.delete_cluster_role(owner)
