@@ -63,7 +63,6 @@ def _check_characters(text: str) -> None:
         ("#", "'#' is not allowed (no comments or #include)"),
         ("\\", "backslash escapes are not allowed"),
         ("$", "boolean variables and conditionals are not allowed"),
-        ("@", "'@' is only allowed in variable references like @{PROC}"),
     ):
         pos = without_vars.find(ch)
         if pos >= 0:
