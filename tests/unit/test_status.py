@@ -14,6 +14,7 @@ from varmor.reconcile.status import (
     armor_profile_status,
     phase,
     policy_status,
+    status_patch,
 )
 
 SHA = "a" * 64
@@ -140,12 +141,15 @@ def test_transition_times_move_only_on_change_and_foreign_conditions_survive() -
     first["conditions"].append({"type": "Unprotected", "status": "True", "reason": "WebhookDown"})
     first["unprotectedWorkloads"] = 2
     again = policy_status(Outcome(1, "p", profile_created=True, profile=ps), first, LATER)
-    assert again == first  # nothing changed: no write needed
+    assert status_patch(again, first) is None  # nothing changed: no write needed
     worse = policy_status(Outcome(1, "p", profile_created=True, profile=ProfileStatus(2, 1)), first, LATER)
     times = {c["type"]: c.get("lastTransitionTime") for c in worse["conditions"]}
     assert times["Created"] == NOW
     assert times["Ready"] == LATER
-    assert worse["unprotectedWorkloads"] == 2
+    patch = status_patch(worse, first)
+    assert patch is not None
+    assert "unprotectedWorkloads" not in patch  # the webhook's field is never written
+    assert set(patch) == {"desiredNumberLoaded", "conditions", "ready", "phase"}
     assert any(c["type"] == "Unprotected" for c in worse["conditions"])
 
 
@@ -185,3 +189,11 @@ def test_counts_are_consistent(states: list[str]) -> None:
     assert (phase(o) == "Error") == (count("failed") > 0)
     # Order of ArmorNodes never changes the result.
     assert aggregate("varmor-demo-web", "demo", SHA, list(reversed(nodes))) == ps
+
+
+def test_status_patch_clears_fields_no_longer_set() -> None:
+    accepted = policy_status(Outcome(1, "p", profile_created=True, profile=ProfileStatus(1, 1)), None, NOW)
+    rejected = policy_status(Outcome(2, None, error_reason="ProfileNameConflict", error_message="m"), accepted, LATER)
+    patch = status_patch(rejected, accepted)
+    assert patch is not None
+    assert patch["profileName"] is None

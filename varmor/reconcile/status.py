@@ -233,12 +233,31 @@ def policy_status(o: Outcome, previous: Mapping[str, Any] | None, now: str) -> J
     }
     if o.profile_name:
         out["profileName"] = o.profile_name
-    for key in ("unprotectedWorkloads",):  # written by the webhook side; keep it
-        if key in previous:
-            out[key] = previous[key]
     return out
 
 
-def same_status(a: Mapping[str, Any] | None, b: Mapping[str, Any] | None) -> bool:
-    """Equal ignoring nothing: used to skip no-op writes (times are kept stable above)."""
-    return (a or {}) == (b or {})
+# Status fields the leader owns; others (unprotectedWorkloads, written by the webhook's
+# audit) are never included in the leader's merge patches, so neither clobbers the other.
+LEADER_FIELDS = (
+    "profileName",
+    "ready",
+    "phase",
+    "observedGeneration",
+    "desiredNumberLoaded",
+    "currentNumberLoaded",
+    "conditions",
+)
+
+
+def status_patch(new: Mapping[str, Any], previous: Mapping[str, Any] | None) -> JSON | None:
+    """The merge patch turning `previous` into `new` on the leader's fields, or None when
+    nothing changed (so an idle leader writes nothing)."""
+    previous = previous or {}
+    patch: JSON = {}
+    for key in LEADER_FIELDS:
+        if key in new:
+            if previous.get(key) != new[key]:
+                patch[key] = new[key]
+        elif key in previous:
+            patch[key] = None
+    return patch or None

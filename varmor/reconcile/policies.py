@@ -1,0 +1,550 @@
+"""Policy -> ArmorProfile reconciler, and the policy/ArmorProfile status writer.
+
+One work queue keyed by policy: every event that can change what a policy should look
+like (the policy itself, its ArmorProfile, an ArmorNode report naming its profile)
+enqueues the policy's key, and `reconcile` recomputes everything from the informer
+caches. Per-key serialisation means a policy's status has exactly one writer at a time;
+recomputing from scratch means a new leader needs no handover.
+
+Guarantees:
+* idempotent: an unchanged policy costs no writes;
+* conflict-safe: ArmorProfile updates carry the resourceVersion they were computed from,
+  and profile-name collisions are checked against a live list under a per-name lock;
+* an invalid policy gets status Error, a Created/Updated condition naming the field and
+  an Event, and no ArmorProfile (or, for an invalid update, the previous profile stays);
+* ArmorProfiles carry an owner reference to the policy (the garbage collector deletes
+  them when varmor is down) and are deleted by the leader when it sees the policy go.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from kubernetes.aio import client
+
+from varmor import api
+from varmor.informer import EventType, Informer
+from varmor.kube import JSON, ApiException
+from varmor.reconcile import metrics
+from varmor.reconcile.kubeio import MERGE_PATCH, Kube, now_rfc3339
+from varmor.reconcile.status import (
+    Outcome,
+    ProfileStatus,
+    aggregate,
+    armor_profile_status,
+    policy_status,
+    status_patch,
+)
+from varmor.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+
+PolicyKey = tuple[str, str, str]  # (kind, namespace or "", name)
+ROLLOUT_FINALIZER = "varmor.org/rollout"
+POLICY_KIND_LABEL = "varmor.org/policy-kind"
+
+
+@dataclass(frozen=True)
+class Settings:
+    install_namespace: str
+    workers: int = 4
+    resync_seconds: float = 300.0
+    status_delay: float = 0.5  # coalesce bursts of node reports into one status write
+    use_apparmor_field: bool = True  # Kubernetes >= 1.30: securityContext.appArmorProfile
+
+
+def policy_key(obj: Mapping[str, Any]) -> PolicyKey:
+    meta = obj.get("metadata", {})
+    kind = obj.get("kind") or api.VARMOR_POLICY.kind
+    ns = "" if kind == api.VARMOR_CLUSTER_POLICY.kind else str(meta.get("namespace") or "")
+    return kind, ns, str(meta["name"])
+
+
+def owner_key(ap: Mapping[str, Any]) -> tuple[PolicyKey, str] | None:
+    """(policy key, policy uid) of an ArmorProfile's controlling policy."""
+    meta = ap.get("metadata", {})
+    for ref in meta.get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") in (api.VARMOR_POLICY.kind, api.VARMOR_CLUSTER_POLICY.kind):
+            ns = "" if ref["kind"] == api.VARMOR_CLUSTER_POLICY.kind else str(meta.get("namespace") or "")
+            return (ref["kind"], ns, ref["name"]), str(ref.get("uid") or "")
+    return None
+
+
+def desired_armor_profile(
+    policy: Mapping[str, Any], profile_name: str, namespace: str, text: str, mode: str, sha256: str
+) -> JSON:
+    """The ArmorProfile a policy compiles to (pure)."""
+    meta = policy["metadata"]
+    spec = policy.get("spec") or {}
+    update_existing = bool(spec.get("updateExistingWorkloads"))
+    body: JSON = {
+        "apiVersion": api.API_VERSION,
+        "kind": api.ARMOR_PROFILE.kind,
+        "metadata": {
+            "name": profile_name,
+            "namespace": namespace,
+            "labels": {api.MANAGED_BY_LABEL: "varmor", POLICY_KIND_LABEL: policy.get("kind", api.VARMOR_POLICY.kind)},
+            "ownerReferences": [
+                {
+                    "apiVersion": api.API_VERSION,
+                    "kind": policy.get("kind", api.VARMOR_POLICY.kind),
+                    "name": meta["name"],
+                    "uid": meta["uid"],
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "target": spec.get("target") or {},
+            "profile": {"name": profile_name, "enforcer": "AppArmor", "mode": mode, "appArmor": text, "sha256": sha256},
+            "updateExistingWorkloads": update_existing,
+        },
+    }
+    if update_existing:
+        # Lets the leader roll workloads back before the profile disappears from nodes.
+        body["metadata"]["finalizers"] = [ROLLOUT_FINALIZER]
+    return body
+
+
+def merged_for_update(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> JSON | None:
+    """`existing` with the fields we own set from `desired`, or None if already equal.
+    Keeps others' labels, finalizers and owner references."""
+    meta = dict(existing.get("metadata") or {})
+    want = desired["metadata"]
+    labels = {**(meta.get("labels") or {}), **want["labels"]}
+    finalizers = [f for f in meta.get("finalizers") or [] if f != ROLLOUT_FINALIZER]
+    finalizers += want.get("finalizers", [])
+    refs = [r for r in meta.get("ownerReferences") or [] if not r.get("controller")] + want["ownerReferences"]
+    if (
+        existing.get("spec") == desired["spec"]
+        and meta.get("labels") == labels
+        and (meta.get("finalizers") or []) == finalizers
+        and meta.get("ownerReferences") == refs
+    ):
+        return None
+    meta.update(labels=labels, ownerReferences=refs)
+    if finalizers:
+        meta["finalizers"] = finalizers
+    else:
+        meta.pop("finalizers", None)
+    return {**existing, "metadata": meta, "spec": desired["spec"]}
+
+
+def _changed_profiles(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> set[str] | None:
+    """Profile names whose entries differ between two versions of an ArmorNode, or None
+    when the node as a whole changed (appeared, went away, phase or readiness)."""
+    if old is None or new is None:
+        return None
+    os_, ns_ = old.get("status") or {}, new.get("status") or {}
+    if os_.get("phase") != ns_.get("phase") or os_.get("ready") != ns_.get("ready"):
+        return None
+    changed: set[str] = set()
+    for field in ("profiles", "failures"):
+        a, b = os_.get(field) or {}, ns_.get(field) or {}
+        changed.update(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    return changed
+
+
+class PolicyController:
+    """Informers for the four kinds, one queue of policy keys, and the status math."""
+
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        settings: Settings,
+        *,
+        kube: Kube | None = None,
+        on_ready: Callable[[JSON, JSON], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.kube = kube or Kube(api_client)
+        rs = settings.resync_seconds
+        self.policies = Informer(api_client, api.VARMOR_POLICY, resync_seconds=rs)
+        self.cluster_policies = Informer(api_client, api.VARMOR_CLUSTER_POLICY, resync_seconds=rs)
+        self.profiles = Informer(api_client, api.ARMOR_PROFILE, resync_seconds=rs)
+        self.nodes = Informer(api_client, api.ARMOR_NODE, resync_seconds=rs)
+        self.queue: WorkQueue[PolicyKey] = WorkQueue(
+            self._reconcile_counted, concurrency=settings.workers, name="policies"
+        )
+        self._node_seen: dict[str, JSON] = {}
+        self._name_locks: dict[str, asyncio.Lock] = {}
+        self._delayed: set[PolicyKey] = set()
+        self._extra_conditions: dict[str, JSON] = {}  # policy uid -> condition (Rollout)
+        # What this leader last wrote, by uid: the cache may lag our own writes, and
+        # comparing against it would repeat writes and Events.
+        self._last_status: dict[str, JSON] = {}
+        self._last_ap_status: dict[str, JSON] = {}
+        self.on_ready = on_ready  # (policy, armor profile) when a policy is Ready: rollouts
+        self.on_profile_deleting: Callable[[JSON], None] | None = None
+        self.policies.add_handler(self._on_policy)
+        self.cluster_policies.add_handler(self._on_policy)
+        self.profiles.add_handler(self._on_profile)
+        self.nodes.add_handler(self._on_node)
+
+    # -- caches ---------------------------------------------------------------------
+    def get_policy(self, key: PolicyKey) -> JSON | None:
+        kind, ns, name = key
+        informer = self.cluster_policies if kind == api.VARMOR_CLUSTER_POLICY.kind else self.policies
+        obj = informer.get(ns, name)
+        if obj is not None:
+            obj.setdefault("kind", kind)
+            obj.setdefault("apiVersion", api.API_VERSION)
+        return obj
+
+    def all_policies(self) -> list[JSON]:
+        out = []
+        for informer, kind in ((self.cluster_policies, "VarmorClusterPolicy"), (self.policies, "VarmorPolicy")):
+            for obj in informer.list():
+                obj.setdefault("kind", kind)
+                obj.setdefault("apiVersion", api.API_VERSION)
+                out.append(obj)
+        return out
+
+    @property
+    def synced(self) -> bool:
+        return all(i.synced for i in (self.policies, self.cluster_policies, self.profiles, self.nodes))
+
+    def set_extra_condition(self, policy_uid: str, condition: JSON, key: PolicyKey) -> None:
+        """A condition owned by another leader task (Rollout), written with the next status."""
+        self._extra_conditions[policy_uid] = condition
+        self.queue.add(key)
+
+    # -- event handlers -------------------------------------------------------------
+    async def _on_policy(self, _event: EventType, obj: JSON) -> None:
+        self.queue.add(policy_key(obj))
+
+    async def _on_profile(self, event: EventType, ap: JSON) -> None:
+        owner = owner_key(ap)
+        if owner is not None:
+            self.queue.add(owner[0])
+        meta = ap.get("metadata", {})
+        finalizing = meta.get("deletionTimestamp") and ROLLOUT_FINALIZER in (meta.get("finalizers") or [])
+        if finalizing and self.on_profile_deleting is not None:
+            self.on_profile_deleting(ap)
+        if event == "DELETED":
+            # A name may have been freed: retry policies that collided on it.
+            name = meta.get("name")
+            for policy in self.all_policies():
+                if (policy.get("status") or {}).get("phase") == "Error" and self._derived_name(policy) == name:
+                    self.queue.add(policy_key(policy))
+
+    async def _on_node(self, event: EventType, node: JSON) -> None:
+        name = node["metadata"]["name"]
+        old = self._node_seen.get(name)
+        new = None if event == "DELETED" else node
+        if new is None:
+            self._node_seen.pop(name, None)
+        else:
+            self._node_seen[name] = new
+        if event == "RESYNC":
+            return  # policy resyncs already cover periodic recomputation
+        changed = _changed_profiles(old, new)
+        if changed is not None and not changed:
+            return
+        for ap in self.profiles.list():
+            if changed is None or ap["metadata"]["name"] in changed:
+                owner = owner_key(ap)
+                if owner is not None:
+                    self._add_delayed(owner[0])
+
+    def _add_delayed(self, key: PolicyKey) -> None:
+        """Coalesce: many node reports within `status_delay` cost one reconcile."""
+        if key in self._delayed:
+            return
+        self._delayed.add(key)
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._delayed.discard(key)
+            self.queue.add(key)
+
+        loop.call_later(self.settings.status_delay, fire)
+
+    def _derived_name(self, policy: Mapping[str, Any]) -> str | None:
+        kind, ns, name = policy_key(policy)
+        try:
+            return api.profile_name(None if kind == api.VARMOR_CLUSTER_POLICY.kind else ns, name, self._install_ns)
+        except api.ProfileNameError:
+            return None
+
+    @property
+    def _install_ns(self) -> str:
+        return self.settings.install_namespace
+
+    # -- reconcile ------------------------------------------------------------------
+    async def _reconcile_counted(self, key: PolicyKey) -> None:
+        start = time.perf_counter()
+        try:
+            await self.reconcile(key)
+        except Exception:
+            metrics.RECONCILE_ERRORS.labels(key[0]).inc()
+            raise
+        finally:
+            metrics.RECONCILE_DURATION.labels(key[0]).observe(time.perf_counter() - start)
+
+    async def reconcile(self, key: PolicyKey) -> None:
+        policy = self.get_policy(key)
+        if policy is None or policy["metadata"].get("deletionTimestamp"):
+            await self._delete_orphans(key)
+            return
+        kind, ns, name = key
+        meta = policy["metadata"]
+        uid = meta["uid"]
+        generation = int(meta.get("generation") or 0)
+        ap_ns = ns or self._install_ns
+        previous = self._last_status.get(uid) or policy.get("status") or {}
+        error: tuple[str, str] | None = None
+        built: Any = None
+        profile_name: str | None = None
+        try:
+            profile_name, built = build(policy, self._install_ns)
+        except BuildError as exc:
+            error = (exc.reason, exc.message)
+        # Our ArmorProfile, if any: at the accepted (or derivable) name, owned by this uid.
+        lookup = profile_name or previous.get("profileName") or self._derived_name(policy)
+        ap = self.profiles.get(ap_ns, lookup) if lookup else None
+        if ap is not None and (owner_key(ap) or (None, ""))[1] != uid:
+            ap = None
+        if ap is not None and ap["metadata"].get("deletionTimestamp"):
+            self.queue.add_after(key, 1.0)  # deleted under us: recreate once it is gone
+            return
+        events: list[tuple[str, str, str]] = []
+        if error is None and built is not None and profile_name is not None:
+            desired = desired_armor_profile(policy, profile_name, ap_ns, built.text, built.mode, built.sha256)
+            if ap is None:
+                async with self._lock(profile_name):
+                    conflict = await self._name_conflict(profile_name, uid)
+                    if conflict == "retry":
+                        self.queue.add_after(key, 1.0)
+                        return
+                    if conflict:
+                        error = ("ProfileNameConflict", conflict)
+                    else:
+                        ap = await self._create_profile(desired)
+                        events.append(("Normal", "ProfileCreated", f"ArmorProfile {ap_ns}/{profile_name} created"))
+            else:
+                update = merged_for_update(ap, desired)
+                if update is not None:
+                    spec_changed = ap.get("spec") != desired["spec"]
+                    ap = await self._update_profile(update)
+                    if spec_changed:
+                        events.append(("Normal", "ProfileUpdated", f"ArmorProfile updated for generation {generation}"))
+            if ap is not None and built.warnings and previous.get("observedGeneration") != generation:
+                events.append(("Warning", "RuleNotEnforced", "; ".join(built.warnings)))
+        ps = await self._write_profile_status(ap) if ap is not None else None
+        extra = self._extra_conditions.get(uid)
+        outcome = Outcome(
+            generation=generation,
+            profile_name=ap["metadata"]["name"] if ap is not None else None,
+            error_reason=error[0] if error else None,
+            error_message=error[1] if error else "",
+            profile_created=ap is not None,
+            profile=ps,
+            extra_conditions=(extra,) if extra else (),
+        )
+        new_status = policy_status(outcome, previous, now_rfc3339())
+        events += _transition_events(previous, new_status)
+        patch = status_patch(new_status, previous)
+        if patch is not None:
+            await self._patch_status(kind, ns, name, patch)
+        self._last_status[uid] = {**previous, **new_status}
+        if extra is not None:
+            self._extra_conditions.pop(uid, None)
+        for etype, reason, message in events:
+            await self.kube.event(policy, etype, reason, message)
+        if ap is not None and ps is not None and ps.ready and self.on_ready is not None:
+            self.on_ready({**policy, "status": self._last_status[uid]}, ap)
+
+    def _lock(self, profile_name: str) -> asyncio.Lock:
+        return self._name_locks.setdefault(profile_name, asyncio.Lock())
+
+    async def _name_conflict(self, profile_name: str, uid: str) -> str | None:
+        """None if the name is free for policy `uid`; "retry" if it is held by an
+        ArmorProfile that is going away; else a message naming the holder.
+
+        A live list (not the cache): the cache may not yet show a profile another worker
+        created a moment ago."""
+        path = Kube.custom_path(api.ARMOR_PROFILE)
+        listing = await self.kube.request("GET", path, query={"fieldSelector": f"metadata.name={profile_name}"})
+        for other in listing.get("items", []):
+            owner = owner_key(other)
+            if owner is not None and owner[1] == uid:
+                continue
+            if other["metadata"].get("deletionTimestamp"):
+                return "retry"
+            if owner is not None and not self._policy_alive(owner[0], owner[1]):
+                await self._delete_profile(other)
+                return "retry"
+            holder = f"{owner[0][0]} {'/'.join(p for p in owner[0][1:] if p)}" if owner else "an unowned ArmorProfile"
+            return (
+                f"profile name {profile_name} is already used by {holder} "
+                f"(ArmorProfile {other['metadata'].get('namespace')}/{profile_name}); rename this policy"
+            )
+        return None
+
+    def _policy_alive(self, key: PolicyKey, uid: str) -> bool:
+        policy = self.get_policy(key)
+        return policy is not None and policy["metadata"].get("uid") == uid
+
+    async def _delete_orphans(self, key: PolicyKey) -> None:
+        """Delete ArmorProfiles whose controlling policy `key` no longer exists (or was
+        recreated with a new uid). The garbage collector would too; this is faster."""
+        if not self.synced:
+            return
+        for ap in self.profiles.list():
+            owner = owner_key(ap)
+            if owner is None or owner[0] != key or ap["metadata"].get("deletionTimestamp"):
+                continue
+            if not self._policy_alive(owner[0], owner[1]):
+                await self._delete_profile(ap)
+
+    async def sweep_orphans(self) -> None:
+        """Once after start: profiles whose policy vanished while no leader was running."""
+        for ap in self.profiles.list():
+            owner = owner_key(ap)
+            if owner is not None and not self._policy_alive(*owner) and not ap["metadata"].get("deletionTimestamp"):
+                await self._delete_profile(ap)
+
+    # -- writes ---------------------------------------------------------------------
+    async def _create_profile(self, body: JSON) -> JSON:
+        ns = body["metadata"]["namespace"]
+        try:
+            return await self.kube.request("POST", Kube.custom_path(api.ARMOR_PROFILE, ns), body=body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+        # Created concurrently (or the cache lagged): take it only if it is ours.
+        current = await self.kube.request("GET", Kube.custom_path(api.ARMOR_PROFILE, ns, body["metadata"]["name"]))
+        owner = owner_key(current)
+        if owner is None or owner[1] != body["metadata"]["ownerReferences"][0]["uid"]:
+            raise RuntimeError(f"ArmorProfile {ns}/{body['metadata']['name']} exists for another policy")
+        update = merged_for_update(current, body)
+        return current if update is None else await self._update_profile(update)
+
+    async def _update_profile(self, body: JSON) -> JSON:
+        """PUT with the resourceVersion the update was computed from: a 409 means someone
+        else wrote first, and the queue retries with fresh state."""
+        meta = body["metadata"]
+        path = Kube.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
+        return await self.kube.request("PUT", path, body=body)
+
+    async def _delete_profile(self, ap: JSON) -> None:
+        meta = ap["metadata"]
+        path = Kube.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": meta["uid"]}}
+        try:
+            await self.kube.request("DELETE", path, body=body, query={"propagationPolicy": "Background"})
+            log.info("deleted ArmorProfile %s/%s (policy gone)", meta["namespace"], meta["name"])
+        except ApiException as exc:
+            if exc.status not in (404, 409):
+                raise
+
+    async def _write_profile_status(self, ap: JSON) -> ProfileStatus:
+        meta, spec = ap["metadata"], ap["spec"]
+        ps = aggregate(meta["name"], meta["namespace"], spec["profile"]["sha256"], self.nodes.list())
+        previous = self._last_ap_status.get(meta["uid"]) or ap.get("status") or {}
+        body = armor_profile_status(ps, previous, now_rfc3339())
+        self._last_ap_status[meta["uid"]] = body
+        if any(previous.get(k) != v for k, v in body.items()):
+            path = Kube.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"]) + "/status"
+            try:
+                await self.kube.request(
+                    "PATCH", path, body={"status": body}, content_type="application/merge-patch+json"
+                )
+                metrics.STATUS_WRITES.labels("armorprofile").inc()
+            except ApiException as exc:
+                if exc.status != 404:  # deleted meanwhile: the next event re-runs us
+                    raise
+        return ps
+
+    async def _patch_status(self, kind: str, ns: str, name: str, patch: JSON) -> None:
+        resource = api.VARMOR_CLUSTER_POLICY if kind == api.VARMOR_CLUSTER_POLICY.kind else api.VARMOR_POLICY
+        path = Kube.custom_path(resource, ns or None, name) + "/status"
+        try:
+            await self.kube.request("PATCH", path, body={"status": patch}, content_type=MERGE_PATCH)
+            metrics.STATUS_WRITES.labels("policy").inc()
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+
+    # -- lifecycle ------------------------------------------------------------------
+    async def run(self) -> None:
+        informers = [self.policies, self.cluster_policies, self.profiles, self.nodes]
+        tasks = [asyncio.create_task(i.run(), name=f"informer-{i.resource.plural}") for i in informers]
+        try:
+            for informer in informers:
+                await informer.wait_synced()
+            await self.sweep_orphans()
+            tasks.append(asyncio.create_task(self.queue.run(), name="policy-queue"))
+            tasks.append(asyncio.create_task(self._phase_gauge(), name="policy-gauge"))
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    async def _phase_gauge(self) -> None:
+        while True:
+            counts = {"Pending": 0, "Protecting": 0, "Error": 0}
+            for policy in self.all_policies():
+                phase = (policy.get("status") or {}).get("phase", "Pending")
+                counts[phase] = counts.get(phase, 0) + 1
+            for phase, count in counts.items():
+                metrics.POLICIES.labels(phase).set(count)
+            await asyncio.sleep(15)
+
+
+class BuildError(Exception):
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+def build(policy: Mapping[str, Any], install_namespace: str) -> tuple[str, Any]:
+    """(profile name, BuiltProfile) or BuildError(reason, message). Pure."""
+    from varmor.policy import PolicyError, parse_policy
+    from varmor.profile.builder import build_profile
+
+    try:
+        parsed = parse_policy(policy, install_namespace=install_namespace)
+        name = parsed.profile_name(install_namespace)
+    except PolicyError as exc:
+        raise BuildError("Invalid", str(exc)) from None
+    except api.ProfileNameError as exc:
+        raise BuildError("Invalid", f"metadata.name: {exc}") from None
+    try:
+        return name, build_profile(parsed, name)
+    except Exception as exc:  # a builder bug must not crash-loop the leader
+        log.exception("building the profile for %s failed", name)
+        raise BuildError("BuildFailed", f"building the profile failed: {exc}") from None
+
+
+def _transition_events(previous: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """One Event per condition that changed reason (state changes only, never per pass)."""
+    old = {c.get("type"): c for c in previous.get("conditions") or []}
+    out: list[tuple[str, str, str]] = []
+    for cond in new.get("conditions") or []:
+        before = old.get(cond["type"])
+        if before is not None and before.get("reason") == cond.get("reason") and before.get("status") == cond["status"]:
+            continue
+        if cond["type"] == "Created" and cond["status"] == "True":
+            continue  # the ProfileCreated event already says it
+        if cond["type"] == "Updated" and cond["status"] == "True":
+            continue
+        etype = "Normal" if cond["status"] == "True" or cond.get("reason") in ("Loading", "Processing") else "Warning"
+        event = (etype, str(cond.get("reason") or cond["type"]), str(cond.get("message") or ""))
+        if event not in out:  # an invalid policy fails Created and Ready for one reason
+            out.append(event)
+    return out

@@ -1,0 +1,113 @@
+"""`varmor run --roles=leader`: elect one leader; while leading, reconcile policies,
+aggregate node status, roll workloads, and run the webhook's leader-only tasks.
+
+Every replica runs the elector. Leader work starts on acquire and is cancelled the
+moment the lease is lost; it keeps no state the next leader would need.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import importlib
+import logging
+from typing import Any
+
+from varmor.reconcile.election import ElectionConfig, KubeLeaseStore, LeaderElector, default_identity
+from varmor.reconcile.kubeio import Kube
+from varmor.reconcile.policies import PolicyController, Settings
+from varmor.reconcile.rollout import Rollouts
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("leader")
+    g.add_argument("--lease-name", default="varmor-leader", help="Lease (in --namespace) used for election")
+    g.add_argument("--lease-duration", type=float, default=15.0, help="seconds a lease is valid without renewal")
+    g.add_argument("--renew-deadline", type=float, default=10.0, help="seconds the leader retries renewing")
+    g.add_argument("--retry-period", type=float, default=2.0, help="seconds between election attempts")
+    g.add_argument("--leader-identity", default=None, help="default: $POD_NAME, else hostname plus a suffix")
+    g.add_argument("--reconcile-workers", type=int, default=4, help="policies reconciled concurrently")
+    g.add_argument("--resync-period", type=float, default=300.0, help="seconds between full resyncs")
+    g.add_argument("--status-delay", type=float, default=0.5, help="seconds to coalesce node reports")
+    g.add_argument("--rollout-qps", type=float, default=2.0, help="workload patches per second (updateExisting)")
+    g.add_argument("--rollout-burst", type=int, default=5)
+    g.add_argument(
+        "--no-leader-webhook-tasks",
+        dest="leader_webhook_tasks",
+        action="store_false",
+        help="do not run certificate management and webhook registration while leading",
+    )
+
+
+async def _use_apparmor_field(api_client: Any) -> bool:
+    """Kubernetes >= 1.30 takes securityContext.appArmorProfile; older ones the annotation."""
+    try:
+        from varmor.webhook.policies import server_supports_field
+    except ImportError:
+        return True
+    return bool(await server_supports_field(api_client))
+
+
+async def lead(ctx: Any) -> None:
+    """Everything the leader does, until cancelled."""
+    args = ctx.args
+    settings = Settings(
+        install_namespace=args.namespace,
+        workers=args.reconcile_workers,
+        resync_seconds=args.resync_period,
+        status_delay=args.status_delay,
+        use_apparmor_field=await _use_apparmor_field(ctx.api_client),
+    )
+    controller = PolicyController(ctx.api_client, settings, kube=Kube(ctx.api_client))
+    rollouts = Rollouts(controller, qps=args.rollout_qps, burst=args.rollout_burst)
+    tasks = [
+        asyncio.create_task(controller.run(), name="leader-policies"),
+        asyncio.create_task(rollouts.run(), name="leader-rollouts"),
+    ]
+    if getattr(args, "leader_webhook_tasks", True):
+        webhook_leader = _webhook_leader()
+        if webhook_leader is not None:
+            tasks.append(asyncio.create_task(webhook_leader(ctx), name="leader-webhook"))
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        for task in done:
+            task.result()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+def _webhook_leader() -> Any:
+    try:
+        module = importlib.import_module("varmor.webhook.leader")
+    except ModuleNotFoundError as exc:
+        if exc.name != "varmor.webhook.leader":
+            raise
+        return None
+    return getattr(module, "run_leader_tasks", None)
+
+
+async def run(ctx: Any) -> None:
+    args = ctx.args
+    config = ElectionConfig(
+        namespace=args.namespace,
+        lease_name=args.lease_name,
+        identity=args.leader_identity or default_identity(),
+        lease_duration=args.lease_duration,
+        renew_deadline=args.renew_deadline,
+        retry_period=args.retry_period,
+    )
+    kube = Kube(ctx.api_client)
+    elector = LeaderElector(KubeLeaseStore(kube, config.namespace, config.lease_name), config)
+    log.info("leader election as %s on lease %s/%s", config.identity, config.namespace, config.lease_name)
+
+    async def leading() -> None:
+        await lead(ctx)
+
+    await elector.run(leading)
