@@ -1,0 +1,353 @@
+"""Policy -> ArmorProfile -> node reports -> Ready, on the real API server.
+
+Nodes are simulated: Node objects plus ArmorNode status written the way an agent would.
+The leader's reconcilers run in-process (no election; tests/cluster/test_leader.py runs
+real `varmor run --roles leader` processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import hashlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
+
+from varmor import api
+
+pytestmark = pytest.mark.cluster
+
+
+async def wait_for(predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.1) -> Any:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    last: Any = None
+    while True:
+        last = await predicate()
+        if last:
+            return last
+        if loop.time() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
+        await asyncio.sleep(interval)
+
+
+def vpol(name: str, *, kind: str = "VarmorPolicy", rules: list[str] | None = None, **spec: Any) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "apiVersion": api.API_VERSION,
+        "kind": kind,
+        "metadata": {"name": name},
+        "spec": {
+            "target": {"kind": "Deployment", "selector": {"matchLabels": {"app": name}}},
+            "policy": {
+                "enforcer": "AppArmor",
+                "mode": "EnhanceProtect",
+                "enhanceProtect": {"hardeningRules": rules or ["disallow-write-core-pattern"]},
+            },
+            **spec,
+        },
+    }
+    return body
+
+
+class Api:
+    """Small raw-JSON helpers for the assertions."""
+
+    def __init__(self, api_client: Any) -> None:
+        self.custom = client.CustomObjectsApi(api_client)
+        self.core = client.CoreV1Api(api_client)
+
+    async def create(self, ns: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        if ns is None:
+            return dict(
+                await self.custom.create_cluster_custom_object(
+                    api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, body
+                )
+            )
+        return dict(
+            await self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, body)
+        )
+
+    async def get_policy(self, ns: str | None, name: str) -> dict[str, Any]:
+        if ns is None:
+            return dict(
+                await self.custom.get_cluster_custom_object(api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name)
+            )
+        return dict(
+            await self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, name)
+        )
+
+    async def replace_policy(self, ns: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        name = body["metadata"]["name"]
+        if ns is None:
+            return dict(
+                await self.custom.replace_cluster_custom_object(
+                    api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name, body
+                )
+            )
+        return dict(
+            await self.custom.replace_namespaced_custom_object(
+                api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, name, body
+            )
+        )
+
+    async def delete_policy(self, ns: str | None, name: str) -> None:
+        if ns is None:
+            await self.custom.delete_cluster_custom_object(api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name)
+        else:
+            await self.custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, name)
+
+    async def armor_profile(self, ns: str, name: str) -> dict[str, Any] | None:
+        try:
+            return dict(
+                await self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.ARMOR_PROFILE.plural, name)
+            )
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def armor_profiles(self) -> list[dict[str, Any]]:
+        listing = await self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.ARMOR_PROFILE.plural)
+        return list(listing["items"])
+
+    async def events(self, ns: str, name: str) -> list[str]:
+        listing = await self.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}")
+        return [e.reason for e in listing.items]
+
+
+def condition(policy: dict[str, Any], ctype: str) -> dict[str, Any]:
+    for cond in (policy.get("status") or {}).get("conditions") or []:
+        if cond["type"] == ctype:
+            return dict(cond)
+    return {}
+
+
+@pytest.fixture
+def k(api_client: Any) -> Api:
+    return Api(api_client)
+
+
+async def test_policy_lifecycle(k: Api, namespace: str, nodes: Any, leader: Any) -> None:
+    n1 = await nodes.add("n1")
+    n2 = await nodes.add("n2")
+    n3 = await nodes.add("n3", phase="Unsupported", reason="AppArmor is not enabled in the kernel")
+    await leader()
+    await k.create(namespace, vpol("web"))
+    profile = f"varmor-{namespace}-web"
+
+    ap = await wait_for(lambda: k.armor_profile(namespace, profile))
+    owner = ap["metadata"]["ownerReferences"][0]
+    assert (owner["kind"], owner["name"], owner["controller"]) == ("VarmorPolicy", "web", True)
+    text = ap["spec"]["profile"]["appArmor"]
+    assert ap["spec"]["profile"]["sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert f"profile {profile}" in text
+    assert ap["spec"]["target"] == {"kind": "Deployment", "selector": {"matchLabels": {"app": "web"}}}
+
+    async def status() -> dict[str, Any]:
+        return await k.get_policy(namespace, "web")
+
+    pol = await wait_for(lambda: _having(status, lambda p: condition(p, "Ready").get("reason") == "Loading"))
+    assert pol["status"]["profileName"] == profile
+    assert pol["status"]["phase"] == "Pending"
+    assert (pol["status"]["desiredNumberLoaded"], pol["status"]["currentNumberLoaded"]) == (2, 0)
+    assert pol["status"]["observedGeneration"] == 1
+
+    await nodes.load(n1, ap)
+    await wait_for(lambda: _having(status, lambda p: p["status"].get("currentNumberLoaded") == 1))
+    await nodes.load(n2, ap)
+    pol = await wait_for(lambda: _having(status, lambda p: p["status"].get("ready") is True))
+    assert pol["status"]["phase"] == "Protecting"
+    ready = condition(pol, "Ready")
+    assert ready["reason"] == "AllNodesLoaded"
+    assert n3 in ready["message"]  # the Unsupported node is named but does not block
+    ap = await k.armor_profile(namespace, profile)
+    assert ap is not None
+    assert ap["status"]["desiredNumberLoaded"] == 2
+    assert ap["status"]["currentNumberLoaded"] == 2
+    assert [(c["nodeName"], c["reason"]) for c in ap["status"]["conditions"]] == [(n3, "Unsupported")]
+
+    # Update: new content hash; nodes still on the old one are Stale until they reload.
+    body = copy.deepcopy(pol)
+    body["spec"]["policy"]["enhanceProtect"]["hardeningRules"].append("disallow-mount")
+    await k.replace_policy(namespace, body)
+    new_ap = await wait_for(
+        lambda: _having(
+            lambda: k.armor_profile(namespace, profile),
+            lambda a: a["spec"]["profile"]["sha256"] != ap["spec"]["profile"]["sha256"],
+        )
+    )
+    pol = await wait_for(lambda: _having(status, lambda p: condition(p, "Ready").get("reason") == "Stale"))
+    assert pol["status"]["observedGeneration"] == 2
+    assert pol["status"]["ready"] is False
+    await nodes.load(n1, new_ap)
+    await nodes.fail(n2, new_ap, "apparmor_parser: Syntax error in line 7")
+    pol = await wait_for(lambda: _having(status, lambda p: p["status"].get("phase") == "Error"))
+    assert condition(pol, "Ready")["reason"] == "LoadFailed"
+    assert "Syntax error in line 7" in condition(pol, "Ready")["message"]
+    await nodes.load(n2, new_ap)
+    await wait_for(lambda: _having(status, lambda p: p["status"].get("phase") == "Protecting"))
+
+    reasons = await wait_for(lambda: _events_with(k, namespace, "web", {"ProfileCreated", "AllNodesLoaded"}))
+    assert "ProfileUpdated" in reasons
+    assert "LoadFailed" in reasons
+
+    # Only one ArmorProfile for this policy, ever.
+    assert [a["metadata"]["name"] for a in await k.armor_profiles() if a["metadata"]["namespace"] == namespace] == [
+        profile
+    ]
+    await k.delete_policy(namespace, "web")
+    await wait_for(lambda: _is_none(k.armor_profile(namespace, profile)))
+
+
+async def test_cluster_policy_lifecycle(k: Api, namespace: str, nodes: Any, leader: Any) -> None:
+    n1 = await nodes.add("n1")
+    await leader()
+    name = f"c-{namespace}"
+    await k.create(None, vpol(name, kind="VarmorClusterPolicy"))
+    try:
+        profile = f"varmor-cluster-{namespace}-{name}"
+        ap = await wait_for(lambda: k.armor_profile(namespace, profile))  # install namespace
+        assert ap["metadata"]["ownerReferences"][0]["kind"] == "VarmorClusterPolicy"
+        await nodes.load(n1, ap)
+
+        async def ready() -> Any:
+            pol = await k.get_policy(None, name)
+            return pol if (pol.get("status") or {}).get("ready") else None
+
+        pol = await wait_for(ready)
+        assert pol["status"]["profileName"] == profile
+        reasons = await wait_for(lambda: _events_with(k, "default", name, {"ProfileCreated"}))
+        assert "AllNodesLoaded" in reasons
+    finally:
+        await k.delete_policy(None, name)
+    await wait_for(lambda: _is_none(k.armor_profile(namespace, profile)))
+
+
+async def test_invalid_policy_gets_error_and_event_then_recovers(
+    k: Api, namespace: str, nodes: Any, leader: Any
+) -> None:
+    n1 = await nodes.add("n1")
+    await leader()
+    # Valid for the CRD, invalid for varmor's deeper checks (raw rules are parsed).
+    bad = vpol("raw")
+    bad["spec"]["policy"]["enhanceProtect"]["appArmorRawRules"] = [{"rules": "#include <abstractions/base>"}]
+    await k.create(namespace, bad)
+
+    async def pol() -> dict[str, Any]:
+        return await k.get_policy(namespace, "raw")
+
+    got = await wait_for(lambda: _having(pol, lambda p: (p.get("status") or {}).get("phase") == "Error"))
+    created = condition(got, "Created")
+    assert (created["status"], created["reason"]) == ("False", "Invalid")
+    assert "appArmorRawRules" in created["message"]
+    assert "profileName" not in got["status"]
+    assert await k.armor_profile(namespace, f"varmor-{namespace}-raw") is None
+    await wait_for(lambda: _events_with(k, namespace, "raw", {"Invalid"}))
+
+    # A name whose profile name would exceed 63 characters: rejected, never truncated.
+    long_name = "x" * (63 - len(f"varmor-{namespace}-") + 1)
+    await k.create(namespace, vpol(long_name))
+    got = await wait_for(
+        lambda: _having(
+            lambda: k.get_policy(namespace, long_name), lambda p: (p.get("status") or {}).get("phase") == "Error"
+        )
+    )
+    assert "63" in condition(got, "Created")["message"]
+
+    # Fixing the spec recovers without intervention.
+    fixed = await pol()
+    fixed["spec"]["policy"]["enhanceProtect"]["appArmorRawRules"] = [{"rules": "deny /etc/shadow r,"}]
+    await k.replace_policy(namespace, fixed)
+    ap = await wait_for(lambda: k.armor_profile(namespace, f"varmor-{namespace}-raw"))
+    await nodes.load(n1, ap)
+    got = await wait_for(lambda: _having(pol, lambda p: p["status"].get("ready") is True))
+    assert condition(got, "Created")["status"] == "True"
+
+
+async def test_profile_name_collision(k: Api, api_client: Any, namespace: str, nodes: Any, leader: Any) -> None:
+    """`<ns>-x` + policy `y` and `<ns>` + policy `x-y` derive the same profile name."""
+    core = client.CoreV1Api(api_client)
+    other_ns = f"{namespace}-x"
+    await core.create_namespace({"metadata": {"name": other_ns, "labels": {"varmor-test": "true"}}})
+    try:
+        await nodes.add("n1")
+        await leader()
+        profile = f"varmor-{namespace}-x-y"
+        await k.create(namespace, vpol("x-y"))
+        first = await wait_for(lambda: k.armor_profile(namespace, profile))
+        await k.create(other_ns, vpol("y"))
+
+        async def loser() -> dict[str, Any]:
+            return await k.get_policy(other_ns, "y")
+
+        got = await wait_for(lambda: _having(loser, lambda p: (p.get("status") or {}).get("phase") == "Error"))
+        created = condition(got, "Created")
+        assert created["reason"] == "ProfileNameConflict"
+        assert "x-y" in created["message"]
+        assert "profileName" not in got["status"]
+        assert await k.armor_profile(other_ns, profile) is None
+        await wait_for(lambda: _events_with(k, other_ns, "y", {"ProfileNameConflict"}))
+        # The first policy is untouched; when it goes, the name is free for the other.
+        assert (await k.armor_profile(namespace, profile) or {}).get("metadata", {}).get("uid") == first["metadata"][
+            "uid"
+        ]
+        await k.delete_policy(namespace, "x-y")
+        ap = await wait_for(lambda: k.armor_profile(other_ns, profile), timeout=30)
+        assert ap["metadata"]["ownerReferences"][0]["name"] == "y"
+    finally:
+        await core.delete_namespace(other_ns)
+
+
+async def test_garbage_collector_deletes_profile_while_varmor_is_down(
+    k: Api, namespace: str, nodes: Any, leader: Any
+) -> None:
+    await nodes.add("n1")
+    run = await leader()
+    await k.create(namespace, vpol("gc"))
+    profile = f"varmor-{namespace}-gc"
+    await wait_for(lambda: k.armor_profile(namespace, profile))
+    await run.stop()  # no leader from here on
+    await k.delete_policy(namespace, "gc")
+    await wait_for(lambda: _is_none(k.armor_profile(namespace, profile)), timeout=60)
+
+
+async def test_new_leader_deletes_profiles_orphaned_while_down(k: Api, namespace: str, nodes: Any, leader: Any) -> None:
+    """The leader's own sweep (GC would also do it; this does not wait for it)."""
+    await nodes.add("n1")
+    run = await leader()
+    await k.create(namespace, vpol("orphan"))
+    profile = f"varmor-{namespace}-orphan"
+    ap = await wait_for(lambda: k.armor_profile(namespace, profile))
+    await run.stop()
+    # Re-point the owner reference at a policy uid that never existed (as if deleted).
+    ap["metadata"]["ownerReferences"][0]["uid"] = "00000000-0000-0000-0000-000000000000"
+    await k.custom.replace_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.ARMOR_PROFILE.plural, profile, ap
+    )
+    await leader()
+    # The stale profile goes, and the live policy gets a fresh one owned by it.
+    policy = await k.get_policy(namespace, "orphan")
+
+    async def reowned() -> bool:
+        got = await k.armor_profile(namespace, profile)
+        return got is not None and got["metadata"]["ownerReferences"][0]["uid"] == policy["metadata"]["uid"]
+
+    await wait_for(reowned, timeout=60)
+
+
+async def _having(get: Callable[[], Awaitable[Any]], check: Callable[[Any], bool]) -> Any:
+    obj = await get()
+    return obj if obj is not None and check(obj) else None
+
+
+async def _is_none(awaitable: Awaitable[Any]) -> bool:
+    return (await awaitable) is None
+
+
+async def _events_with(k: Api, ns: str, name: str, wanted: set[str]) -> set[str] | None:
+    reasons = set(await k.events(ns, name))
+    return reasons if wanted <= reasons else None
