@@ -8,6 +8,8 @@ what the webhook never saw (it was down, or failurePolicy Ignore kicked in).
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from varmor import api
@@ -50,3 +52,28 @@ REGISTRATION_UPDATES = Counter(
 REGISTERED_KINDS = Gauge(
     "varmor_webhook_registered_kinds", "Kinds the mutating webhook is registered for (1) or not (0).", ["kind"]
 )
+
+
+# Hot-path helpers: `labels()` costs about a microsecond per call, so the admission path
+# resolves each label combination once (the label sets are small and bounded).
+_children: dict[tuple[object, ...], Any] = {}
+
+
+def _child(metric: Any, *labels: str) -> Any:
+    key = (id(metric), *labels)
+    child = _children.get(key)
+    if child is None:
+        child = _children[key] = metric.labels(*labels)
+    return child
+
+
+def count_request(endpoint: str, kind: str, operation: str, result: str) -> None:
+    _child(REQUESTS, endpoint, kind, operation, result).inc()
+
+
+def observe_latency(endpoint: str, seconds: float) -> None:
+    _child(LATENCY, endpoint).observe(seconds)
+
+
+def count_mutation(kind: str) -> None:
+    _child(MUTATIONS, kind).inc()

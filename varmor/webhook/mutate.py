@@ -84,7 +84,7 @@ def decide(state: MutationState, req: AdmissionRequest) -> Decision:
         warnings.append(f"varmor: no container matches policy {_policy_ref(cand.key)}'s target.containers")
     if not result.ops:
         return Decision("unchanged", warnings=tuple(warnings))
-    metrics.MUTATIONS.labels(kind).inc()
+    metrics.count_mutation(kind)
     return Decision("mutated", result.ops, tuple(warnings))
 
 

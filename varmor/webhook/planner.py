@@ -57,11 +57,11 @@ class Candidate:
         if kind != self.kind or (not self.cluster and namespace != self.namespace):
             return None
         meta = obj.get("metadata")
-        meta = meta if isinstance(meta, Mapping) else {}
+        meta = meta if isinstance(meta, dict) else {}
         if self.target_name is not None:
             return True if meta.get("name") == self.target_name else None
         labels = meta.get("labels")
-        labels = labels if isinstance(labels, Mapping) else {}
+        labels = labels if isinstance(labels, dict) else {}
         if self.selector is not None and self.selector(labels):
             return False
         return None
@@ -71,8 +71,8 @@ def candidate_from(policy: Mapping[str, Any]) -> Candidate | None:
     """A Candidate, or None for a policy too malformed to ever match anything."""
     meta = policy.get("metadata") or {}
     spec = policy.get("spec") or {}
-    target = spec.get("target") if isinstance(spec, Mapping) else None
-    if not isinstance(meta, Mapping) or not isinstance(target, Mapping):
+    target = spec.get("target") if isinstance(spec, dict) else None
+    if not isinstance(meta, dict) or not isinstance(target, dict):
         return None
     kind = target.get("kind")
     if kind not in api.TARGET_KINDS or not isinstance(meta.get("name"), str):
@@ -91,7 +91,7 @@ def candidate_from(policy: Mapping[str, Any]) -> Candidate | None:
     if not isinstance(containers, list) or not all(isinstance(c, str) for c in containers):
         return None
     status = policy.get("status")
-    profile = status.get("profileName") if isinstance(status, Mapping) else None
+    profile = status.get("profileName") if isinstance(status, dict) else None
     cluster = policy.get("kind") == api.VARMOR_CLUSTER_POLICY.kind
     return Candidate(
         cluster=cluster,
@@ -155,22 +155,29 @@ def select_policy(
 
 
 class PolicyIndex:
-    """Policies pre-parsed and grouped by target kind, for the admission hot path."""
+    """Policies pre-parsed and grouped by (kind, namespace), for the admission hot path.
+
+    Only cluster policies of the kind and namespaced policies of the request's namespace
+    are ever examined, so admission cost does not grow with policies elsewhere.
+    """
 
     def __init__(self, policies: Iterable[Mapping[str, Any]] = ()) -> None:
-        self.by_kind: dict[str, tuple[Candidate, ...]] = {}
-        grouped: dict[str, list[Candidate]] = {}
+        grouped: dict[tuple[str, str], list[Candidate]] = {}
         for policy in policies:
             cand = candidate_from(policy)
             if cand is not None:
-                grouped.setdefault(cand.kind, []).append(cand)
-        self.by_kind = {k: tuple(v) for k, v in grouped.items()}
+                grouped.setdefault((cand.kind, cand.namespace), []).append(cand)
+        self._groups = {k: tuple(v) for k, v in grouped.items()}
+
+    def candidates(self, kind: str, namespace: str) -> tuple[Candidate, ...]:
+        cluster = self._groups.get((kind, ""), ())
+        return cluster + self._groups.get((kind, namespace), ()) if namespace else cluster
 
     def select(self, kind: str, obj: Mapping[str, Any], namespace: str) -> Selection:
-        return _select(self.by_kind.get(kind, ()), kind, obj, namespace)
+        return _select(self.candidates(kind, namespace), kind, obj, namespace)
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self.by_kind.values())
+        return sum(len(v) for v in self._groups.values())
 
 
 # -- patch planning -----------------------------------------------------------------
@@ -196,17 +203,17 @@ def _pod_parts(kind: str, obj: Mapping[str, Any]) -> tuple[Mapping[str, Any] | N
         holder: Any = obj
     else:
         spec = obj.get("spec")
-        if not isinstance(spec, Mapping):
+        if not isinstance(spec, dict):
             raise PlanError(f"{kind} has no spec")
         holder = spec.get("template")
         if holder is None:
             return None, None
-        if not isinstance(holder, Mapping):
+        if not isinstance(holder, dict):
             raise PlanError(f"{kind} spec.template is not an object")
     meta, pod_spec = holder.get("metadata"), holder.get("spec")
-    if meta is not None and not isinstance(meta, Mapping):
+    if meta is not None and not isinstance(meta, dict):
         raise PlanError("metadata is not an object")
-    if pod_spec is not None and not isinstance(pod_spec, Mapping):
+    if pod_spec is not None and not isinstance(pod_spec, dict):
         raise PlanError("pod spec is not an object")
     return meta, pod_spec
 
@@ -215,7 +222,7 @@ def _annotations(meta: Mapping[str, Any] | None) -> Mapping[str, Any]:
     ann = meta.get("annotations") if meta else None
     if ann is None:
         return {}
-    if not isinstance(ann, Mapping):
+    if not isinstance(ann, dict):
         raise PlanError("annotations is not an object")
     return ann
 
@@ -225,7 +232,7 @@ def _containers(pod_spec: Mapping[str, Any] | None) -> Sequence[Mapping[str, Any
     if containers is None:
         return ()
     if not isinstance(containers, list) or not all(
-        isinstance(c, Mapping) and isinstance(c.get("name"), str) for c in containers
+        isinstance(c, dict) and isinstance(c.get("name"), str) for c in containers
     ):
         raise PlanError("containers must be a list of objects with a name")
     return containers
@@ -235,10 +242,10 @@ def _apparmor_field(holder: Mapping[str, Any] | None) -> Mapping[str, Any] | Non
     sc = holder.get("securityContext") if holder else None
     if sc is None:
         return None
-    if not isinstance(sc, Mapping):
+    if not isinstance(sc, dict):
         raise PlanError("securityContext is not an object")
     prof = sc.get("appArmorProfile")
-    if prof is not None and not isinstance(prof, Mapping):
+    if prof is not None and not isinstance(prof, dict):
         raise PlanError("appArmorProfile is not an object")
     return prof
 
@@ -284,7 +291,7 @@ def plan(
     if pod_spec is None:
         return Plan(unsupported="no pod template")
     os_spec = pod_spec.get("os")
-    if isinstance(os_spec, Mapping) and os_spec.get("name") == "windows":
+    if isinstance(os_spec, dict) and os_spec.get("name") == "windows":
         return Plan(unsupported="Windows pods cannot use AppArmor")
     ann = _annotations(meta)
     pod_field = _apparmor_field(pod_spec)

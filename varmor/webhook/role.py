@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import gc
 import logging
 from typing import Any
 
@@ -75,6 +76,10 @@ async def run(ctx: Any) -> None:
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     try:
         await tls_loaded.wait()
+        # Startup objects (modules, the API client) live forever: keep them out of GC scans
+        # so a full collection never stalls an admission.
+        gc.collect()
+        gc.freeze()
         await runner.setup()
         await web.TCPSite(runner, ctx.args.bind_address, cfg.port, ssl_context=tls.context).start()
         log.info("webhook serving on :%d (appArmorProfile field: %s)", cfg.port, use_field)

@@ -18,7 +18,7 @@ class SelectorError(ValueError):
 
 
 def _requirement(expr: Any) -> LabelPredicate:
-    if not isinstance(expr, Mapping):
+    if not isinstance(expr, dict):
         raise SelectorError("matchExpressions entries must be objects")
     key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
     if not isinstance(key, str) or not key:
@@ -47,11 +47,11 @@ def _requirement(expr: Any) -> LabelPredicate:
 
 def compile_selector(selector: Any) -> LabelPredicate:
     """A predicate over a label map. Raises SelectorError on a malformed selector."""
-    if not isinstance(selector, Mapping):
+    if not isinstance(selector, dict):
         raise SelectorError("selector must be an object")
     match_labels = selector.get("matchLabels") or {}
     exprs = selector.get("matchExpressions") or []
-    if not isinstance(match_labels, Mapping) or not all(
+    if not isinstance(match_labels, dict) or not all(
         isinstance(k, str) and isinstance(v, str) for k, v in match_labels.items()
     ):
         raise SelectorError("matchLabels must map strings to strings")

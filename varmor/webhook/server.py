@@ -77,8 +77,8 @@ def build_app(
             decision = Decision("error")
         body = encode_response(req.uid, patch=decision.patch, warnings=decision.warnings)
         kind = metrics.kind_label(req.kind)
-        metrics.REQUESTS.labels("mutate", kind, _op(req.operation), decision.result).inc()
-        metrics.LATENCY.labels("mutate").observe(time.perf_counter() - start)
+        metrics.count_request("mutate", kind, _op(req.operation), decision.result)
+        metrics.observe_latency("mutate", time.perf_counter() - start)
         return web.Response(body=body, content_type=JSON)
 
     async def validate(request: web.Request) -> web.Response:
@@ -95,8 +95,8 @@ def build_app(
         body = encode_response(
             req.uid, allowed=verdict.allowed, warnings=verdict.warnings, message=verdict.message, code=422
         )
-        metrics.REQUESTS.labels("validate", metrics.kind_label(req.kind), _op(req.operation), verdict.result).inc()
-        metrics.LATENCY.labels("validate").observe(time.perf_counter() - start)
+        metrics.count_request("validate", metrics.kind_label(req.kind), _op(req.operation), verdict.result)
+        metrics.observe_latency("validate", time.perf_counter() - start)
         return web.Response(body=body, content_type=JSON)
 
     async def healthz(_request: web.Request) -> web.Response:

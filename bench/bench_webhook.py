@@ -1,0 +1,426 @@
+"""Webhook benchmark: AdmissionReview throughput/latency over TLS keep-alive, and
+end-to-end pod-create latency through the real API server with and without varmor.
+
+    .venv/bin/python bench/bench_webhook.py            # both parts
+    .venv/bin/python bench/bench_webhook.py --part server|e2e
+
+Part 1 runs each server in its own process (one core) and the Go load generator
+(bench/loadgen, GOMAXPROCS=1) in another: first a bare aiohttp TLS handler that reads the
+body and returns a fixed allow (the Python ceiling on this machine), then varmor's
+/mutate with 100 policies loaded, answering a realistic Pod review with a patch.
+Part 2 starts the local control plane, runs varmor's webhook + leader tasks in a child
+process, and alternates pod creations between a namespace a policy selects and one
+none does (so the API server calls varmor only for the first).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import gc
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from varmor import api  # noqa: E402
+from varmor.certs import pki  # noqa: E402
+from varmor.dev.cluster import free_port  # noqa: E402
+
+LOADGEN_DIR = ROOT / "bench" / "loadgen"
+
+
+# -- servers (child processes) ---------------------------------------------------------
+
+
+def _policies(n: int = 100) -> list[dict[str, Any]]:
+    """n-1 namespaced policies elsewhere plus the one that selects the benchmark pod."""
+    out = []
+    for i in range(n - 1):
+        out.append(
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": "VarmorPolicy",
+                "metadata": {"name": f"p{i}", "namespace": f"team-{i % 20}", "uid": f"u{i}"},
+                "spec": {"target": {"kind": "Pod", "selector": {"matchLabels": {"app": f"svc-{i}"}}}},
+                "status": {"profileName": f"varmor-team-{i % 20}-p{i}"},
+            }
+        )
+    out.append(
+        {
+            "apiVersion": api.API_VERSION,
+            "kind": "VarmorPolicy",
+            "metadata": {"name": "web", "namespace": "bench", "uid": "u-web"},
+            "spec": {"target": {"kind": "Pod", "selector": {"matchLabels": {"app": "web"}}}},
+            "status": {"profileName": "varmor-bench-web"},
+        }
+    )
+    return out
+
+
+def review_body() -> bytes:
+    """A Pod CREATE review shaped like what the API server sends (~3 KB)."""
+    pod = {
+        "kind": "Pod",
+        "apiVersion": "v1",
+        "metadata": {
+            "generateName": "web-7d4b9c8f6-",
+            "namespace": "bench",
+            "labels": {"app": "web", "pod-template-hash": "7d4b9c8f6", "tier": "frontend"},
+            "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-01-01T00:00:00Z"},
+            "ownerReferences": [
+                {
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "name": "web-7d4b9c8f6",
+                    "uid": "1b2c3d4e-0000-4000-8000-000000000000",
+                    "controller": True,
+                    "blockOwnerDeletion": True,
+                }
+            ],
+        },
+        "spec": {
+            "volumes": [
+                {"name": "kube-api-access", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}}
+            ],
+            "initContainers": [{"name": "init", "image": "busybox:1.36", "command": ["sh", "-c", "true"]}],
+            "containers": [
+                {
+                    "name": name,
+                    "image": f"registry.example.com/{name}:1.2.3",
+                    "ports": [{"containerPort": 8080, "protocol": "TCP"}],
+                    "env": [{"name": f"VAR_{j}", "value": "x" * 20} for j in range(8)],
+                    "resources": {"requests": {"cpu": "100m", "memory": "128Mi"}},
+                    "volumeMounts": [{"name": "kube-api-access", "mountPath": "/var/run/secrets", "readOnly": True}],
+                    "securityContext": {"runAsNonRoot": True, "allowPrivilegeEscalation": False},
+                }
+                for name in ("app", "sidecar")
+            ],
+            "restartPolicy": "Always",
+            "serviceAccountName": "default",
+        },
+    }
+    return orjson.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "705ab4f5-6393-11e8-b7cc-42010a800002",
+                "kind": {"group": "", "version": "v1", "kind": "Pod"},
+                "resource": {"group": "", "version": "v1", "resource": "pods"},
+                "requestKind": {"group": "", "version": "v1", "kind": "Pod"},
+                "requestResource": {"group": "", "version": "v1", "resource": "pods"},
+                "namespace": "bench",
+                "operation": "CREATE",
+                "userInfo": {"username": "system:serviceaccount:kube-system:replicaset-controller", "groups": []},
+                "object": pod,
+                "oldObject": None,
+                "dryRun": False,
+                "options": {"kind": "CreateOptions", "apiVersion": "meta.k8s.io/v1"},
+            },
+        }
+    )
+
+
+async def _serve(kind: str, port: int, cert: str, key: str) -> None:
+    import ssl
+
+    from aiohttp import web
+
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(cert, key)
+    if kind == "bare":
+        fixed = orjson.dumps(
+            {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": {"uid": "", "allowed": True}}
+        )
+
+        async def allow(request: web.Request) -> web.Response:
+            await request.read()
+            return web.Response(body=fixed, content_type="application/json")
+
+        app = web.Application(client_max_size=6 * 1024 * 1024)
+        app.router.add_post("/mutate", allow)
+    else:
+        from varmor.webhook.mutate import MutationState
+        from varmor.webhook.planner import PolicyIndex
+        from varmor.webhook.server import build_app
+        from varmor.webhook.validate import PolicyValidator
+
+        state = MutationState(index=PolicyIndex(_policies()), synced=True, use_field=True)
+        app = build_app(state, PolicyValidator("varmor"))
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=ctx).start()
+    gc.collect()
+    gc.freeze()  # as varmor's webhook role does (both servers, for a fair ceiling)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+def build_loadgen(out: Path) -> Path:
+    binary = out / "loadgen"
+    env = {**os.environ, "GOFLAGS": "", "CGO_ENABLED": "0"}
+    subprocess.run(["go", "build", "-o", str(binary), "."], cwd=LOADGEN_DIR, env=env, check=True)
+    return binary
+
+
+def start_server(kind: str, port: int, cert: Path, key: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "serve", kind, str(port), str(cert), str(key)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    if proc.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"{kind} server did not start")
+    return proc
+
+
+def loadgen(
+    binary: Path, port: int, ca: Path, body: Path, *, conns: int, seconds: float, rate: float = 0
+) -> dict[str, Any]:
+    cmd = [
+        str(binary),
+        f"-url=https://127.0.0.1:{port}/mutate",
+        f"-ca={ca}",
+        f"-body={body}",
+        f"-conns={conns}",
+        f"-duration={seconds}s",
+        f"-rate={rate}",
+        "-warmup=1s",
+    ]
+    env = {**os.environ, "GOMAXPROCS": "1"}
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, check=True)
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def part_server(seconds: float, conns: int) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="varmor-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        ca = pki.new_ca("bench-ca", dt.timedelta(hours=1))
+        leaf = pki.issue(ca, "bench", dt.timedelta(hours=1), ip_addresses=("127.0.0.1",))
+        (tmp / "ca.crt").write_bytes(ca.cert_pem)
+        (tmp / "tls.crt").write_bytes(leaf.cert_pem)
+        (tmp / "tls.key").write_bytes(leaf.key_pem)
+        body = tmp / "review.json"
+        body.write_bytes(review_body())
+        binary = build_loadgen(tmp)
+        for kind in ("bare", "varmor"):
+            port = free_port()
+            proc = start_server(kind, port, tmp / "tls.crt", tmp / "tls.key")
+            try:
+                expect_args = (binary, port, tmp / "ca.crt", body)
+                results[kind] = {"max": loadgen(*expect_args, conns=conns, seconds=seconds)}
+            finally:
+                proc.terminate()
+                proc.wait(10)
+        # Latency at half of varmor's maximum, for both servers at the same rate.
+        half = results["varmor"]["max"]["rps"] / 2
+        for kind in ("bare", "varmor"):
+            port = free_port()
+            proc = start_server(kind, port, tmp / "tls.crt", tmp / "tls.key")
+            try:
+                results[kind]["half"] = loadgen(
+                    binary, port, tmp / "ca.crt", body, conns=conns, seconds=seconds, rate=half
+                )
+            finally:
+                proc.terminate()
+                proc.wait(10)
+    results["ratio"] = results["varmor"]["max"]["rps"] / results["bare"]["max"]["rps"]
+    results["review_bytes"] = len(review_body())
+    return results
+
+
+# -- end to end through the real API server ---------------------------------------------
+
+
+async def _run_varmor(kubeconfig: str, install_ns: str, port: int) -> None:
+    """Child process: varmor's webhook role + leader tasks, exactly as `varmor run` runs them."""
+    from varmor.app import Health, RoleContext, add_common_arguments, setup_logging
+    from varmor.kube import new_api_client
+    from varmor.webhook import leader, role
+
+    setup_logging("warning")
+    parser = argparse.ArgumentParser()
+    add_common_arguments(parser)
+    role.add_arguments(parser)
+    args = parser.parse_args(
+        [
+            f"--namespace={install_ns}",
+            "--bind-address=127.0.0.1",
+            f"--webhook-port={port}",
+            f"--webhook-url=https://127.0.0.1:{port}",
+            f"--webhook-config-name={install_ns}",
+            "--unprotected-audit-interval=0",
+        ]
+    )
+    api_client = await new_api_client(kubeconfig)
+    ctx = RoleContext(args=args, api_client=api_client, health=Health(), roles=frozenset({"webhook", "leader"}))
+    await asyncio.gather(role.run(ctx), leader.run_leader_tasks(ctx))
+
+
+async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
+    import yaml
+    from kubernetes.aio import client
+
+    from varmor.kube import new_api_client
+    from varmor.webhook import rawapi
+
+    api_client = await new_api_client(kubeconfig)
+    core = client.CoreV1Api(api_client)
+    ext = client.ApiextensionsV1Api(api_client)
+    for path in sorted((ROOT / "chart" / "crds").glob("*.yaml")):
+        await ext.create_custom_resource_definition(yaml.safe_load(path.read_text()))
+    for path in sorted((ROOT / "chart" / "crds").glob("*.yaml")):
+        name = yaml.safe_load(path.read_text())["metadata"]["name"]
+        while True:
+            crd = await ext.read_custom_resource_definition(name)
+            if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
+                break
+            await asyncio.sleep(0.1)
+    for ns in ("varmor", "with", "without"):
+        await core.create_namespace({"metadata": {"name": ns}})
+    await asyncio.sleep(1.0)  # discovery of the new kinds
+    custom = client.CustomObjectsApi(api_client)
+    policy = {
+        "apiVersion": api.API_VERSION,
+        "kind": "VarmorPolicy",
+        "metadata": {"name": "all", "namespace": "with"},
+        "spec": {
+            "target": {"kind": "Pod", "selector": {}},
+            "policy": {"enforcer": "AppArmor", "mode": "RuntimeDefault"},
+        },
+    }
+    for _ in range(50):
+        try:
+            await custom.create_namespaced_custom_object(api.GROUP, api.VERSION, "with", "varmorpolicies", policy)
+            break
+        except Exception:
+            await asyncio.sleep(0.2)
+    await rawapi.request(
+        api_client,
+        "PATCH",
+        f"/apis/{api.GROUP}/{api.VERSION}/namespaces/with/varmorpolicies/all/status",
+        body={"status": {"profileName": "varmor-with-all"}},
+        content_type=rawapi.MERGE_PATCH,
+    )
+    port = free_port()
+    child = subprocess.Popen([sys.executable, __file__, "varmor", kubeconfig, "varmor", str(port)])  # noqa: ASYNC220
+    try:
+
+        def pod(name: str) -> dict[str, Any]:
+            return {"metadata": {"name": name}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+
+        async def create(ns: str, name: str) -> tuple[float, dict[str, Any]]:
+            t0 = time.perf_counter()
+            created = await rawapi.request(api_client, "POST", f"/api/v1/namespaces/{ns}/pods", body=pod(name))
+            return time.perf_counter() - t0, created
+
+        for i in range(600):  # wait until the API server calls varmor
+            _, created = await create("with", f"warm-{i}")
+            if (created["spec"]["containers"][0].get("securityContext") or {}).get("appArmorProfile"):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            raise RuntimeError("webhook never took effect")
+        for i in range(50):  # warm both paths
+            await create("with", f"w2-{i}")
+            await create("without", f"w2-{i}")
+        lat: dict[str, list[float]] = {"with": [], "without": []}
+        for i in range(n):
+            order = ("with", "without") if i % 2 else ("without", "with")
+            for ns in order:
+                seconds, created = await create(ns, f"p-{i}")
+                mutated = bool((created["spec"]["containers"][0].get("securityContext") or {}).get("appArmorProfile"))
+                assert mutated == (ns == "with"), (ns, created["spec"])
+                lat[ns].append(seconds * 1000)
+    finally:
+        child.terminate()
+        child.wait(10)
+        await api_client.close()
+
+    def summary(values: list[float]) -> dict[str, float]:
+        values = sorted(values)
+        return {
+            "mean_ms": statistics.fmean(values),
+            "p50_ms": values[len(values) // 2],
+            "p99_ms": values[int(0.99 * (len(values) - 1))],
+        }
+
+    with_s, without_s = summary(lat["with"]), summary(lat["without"])
+    return {
+        "n": n,
+        "with": with_s,
+        "without": without_s,
+        "ratio_mean": with_s["mean_ms"] / without_s["mean_ms"],
+        "ratio_p50": with_s["p50_ms"] / without_s["p50_ms"],
+    }
+
+
+def part_e2e(n: int) -> dict[str, Any]:
+    from varmor.dev.cluster import ControlPlane
+
+    workdir = Path(tempfile.mkdtemp(prefix="varmor-bench-cp-"))
+    plane = ControlPlane(workdir)
+    try:
+        state = plane.start()
+        return asyncio.run(_e2e(state.kubeconfig, n))
+    finally:
+        plane.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def main() -> int:
+    if len(sys.argv) > 1 and sys.argv[1] == "serve":
+        asyncio.run(_serve(sys.argv[2], int(sys.argv[3]), sys.argv[4], sys.argv[5]))
+        return 0
+    if len(sys.argv) > 1 and sys.argv[1] == "varmor":
+        asyncio.run(_run_varmor(sys.argv[2], sys.argv[3], int(sys.argv[4])))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--part", choices=("all", "server", "e2e"), default="all")
+    parser.add_argument("--seconds", type=float, default=8.0, help="per load-generator run")
+    parser.add_argument("--conns", type=int, default=8, help="keep-alive connections")
+    parser.add_argument("--pods", type=int, default=300, help="pod creations per namespace (e2e)")
+    args = parser.parse_args()
+    out: dict[str, Any] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    if args.part in ("all", "server"):
+        out["server"] = part_server(args.seconds, args.conns)
+        s = out["server"]
+        for kind in ("bare", "varmor"):
+            m, h = s[kind]["max"], s[kind]["half"]
+            print(
+                f"{kind:7s} max {m['rps']:8.0f} req/s (p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.2f} ms, "
+                f"errors {m['errors']}) | at {h['rps']:.0f} req/s: p50 {h['p50_ms']:.2f} ms, "
+                f"p99 {h['p99_ms']:.2f} ms, errors {h['errors']}"
+            )
+        print(f"varmor/bare throughput: {s['ratio']:.1%}  (review {s['review_bytes']} bytes)")
+    if args.part in ("all", "e2e"):
+        out["e2e"] = part_e2e(args.pods)
+        e = out["e2e"]
+        for ns in ("without", "with"):
+            print(
+                f"pod create {ns:7s} webhook: mean {e[ns]['mean_ms']:.2f} ms, p50 {e[ns]['p50_ms']:.2f} ms, "
+                f"p99 {e[ns]['p99_ms']:.2f} ms (n={e['n']})"
+            )
+        print(f"with/without: mean {e['ratio_mean']:.3f}x, p50 {e['ratio_p50']:.3f}x")
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

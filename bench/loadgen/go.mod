@@ -1,0 +1,3 @@
+module varmor.org/bench/loadgen
+
+go 1.22
