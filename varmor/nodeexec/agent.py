@@ -1,0 +1,306 @@
+"""The agent's sync loop: ArmorProfiles (cluster-wide) -> profile files -> kernel.
+
+Start-up: detect AppArmor -> read what the kernel has -> write the node-local include ->
+load every current ArmorProfile (one batched parser run) -> unload orphaned `varmor-*`
+profiles and delete stale files -> ready. The same path restores everything after a
+reboot (the kernel starts empty; the files in the profile dir are only a fallback for the
+host's own AppArmor service).
+
+Steady state: informer events enqueue profile names; a worker per name compares the
+desired profile with what it loaded and loads, replaces or unloads through the batching
+Loader. A new profile text is loaded from a staging file and moved into the profile dir
+only once the kernel took it, so the profile dir never holds a text that failed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from kubernetes.aio import client
+
+from varmor import __version__, api
+from varmor.informer import EventType, Informer, Key, object_key
+from varmor.kube import JSON
+from varmor.nodeexec import kernel, metrics
+from varmor.nodeexec.files import ProfileDir, atomic_write, is_varmor_name
+from varmor.nodeexec.kernel import Detection
+from varmor.nodeexec.loader import Loader
+from varmor.nodeexec.parser_runner import ParserConfig, ParserRunner
+from varmor.nodeexec.state import Desired, Failed, Loaded, NodeState, choose, node_status
+from varmor.nodeexec.status import StatusWriter
+from varmor.parser import ParserNotFoundError
+from varmor.reconcile.kubeio import Kube
+from varmor.workqueue import WorkQueue
+
+log = logging.getLogger(__name__)
+STAGING = "varmor/staging"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    node_name: str
+    profile_dir: Path
+    securityfs: Path
+    enabled_file: Path
+    partitions: Path
+    parser: str = ""
+    parser_base_dir: Path | None = Path("/etc/apparmor.d")  # searched before the profile dir
+    resync_seconds: float = 300.0
+    retry_seconds: float = 60.0  # a profile that failed at one hash is retried after this
+    status_debounce: float = 0.5
+    workers: int = 64
+
+
+class Agent:
+    def __init__(self, config: AgentConfig, api_client: client.ApiClient) -> None:
+        self.config = config
+        self.kube = Kube(api_client)
+        self.files = ProfileDir(config.profile_dir)
+        self.informer = Informer(api_client, api.ARMOR_PROFILE, resync_seconds=config.resync_seconds)
+        self.informer.add_handler(self._on_event)
+        self.queue: WorkQueue[str] = WorkQueue(self.sync, concurrency=config.workers, name="agent")
+        self.state = NodeState()
+        self.desired: dict[str, Desired] = {}
+        self.detection = Detection(False, "not detected yet")
+        self.parser_version = ""
+        self.ready = False
+        self.status = StatusWriter(self.kube, config.node_name, self._status, debounce=config.status_debounce)
+        self.loader: Loader | None = None
+        self._index: dict[str, set[Key]] = {}
+        self._force: set[str] = set()
+        self._failed_at: dict[str, tuple[str, str, float]] = {}  # name -> (sha256, mode, when)
+        self._node_local = ""
+        self._started = time.monotonic()
+
+    # -- status ----------------------------------------------------------------------
+    def _status(self) -> JSON:
+        return node_status(
+            supported=self.detection.supported,
+            reason=self.detection.reason,
+            parser_version=self.parser_version,
+            agent_version=__version__,
+            ready=self.ready,
+            state=self.state,
+        )
+
+    def _changed(self) -> None:
+        metrics.PROFILES_LOADED.set(len(self.state.loaded))
+        metrics.PROFILES_FAILED.set(len(self.state.failures))
+        self.status.mark()
+
+    def owner(self, profile: str) -> Desired | None:
+        """The ArmorProfile a (possibly child) profile name comes from, for attribution."""
+        return self.desired.get(profile.split("//", 1)[0])
+
+    # -- start-up --------------------------------------------------------------------
+    async def _detect(self) -> ParserRunner | None:
+        cfg = self.config
+        self.detection = await asyncio.to_thread(kernel.detect, cfg.securityfs, cfg.enabled_file)
+        try:
+            include = [d for d in (cfg.parser_base_dir, cfg.profile_dir) if d is not None and d.is_dir()]
+            runner = ParserRunner(
+                ParserConfig(
+                    subdomainfs=kernel.apparmor_dir(cfg.securityfs),
+                    include_dirs=tuple(dict.fromkeys(include)),
+                    parser=cfg.parser,
+                )
+            )
+            self.parser_version = await runner.version()
+        except (ParserNotFoundError, FileNotFoundError, PermissionError) as exc:
+            if self.detection.supported:
+                self.detection = Detection(False, f"cannot run apparmor_parser: {exc}")
+            return None
+        return runner if self.detection.supported else None
+
+    async def _ensure_node(self) -> None:
+        backoff = 0.2
+        while True:
+            try:
+                await self.status.ensure()
+                return
+            except Exception as exc:
+                log.warning("cannot create ArmorNode %s: %r; retrying", self.config.node_name, exc)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def initial_sync(self) -> None:
+        """Load everything current, unload orphans, delete stale files."""
+        assert self.loader is not None
+        kernel_loaded = kernel.top_level(await asyncio.to_thread(kernel.read_loaded, self.config.securityfs))
+        self._node_local = await asyncio.to_thread(self._write_node_local)
+        names = sorted(self._index)
+        await asyncio.gather(*(self._initial(name, kernel_loaded) for name in names))
+        orphans = sorted(n for n in kernel_loaded if is_varmor_name(n) and n not in self._index)
+        if orphans:
+            log.info("unloading %d orphaned profiles", len(orphans), extra={"fields": {"profiles": orphans}})
+        await asyncio.gather(*(self._initial(name, kernel_loaded) for name in orphans))
+        stale = [n for n in await asyncio.to_thread(self.files.names) if n not in self.desired]
+        await asyncio.to_thread(self.files.remove_all, stale)
+
+    def _write_node_local(self) -> str:
+        return self.files.write_node_local(self.config.partitions)
+
+    async def run(self) -> None:
+        runner = await self._detect()
+        metrics.SUPPORTED.set(1 if runner else 0)
+        await self._ensure_node()
+        status_task = asyncio.create_task(self.status.run(), name="agent-status")
+        if runner is None:
+            log.warning("node %s is Unsupported: %s", self.config.node_name, self.detection.reason)
+            self.ready = True  # nothing to load; never block this pod's other roles
+            metrics.READY.set(1)
+            self.status.mark()
+            await status_task
+            return
+        self.loader = Loader(runner, self.config.profile_dir / "varmor" / "stubs")
+        self.status.mark()
+        informer_task = asyncio.create_task(self.informer.run(), name="agent-informer")
+        tasks = [status_task, informer_task]
+        try:
+            await self.informer.wait_synced()
+            await self.initial_sync()
+            self.ready = True
+            elapsed = time.monotonic() - self._started
+            metrics.READY.set(1)
+            metrics.INITIAL_SYNC_SECONDS.set(elapsed)
+            log.info(
+                "initial sync done in %.2fs: %d loaded, %d failed",
+                elapsed,
+                len(self.state.loaded),
+                len(self.state.failures),
+            )
+            self._changed()
+            tasks += [
+                asyncio.create_task(self.queue.run(), name="agent-queue"),
+                asyncio.create_task(self._refresh_loop(), name="agent-refresh"),
+            ]
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+
+    # -- events ----------------------------------------------------------------------
+    async def _on_event(self, event: EventType, obj: JSON) -> None:
+        key = object_key(obj)
+        name = key[1]
+        keys = self._index.setdefault(name, set())
+        if event == "DELETED":
+            keys.discard(key)
+            if not keys:
+                del self._index[name]
+        else:
+            keys.add(key)
+        # Queued even before the initial sync: the queue runs after it, and a name that
+        # is already in sync costs nothing, while a change during start-up is not lost.
+        self.queue.add(name)
+
+    async def _refresh_loop(self) -> None:
+        """Every resync period: follow disk changes (node-local include) and repair drift
+        (a varmor profile unloaded or left behind by someone else)."""
+        while True:
+            await asyncio.sleep(self.config.resync_seconds)
+            try:
+                await self.refresh()
+            except Exception:
+                log.exception("agent refresh failed")
+
+    async def refresh(self) -> None:
+        node_local = await asyncio.to_thread(self._write_node_local)
+        if node_local != self._node_local:
+            log.info("disk devices changed; reloading every profile")
+            self._node_local = node_local
+            self._force.update(self.desired)
+        loaded = kernel.top_level(await asyncio.to_thread(kernel.read_loaded, self.config.securityfs))
+        missing = {n for n in self.state.loaded if n not in loaded}
+        self._force.update(missing)
+        stray = {n for n in loaded if is_varmor_name(n) and n not in self._index}
+        for name in sorted(self._force | stray):
+            self.queue.add(name)
+
+    # -- per-profile sync --------------------------------------------------------------
+    async def _initial(self, name: str, kernel_loaded: dict[str, str]) -> None:
+        try:
+            await self.sync(name, kernel_loaded)
+        except Exception:
+            log.exception("initial sync of %s failed; retrying later", name)
+            self.queue.add(name)
+
+    def _objects(self, name: str) -> list[JSON]:
+        cache = self.informer.cache
+        return [cache[k] for k in sorted(self._index.get(name, ())) if k in cache]
+
+    async def sync(self, name: str, kernel_loaded: dict[str, str] | None = None) -> None:
+        """Make the kernel match the ArmorProfiles named `name`. Raises on transient
+        errors (the queue retries); a profile that does not compile is a recorded failure."""
+        assert self.loader is not None
+        desired, rejected = choose(self._objects(name))
+        if desired is None:
+            self.desired.pop(name, None)
+            if is_varmor_name(name):
+                await self._unload(name, kernel_loaded)
+            self._set_failure(name, rejected[0] if rejected else None)
+            self._failed_at.pop(name, None)
+            self._force.discard(name)
+            return
+        self.desired[name] = desired
+        conflict = rejected[0] if rejected else None
+        if self.state.loaded.get(name) == Loaded(desired.namespace, desired.sha256, desired.mode) and (
+            name not in self._force
+        ):
+            self._set_failure(name, conflict)
+            return
+        failed = self._failed_at.get(name)
+        recent = failed is not None and time.monotonic() - failed[2] < self.config.retry_seconds
+        if failed and recent and failed[:2] == (desired.sha256, desired.mode) and name not in self._force:
+            return
+        self._force.discard(name)
+        staged = self.config.profile_dir / STAGING / name
+        await asyncio.to_thread(atomic_write, staged, desired.text)
+        outcome = await self.loader.load(name, staged, complain=desired.mode == "complain")
+        if outcome.ok:
+            await asyncio.to_thread(os.replace, staged, self.files.path(name))
+            self.state.loaded[name] = Loaded(desired.namespace, desired.sha256, desired.mode)
+            self._failed_at.pop(name, None)
+            self._set_failure(name, conflict)
+            return
+        await asyncio.to_thread(staged.unlink, True)
+        message = outcome.message.replace(str(staged), name)
+        previous = self.state.loaded.get(name)
+        if previous is None and kernel_loaded and name in kernel_loaded:
+            message += " (a version loaded before the agent started stays in the kernel)"
+        elif previous is not None:
+            message += f" (the version with sha256 {previous.sha256} stays loaded)"
+        log.warning("profile %s failed to load: %s", name, message)
+        self._failed_at[name] = (desired.sha256, desired.mode, time.monotonic())
+        self._set_failure(name, Failed(desired.namespace, desired.sha256, message))
+
+    async def _unload(self, name: str, kernel_loaded: dict[str, str] | None) -> None:
+        assert self.loader is not None
+        if kernel_loaded is None:
+            kernel_loaded = kernel.top_level(await asyncio.to_thread(kernel.read_loaded, self.config.securityfs))
+        if name in kernel_loaded:
+            outcome = await self.loader.unload(name)
+            if not outcome.ok:
+                raise RuntimeError(f"cannot unload {name}: {outcome.message}")
+            log.info("unloaded profile %s", name)
+        await asyncio.to_thread(self.files.remove, name)
+        if self.state.loaded.pop(name, None) is not None:
+            self._changed()
+
+    def _set_failure(self, name: str, failure: Failed | None) -> None:
+        current = self.state.failures.get(name)
+        if failure is None:
+            self.state.failures.pop(name, None)
+        else:
+            self.state.failures[name] = failure
+        if current != failure or failure is None:
+            self._changed()

@@ -1,0 +1,94 @@
+"""The profile directory on the host: profile files (so they survive a reboot), the
+node-local include, and the host's disk devices. Blocking helpers; run them in an executor.
+
+Only names that look like varmor's (`varmor-*`, a DNS-label-like name) are ever written or
+deleted, so the agent cannot touch the host's own profiles through a crafted name.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+
+from varmor import api
+from varmor.profile import NODE_LOCAL_INCLUDE, node_local_include
+
+DEFAULT_PROFILE_DIR = Path("/etc/apparmor.d")
+DEFAULT_PARTITIONS = Path("/proc/partitions")
+_VARMOR_NAME = re.compile(r"^varmor-[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+
+
+def is_varmor_name(name: str) -> bool:
+    """A profile name varmor owns and may load, replace, unload and delete."""
+    return len(name) <= api.MAX_PROFILE_NAME and bool(_VARMOR_NAME.match(name))
+
+
+def parse_partitions(text: str) -> list[str]:
+    """Device names from /proc/partitions (`major minor #blocks name` rows, after a header)."""
+    devices = []
+    for line in text.splitlines():
+        fields = line.split()
+        if len(fields) == 4 and fields[0].isdigit() and fields[1].isdigit():
+            devices.append(fields[3])
+    return sorted(set(devices))
+
+
+def atomic_write(path: Path, data: str) -> bool:
+    """Write `data` to `path` via a temporary file and rename. Returns False (and writes
+    nothing) when the file already holds exactly `data`."""
+    try:
+        if path.read_text() == data:
+            return False
+    except (FileNotFoundError, UnicodeDecodeError):
+        pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return True
+
+
+class ProfileDir:
+    """Where profile files live (default the host's /etc/apparmor.d)."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        if not is_varmor_name(name):
+            raise ValueError(f"refusing non-varmor profile name {name!r}")
+        return self.root / name
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.path(name)
+        atomic_write(path, text)
+        return path
+
+    def remove(self, name: str) -> None:
+        self.path(name).unlink(missing_ok=True)
+
+    def names(self) -> list[str]:
+        """varmor profile files present (anything else in the directory is not ours)."""
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_file() and is_varmor_name(p.name))
+
+    def write_node_local(self, partitions: Path) -> str:
+        """Write `<root>/varmor/node-local` from the host's disks; returns its text."""
+        devices = parse_partitions(partitions.read_text()) if partitions.exists() else []
+        text = node_local_include(devices)
+        atomic_write(self.root / NODE_LOCAL_INCLUDE, text)
+        return text
+
+    def remove_all(self, names: Iterable[str]) -> None:
+        for name in names:
+            self.remove(name)

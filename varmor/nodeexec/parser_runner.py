@@ -1,0 +1,197 @@
+"""Loads, replaces and removes profiles with the real `apparmor_parser`, in batches.
+
+Flags and the pinned features file come from `varmor.parser`, so what the node loads is
+compiled exactly as the leader compile-checked it: `-M <pinned features>` (fixes the ABI
+even when the kernel has more), `--Werror=rule-not-enforced` (never a silently dropped
+rule), `--config-file /dev/null` (the host's parser.conf cannot change the meaning) and
+`-K` (no binary cache on the host). `--subdomainfs` names the securityfs apparmor
+directory, which tests point at a stand-in.
+
+One invocation handles many files (the parser compiles them in parallel); `-v` makes it
+print one success line per profile, so a failure is attributed to the right profile and
+the others in the batch still load. A profile that fails without its own message is
+re-run alone to get one. All parser runs are asyncio subprocesses: nothing blocks the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from varmor.nodeexec import metrics
+from varmor.parser import COMPILE_FLAGS, features_file, find_parser
+
+LOAD_FLAGS = tuple(flag for flag in COMPILE_FLAGS if flag != "-Q")  # -Q would skip the kernel load
+_SUCCESS = re.compile(r'^(?:Addition|Replacement|Removal) succeeded for "(?P<name>[^"]+)"\.?$')
+_VERSION = re.compile(r"version (\S+)")
+MAX_MESSAGE = 2000
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    message: str = ""
+
+
+@dataclass(frozen=True)
+class Run:
+    rc: int
+    out: str
+    err: str
+
+    @property
+    def text(self) -> str:
+        return (self.err + "\n" + self.out).strip()
+
+
+@dataclass(frozen=True)
+class ParserConfig:
+    subdomainfs: Path  # <securityfs>/apparmor
+    include_dirs: tuple[Path, ...] = ()
+    parser: str = ""  # default: found on PATH
+    features: Path | None = None  # default: varmor's pinned features file
+    timeout: float = 300.0
+
+
+def _trim(message: str) -> str:
+    message = message.strip()
+    return message if len(message) <= MAX_MESSAGE else message[: MAX_MESSAGE - 3] + "..."
+
+
+def succeeded(stdout: str) -> set[str]:
+    """Profile names the parser reported as loaded, replaced or removed (`-v` lines)."""
+    return {m["name"] for line in stdout.splitlines() if (m := _SUCCESS.match(line.strip()))}
+
+
+def blame(text: str, path: Path, name: str) -> str:
+    """The parser's lines about one file or profile (it names files by path and profiles
+    in quotes)."""
+    keys = (str(path), f'"{name}"', f"profile {name} ", f"profile {name}:")
+    return "\n".join(line for line in text.splitlines() if any(k in line for k in keys))
+
+
+class ParserRunner:
+    def __init__(self, config: ParserConfig) -> None:
+        self.config = config
+        self.parser = config.parser or find_parser()
+        self.features = config.features or features_file()
+
+    def _base(self) -> list[str]:
+        cmd = [self.parser, "--config-file", "/dev/null", *LOAD_FLAGS, "-M", str(self.features)]
+        for directory in self.config.include_dirs:
+            cmd += ["-I", str(directory)]
+        return [*cmd, "--subdomainfs", str(self.config.subdomainfs)]
+
+    async def _exec(self, action: str, args: Sequence[str]) -> Run:
+        started = time.monotonic()
+        proc = await asyncio.create_subprocess_exec(
+            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+        )
+        try:
+            out, err = await asyncio.wait_for(proc.communicate(), self.config.timeout)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()
+            metrics.PARSER_RUNS.labels(action, "error").inc()
+            return Run(-9, "", f"apparmor_parser timed out after {self.config.timeout:.0f}s")
+        finally:
+            metrics.PARSER_DURATION.labels(action).observe(time.monotonic() - started)
+        rc = proc.returncode if proc.returncode is not None else -1
+        metrics.PARSER_RUNS.labels(action, "ok" if rc == 0 else "error").inc()
+        return Run(rc, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    async def version(self) -> str:
+        run = await self._exec("version", [self.parser, "--version"])
+        match = _VERSION.search(run.out + run.err)
+        return match.group(1) if match else "unknown"
+
+    # -- names check ---------------------------------------------------------------
+    async def check_names(self, files: Mapping[str, Path]) -> dict[str, Outcome]:
+        """Refuse any file that defines a profile other than its own name (and children
+        `name//...`): loading it would replace a profile varmor does not own. One `-N`
+        run (parse only, ~70 ms for 200 files); files the parser blames, or any surprise,
+        are checked one by one."""
+        if not files:
+            return {}
+        cmd = [*self._base(), "-N", *(str(p) for p in files.values())]
+        run = await self._exec("names", cmd)
+        found = Counter(n for n in run.out.split("\n") if n and "//" not in n)
+        if run.rc == 0 and found == Counter(files):
+            return {name: Outcome(True) for name in files}
+        if len(files) == 1:
+            ((name, path),) = files.items()
+            if run.rc != 0:
+                return {name: Outcome(False, _trim(blame(run.text, path, name) or run.text))}
+            extra = sorted(set(found) - {name})
+            if extra:
+                return {name: Outcome(False, f"profile text defines profiles other than {name}: {', '.join(extra)}")}
+            return {name: Outcome(False, f"profile text does not define profile {name}")}
+        results: dict[str, Outcome] = {}
+        singles = await asyncio.gather(*(self.check_names({n: p}) for n, p in files.items()))
+        for single in singles:
+            results.update(single)
+        return results
+
+    # -- load ------------------------------------------------------------------------
+    async def replace(self, files: Mapping[str, Path], *, complain: bool) -> dict[str, Outcome]:
+        """Load or replace (`-r` adds a profile that is not loaded yet) every file, whose
+        key is the one profile it defines. Returns an outcome per profile."""
+        if not files:
+            return {}
+        flags = ["-r", "-v", *(["-C"] if complain else [])]
+        run = await self._exec("replace", [*self._base(), *flags, *(str(p) for p in files.values())])
+        done = succeeded(run.out)
+        results = {name: Outcome(True) for name in files if name in done or run.rc == 0}
+        failed = {name: path for name, path in files.items() if name not in results}
+        unexplained = []
+        for name, path in failed.items():
+            message = blame(run.text, path, name)
+            if message and len(failed) == 1:
+                results[name] = Outcome(False, _trim(message))
+            elif len(failed) == 1:
+                results[name] = Outcome(False, _trim(run.text or f"apparmor_parser exited {run.rc}"))
+            else:
+                unexplained.append(name)
+        if unexplained:
+            # Several failures in one run can interleave their lines: re-run each alone
+            # (replacing is idempotent) so every message belongs to its profile.
+            singles = await asyncio.gather(*(self.replace({n: files[n]}, complain=complain) for n in unexplained))
+            for single in singles:
+                results.update(single)
+        return {name: results[name] for name in files}
+
+    # -- remove ----------------------------------------------------------------------
+    async def remove(self, names: Sequence[str], stub_dir: Path) -> dict[str, Outcome]:
+        """Unload profiles by name. Each goes through a stub file `profile <name> {}`, so
+        removal never depends on the profile's own text still existing or compiling."""
+        if not names:
+            return {}
+        paths = {name: stub_dir / name for name in names}
+        await asyncio.to_thread(_write_stubs, paths)
+        run = await self._exec("remove", [*self._base(), "-R", "-v", *(str(p) for p in paths.values())])
+        done = succeeded(run.out)
+        results = {}
+        for name, path in paths.items():
+            message = blame(run.text, path, name)
+            if run.rc == 0 or name in done or "Profile doesn't exist" in message:
+                results[name] = Outcome(True)  # gone already counts as removed
+            else:
+                results[name] = Outcome(False, _trim(message or run.text))
+        await asyncio.to_thread(_remove_stubs, paths)
+        return results
+
+
+def _write_stubs(paths: Mapping[str, Path]) -> None:
+    for name, path in paths.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(f"profile {name} {{}}\n")
+
+
+def _remove_stubs(paths: Mapping[str, Path]) -> None:
+    for path in paths.values():
+        path.unlink(missing_ok=True)

@@ -1,0 +1,73 @@
+"""`varmor run --roles agent`: the node agent role (see varmor.nodeexec.agent)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import socket
+from pathlib import Path
+from typing import Any
+
+from varmor.nodeexec.agent import Agent, AgentConfig
+from varmor.nodeexec.files import DEFAULT_PARTITIONS, DEFAULT_PROFILE_DIR
+from varmor.nodeexec.kernel import DEFAULT_ENABLED_FILE, DEFAULT_SECURITYFS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("agent")
+    g.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname())
+    g.add_argument(
+        "--profile-dir", type=Path, default=DEFAULT_PROFILE_DIR, help="where profile files are written (host)"
+    )
+    g.add_argument(
+        "--securityfs", type=Path, default=DEFAULT_SECURITYFS, help="securityfs mount (holds apparmor/profiles)"
+    )
+    g.add_argument("--apparmor-enabled-file", type=Path, default=DEFAULT_ENABLED_FILE)
+    g.add_argument("--proc-partitions", type=Path, default=DEFAULT_PARTITIONS, help="the host's disk list")
+    g.add_argument("--apparmor-parser", default="", help="apparmor_parser binary (default: found on PATH)")
+    g.add_argument(
+        "--apparmor-base-dir",
+        type=Path,
+        default=Path("/etc/apparmor.d"),
+        help="abstractions/tunables searched before the profile dir (the image's own)",
+    )
+    g.add_argument("--audit-log", default="", help="kernel audit source to tail: audit.log or kern.log")
+    g.add_argument("--violation-log", default="-", help="JSON lines of violations: a file, '-' (stdout) or ''")
+    g.add_argument("--violation-event-interval", type=float, default=60.0, help="seconds between Events per policy")
+    g.add_argument("--agent-resync", type=float, default=300.0, help="seconds between agent resyncs")
+    g.add_argument("--agent-status-debounce", type=float, default=0.5, help="seconds to coalesce ArmorNode writes")
+
+
+def config_from_args(args: argparse.Namespace) -> AgentConfig:
+    return AgentConfig(
+        node_name=args.node_name,
+        profile_dir=args.profile_dir,
+        securityfs=args.securityfs,
+        enabled_file=args.apparmor_enabled_file,
+        partitions=args.proc_partitions,
+        parser=args.apparmor_parser,
+        parser_base_dir=args.apparmor_base_dir,
+        resync_seconds=args.agent_resync,
+        status_debounce=args.agent_status_debounce,
+    )
+
+
+async def run(ctx: Any) -> None:
+    agent = Agent(config_from_args(ctx.args), ctx.api_client)
+    ctx.health.add("agent-initial-sync", lambda: agent.ready)
+    tasks = [asyncio.create_task(agent.run(), name="agent")]
+    if ctx.args.audit_log:
+        from varmor.nodeexec.violations import ViolationReporter
+
+        reporter = ViolationReporter.from_args(ctx.args, agent)
+        tasks.append(asyncio.create_task(reporter.run(), name="agent-violations"))
+    try:
+        await asyncio.gather(*tasks)
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

@@ -1,0 +1,125 @@
+"""The ArmorNode writer: this node's agent is its only writer.
+
+Creates the ArmorNode (owner reference to the Node, so it goes when the node goes) and
+writes its status through the status subresource. Writes are coalesced: callers `mark()`
+after every change, and the writer waits for a quiet `debounce` period (at most
+`max_delay` after the first change) and writes only if the status differs from the last
+one written, so one policy change costs one write per node.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from varmor import api
+from varmor.kube import JSON, ApiException
+from varmor.nodeexec import metrics
+from varmor.reconcile.kubeio import JSON_PATCH, Kube, now_rfc3339
+
+log = logging.getLogger(__name__)
+
+
+class StatusWriter:
+    def __init__(
+        self,
+        kube: Kube,
+        node_name: str,
+        build: Callable[[], JSON],
+        *,
+        debounce: float = 0.5,
+        max_delay: float = 2.0,
+    ) -> None:
+        self.kube = kube
+        self.node_name = node_name
+        self.build = build
+        self.debounce = debounce
+        self.max_delay = max_delay
+        self.writes = 0
+        self._dirty = asyncio.Event()
+        self._last: JSON | None = None
+        self._lock = asyncio.Lock()
+
+    @property
+    def path(self) -> str:
+        return Kube.custom_path(api.ARMOR_NODE, name=self.node_name)
+
+    async def ensure(self) -> None:
+        """Create the ArmorNode if it is missing, owned by the Node when the Node exists
+        (a test cluster or a bench may have no Node objects)."""
+        try:
+            await self.kube.request("GET", self.path)
+            return
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        meta: dict[str, Any] = {"name": self.node_name, "labels": {api.MANAGED_BY_LABEL: "varmor"}}
+        try:
+            node = await self.kube.request("GET", f"/api/v1/nodes/{self.node_name}")
+            meta["ownerReferences"] = [
+                {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": node["metadata"]["uid"]}
+            ]
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+            log.warning("Node %s not found: ArmorNode created without an owner reference", self.node_name)
+        body = {"apiVersion": api.API_VERSION, "kind": api.ARMOR_NODE.kind, "metadata": meta}
+        try:
+            await self.kube.request("POST", Kube.custom_path(api.ARMOR_NODE), body=body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+
+    def mark(self) -> None:
+        """Something in the status changed; write soon."""
+        self._dirty.set()
+
+    async def flush(self) -> bool:
+        """Write now if the status changed since the last write. Returns whether it wrote."""
+        async with self._lock:
+            status = self.build()
+            if status == self._last:
+                metrics.STATUS_WRITES.labels("skipped").inc()
+                return False
+            body = [{"op": "add", "path": "/status", "value": {**status, "lastUpdateTime": now_rfc3339()}}]
+            try:
+                await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=JSON_PATCH)
+            except ApiException as exc:
+                metrics.STATUS_WRITES.labels("error").inc()
+                if exc.status == 404:  # deleted under us: recreate, then write
+                    await self.ensure()
+                raise
+            self._last = status
+            self.writes += 1
+            metrics.STATUS_WRITES.labels("ok").inc()
+            return True
+
+    async def run(self) -> None:
+        """Write coalesced changes until cancelled; retry failed writes with backoff."""
+        backoff = 0.5
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._dirty.wait()
+            first = loop.time()
+            while True:  # wait for a quiet period, but not forever
+                self._dirty.clear()
+                remaining = self.max_delay - (loop.time() - first)
+                if remaining <= 0:
+                    break
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._dirty.wait(), min(self.debounce, remaining))
+                    continue
+                break
+            try:
+                await self.flush()
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                log.warning("ArmorNode %s status write failed: %r; retrying", self.node_name, exc)
+                self._dirty.set()
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)

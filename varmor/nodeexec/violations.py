@@ -1,0 +1,278 @@
+"""Violation reporting: tail the kernel audit source, attribute AppArmor records to
+profile -> ArmorProfile -> policy, count them, write them as JSON lines, and emit
+rate-limited Events on the policy.
+
+Runs as its own task and never touches the load path: file reads go through a thread,
+Events go through a bounded queue that drops (and counts) when the API is slow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+from urllib.parse import quote
+
+import orjson
+
+from varmor import api
+from varmor.nodeexec import metrics
+from varmor.nodeexec.audit import AuditRecord, parse_line
+from varmor.nodeexec.files import is_varmor_name
+from varmor.nodeexec.state import Desired
+from varmor.reconcile.kubeio import Kube, now_rfc3339
+
+log = logging.getLogger(__name__)
+REASONS = {"DENIED": "ViolationDenied", "AUDIT": "ViolationAudited", "ALLOWED": "ViolationAllowed"}
+
+
+# -- following a file ----------------------------------------------------------------
+class Follower:
+    """`tail -F` in a thread-friendly shape: returns new complete lines, survives rotation
+    (new inode) and truncation, and waits for a file that does not exist yet."""
+
+    def __init__(self, path: Path, *, from_start: bool = False) -> None:
+        self.path = path
+        self.from_start = from_start
+        self._handle: Any = None
+        self._inode = -1
+        self._partial = b""
+
+    def _open(self) -> bool:
+        try:
+            handle = open(self.path, "rb")  # noqa: SIM115 (kept open across calls)
+        except FileNotFoundError:
+            return False
+        stat = os.fstat(handle.fileno())
+        if self._handle is None and not self.from_start:
+            handle.seek(0, os.SEEK_END)  # first open: only what happens from now on
+        if self._handle is not None:
+            self._handle.close()
+        self._handle, self._inode, self._partial = handle, stat.st_ino, b""
+        return True
+
+    def read_lines(self, limit: int = 1 << 20) -> list[str]:
+        """Blocking: the complete lines appended since the last call."""
+        if self._handle is None and not self._open():
+            return []
+        data = self._handle.read(limit)
+        if not data:
+            try:
+                stat = os.stat(self.path)
+            except FileNotFoundError:
+                return []
+            if stat.st_ino != self._inode:  # rotated: finish with the new file
+                self.from_start = True
+                self._open()
+                data = self._handle.read(limit)
+            elif stat.st_size < self._handle.tell():  # truncated
+                self._handle.seek(0)
+                data = self._handle.read(limit)
+        data = self._partial + data
+        *lines, self._partial = data.split(b"\n")
+        return [line.decode("utf-8", errors="replace") for line in lines]
+
+    def close(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+
+
+# -- rate limiting (pure) --------------------------------------------------------------
+@dataclass
+class RateLimiter:
+    """At most one Event per key per `interval`; what was held back is counted and told
+    in the next Event."""
+
+    interval: float
+    _last: dict[Any, float] = field(default_factory=dict)
+    _held: dict[Any, int] = field(default_factory=dict)
+
+    def admit(self, key: Any, now: float) -> tuple[bool, int]:
+        """(send now?, how many were suppressed before this one)."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False, 0
+        self._last[key] = now
+        return True, self._held.pop(key, 0)
+
+
+@dataclass(frozen=True)
+class Violation:
+    record: AuditRecord
+    owner: Desired | None  # the ArmorProfile it came from, when known
+
+    def as_json(self, node: str) -> dict[str, Any]:
+        entry: dict[str, Any] = {"node": node, **self.record.as_json()}
+        if self.owner is not None:
+            entry["armorProfile"] = {"namespace": self.owner.namespace, "name": self.owner.name}
+            if self.owner.policy is not None:
+                p = self.owner.policy
+                entry["policy"] = {"kind": p.kind, "namespace": p.namespace, "name": p.name}
+        return entry
+
+
+def event_body(violation: Violation, node: str, suppressed: int) -> dict[str, Any] | None:
+    """A core/v1 Event on the violating policy (cluster-scoped policies' Events go to
+    `default`, as client-go does)."""
+    owner = violation.owner
+    if owner is None or owner.policy is None:
+        return None
+    policy, record = owner.policy, violation.record
+    message = f"node {node}: {record.action} {record.operation} {record.target}".rstrip()
+    comm = record.fields.get("comm")
+    message += f" by {comm}" if comm else ""
+    message += f" (profile {record.profile})"
+    if suppressed:
+        message += f"; {suppressed} more since the previous event"
+    now = now_rfc3339()
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{policy.name}.", "namespace": policy.namespace or "default"},
+        "involvedObject": {
+            "apiVersion": api.API_VERSION,
+            "kind": policy.kind,
+            "name": policy.name,
+            "namespace": policy.namespace,
+            "uid": policy.uid,
+        },
+        "type": "Warning" if record.action == "DENIED" else "Normal",
+        "reason": REASONS[record.action],
+        "message": message[:1024],
+        "source": {"component": "varmor-agent", "host": node},
+        "reportingComponent": "varmor.org/agent",
+        "reportingInstance": node,
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1 + suppressed,
+    }
+
+
+# -- the reporter ----------------------------------------------------------------------
+class ViolationReporter:
+    def __init__(
+        self,
+        kube: Kube | None,
+        node: str,
+        source: Path,
+        owner: Callable[[str], Desired | None],
+        *,
+        json_out: str = "-",
+        event_interval: float = 60.0,
+        poll: float = 0.5,
+        from_start: bool = False,
+        queue_size: int = 256,
+    ) -> None:
+        self.kube = kube
+        self.node = node
+        self.follower = Follower(source, from_start=from_start)
+        self.owner = owner
+        self.json_out = json_out
+        self.limiter = RateLimiter(event_interval)
+        self.poll = poll
+        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
+        self.seen = 0
+
+    @classmethod
+    def from_args(cls, args: Any, agent: Any) -> ViolationReporter:
+        return cls(
+            agent.kube,
+            args.node_name,
+            Path(args.audit_log),
+            agent.owner,
+            json_out=args.violation_log,
+            event_interval=args.violation_event_interval,
+        )
+
+    async def lines(self) -> AsyncIterator[list[str]]:
+        while True:
+            lines = await asyncio.to_thread(self.follower.read_lines)
+            if lines:
+                yield lines
+            else:
+                await asyncio.sleep(self.poll)
+
+    def handle(self, line: str) -> Violation | None:
+        """Parse, attribute and count one line; queue its Event if the limiter allows."""
+        try:
+            record = parse_line(line)
+        except Exception:  # a malformed line must never stop the tailer
+            metrics.AUDIT_LINES.labels("malformed").inc()
+            return None
+        if record is None or not is_varmor_name(record.base_profile):
+            metrics.AUDIT_LINES.labels("other").inc()
+            return None
+        metrics.AUDIT_LINES.labels("varmor").inc()
+        metrics.VIOLATIONS.labels(record.action, record.klass).inc()
+        violation = Violation(record, self.owner(record.base_profile))
+        self.seen += 1
+        self._queue_event(violation)
+        return violation
+
+    def _queue_event(self, violation: Violation) -> None:
+        if self.kube is None or violation.owner is None or violation.owner.policy is None:
+            return
+        p = violation.owner.policy
+        send, suppressed = self.limiter.admit((p.kind, p.namespace, p.name, violation.record.action), time.monotonic())
+        if not send:
+            metrics.VIOLATION_EVENTS.labels("suppressed").inc()
+            return
+        body = event_body(violation, self.node, suppressed)
+        if body is None:
+            return
+        try:
+            self.events.put_nowait(body)
+        except asyncio.QueueFull:
+            metrics.VIOLATION_EVENTS.labels("dropped").inc()
+
+    async def _send_events(self) -> None:
+        assert self.kube is not None
+        while True:
+            body = await self.events.get()
+            namespace = quote(body["metadata"]["namespace"], safe="")
+            try:
+                await self.kube.request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+                metrics.VIOLATION_EVENTS.labels("sent").inc()
+            except Exception as exc:
+                metrics.VIOLATION_EVENTS.labels("error").inc()
+                log.warning("could not record violation event: %r", exc)
+
+    def _open_out(self) -> TextIO | None:
+        if not self.json_out:
+            return None
+        if self.json_out == "-":
+            return sys.stdout
+        Path(self.json_out).parent.mkdir(parents=True, exist_ok=True)
+        return open(self.json_out, "a", buffering=1)
+
+    async def run(self) -> None:
+        out = await asyncio.to_thread(self._open_out)
+        sender = asyncio.create_task(self._send_events()) if self.kube is not None else None
+        try:
+            async for lines in self.lines():
+                entries = [v.as_json(self.node) for v in map(self.handle, lines) if v is not None]
+                if out is not None and entries:
+                    text = "".join(orjson.dumps(e).decode() + "\n" for e in entries)
+                    await asyncio.to_thread(_write, out, text)
+        finally:
+            if sender is not None:
+                sender.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await sender
+            self.follower.close()
+            if out is not None and out is not sys.stdout:
+                out.close()
+
+
+def _write(out: TextIO, text: str) -> None:
+    out.write(text)
+    out.flush()
