@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import datetime as dt
 import gc
 import json
@@ -152,6 +153,19 @@ async def _serve(kind: str, port: int, cert: str, key: str) -> None:
 
         app = web.Application(client_max_size=6 * 1024 * 1024)
         app.router.add_post("/mutate", allow)
+    elif kind == "echo":  # the least a valid webhook does: echo the uid, allow
+
+        async def echo(request: web.Request) -> web.Response:
+            uid = orjson.loads(await request.read())["request"]["uid"]
+            body = {
+                "apiVersion": "admission.k8s.io/v1",
+                "kind": "AdmissionReview",
+                "response": {"uid": uid, "allowed": True},
+            }
+            return web.Response(body=orjson.dumps(body), content_type="application/json")
+
+        app = web.Application(client_max_size=6 * 1024 * 1024)
+        app.router.add_post("/mutate", echo)
     else:
         from varmor.webhook.mutate import MutationState
         from varmor.webhook.planner import PolicyIndex
@@ -292,7 +306,7 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
             if any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or []):
                 break
             await asyncio.sleep(0.1)
-    for ns in ("varmor", "with", "without"):
+    for ns in ("varmor", "with", "without", "echo"):
         await core.create_namespace({"metadata": {"name": ns}})
     await asyncio.sleep(1.0)  # discovery of the new kinds
     custom = client.CustomObjectsApi(api_client)
@@ -320,6 +334,38 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
     )
     port = free_port()
     child = subprocess.Popen([sys.executable, __file__, "varmor", kubeconfig, "varmor", str(port)])  # noqa: ASYNC220
+    tmp = Path(tempfile.mkdtemp(prefix="varmor-bench-echo-"))
+    ca = pki.new_ca("echo-ca", dt.timedelta(hours=1))
+    leaf = pki.issue(ca, "echo", dt.timedelta(hours=1), ip_addresses=("127.0.0.1",))
+    (tmp / "tls.crt").write_bytes(leaf.cert_pem)
+    (tmp / "tls.key").write_bytes(leaf.key_pem)
+    echo_port = free_port()
+    echo = start_server("echo", echo_port, tmp / "tls.crt", tmp / "tls.key")
+    await rawapi.request(
+        api_client,
+        "POST",
+        rawapi.webhook_config_path("MutatingWebhookConfiguration"),
+        body={
+            "metadata": {"name": "bench-echo"},
+            "webhooks": [
+                {
+                    "name": "pods.echo.bench.varmor.org",
+                    "admissionReviewVersions": ["v1"],
+                    "sideEffects": "None",
+                    "failurePolicy": "Fail",
+                    "timeoutSeconds": 5,
+                    "clientConfig": {
+                        "url": f"https://127.0.0.1:{echo_port}/mutate",
+                        "caBundle": base64.b64encode(ca.cert_pem).decode(),
+                    },
+                    "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "echo"}},
+                    "rules": [
+                        {"apiGroups": [""], "apiVersions": ["v1"], "operations": ["CREATE"], "resources": ["pods"]}
+                    ],
+                }
+            ],
+        },
+    )
     try:
 
         def pod(name: str) -> dict[str, Any]:
@@ -337,13 +383,13 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
             await asyncio.sleep(0.1)
         else:
             raise RuntimeError("webhook never took effect")
-        for i in range(50):  # warm both paths
-            await create("with", f"w2-{i}")
-            await create("without", f"w2-{i}")
-        lat: dict[str, list[float]] = {"with": [], "without": []}
+        arms = ("with", "without", "echo")
+        for i in range(50):  # warm every path
+            for ns in arms:
+                await create(ns, f"w2-{i}")
+        lat: dict[str, list[float]] = {ns: [] for ns in arms}
         for i in range(n):
-            order = ("with", "without") if i % 2 else ("without", "with")
-            for ns in order:
+            for ns in arms[i % 3 :] + arms[: i % 3]:  # rotate the order
                 seconds, created = await create(ns, f"p-{i}")
                 mutated = bool((created["spec"]["containers"][0].get("securityContext") or {}).get("appArmorProfile"))
                 assert mutated == (ns == "with"), (ns, created["spec"])
@@ -351,6 +397,9 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
     finally:
         child.terminate()
         child.wait(10)
+        echo.terminate()
+        echo.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
         await api_client.close()
 
     def summary(values: list[float]) -> dict[str, float]:
@@ -361,13 +410,16 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
             "p99_ms": values[int(0.99 * (len(values) - 1))],
         }
 
-    with_s, without_s = summary(lat["with"]), summary(lat["without"])
+    with_s, without_s, echo_s = summary(lat["with"]), summary(lat["without"]), summary(lat["echo"])
     return {
         "n": n,
         "with": with_s,
         "without": without_s,
+        "echo": echo_s,
         "ratio_mean": with_s["mean_ms"] / without_s["mean_ms"],
         "ratio_p50": with_s["p50_ms"] / without_s["p50_ms"],
+        "echo_ratio_mean": echo_s["mean_ms"] / without_s["mean_ms"],
+        "echo_ratio_p50": echo_s["p50_ms"] / without_s["p50_ms"],
     }
 
 
@@ -412,12 +464,13 @@ def main() -> int:
     if args.part in ("all", "e2e"):
         out["e2e"] = part_e2e(args.pods)
         e = out["e2e"]
-        for ns in ("without", "with"):
+        for ns in ("without", "echo", "with"):
             print(
-                f"pod create {ns:7s} webhook: mean {e[ns]['mean_ms']:.2f} ms, p50 {e[ns]['p50_ms']:.2f} ms, "
+                f"pod create {ns:7s}: mean {e[ns]['mean_ms']:.2f} ms, p50 {e[ns]['p50_ms']:.2f} ms, "
                 f"p99 {e[ns]['p99_ms']:.2f} ms (n={e['n']})"
             )
-        print(f"with/without: mean {e['ratio_mean']:.3f}x, p50 {e['ratio_p50']:.3f}x")
+        print(f"varmor/no webhook: mean {e['ratio_mean']:.3f}x, p50 {e['ratio_p50']:.3f}x")
+        print(f"echo webhook/no webhook: mean {e['echo_ratio_mean']:.3f}x, p50 {e['echo_ratio_p50']:.3f}x")
     print(json.dumps(out))
     return 0
 
