@@ -13,8 +13,10 @@ from varmor import __version__
 SUBCOMMAND_MODULES = (
     "varmor.rules.cli",
     "varmor.profile.cli",
+    "varmor.crdgen",
     "varmor.dev.cli",
     "varmor.app",
+    "varmor.webhook.cli",
 )
 
 Handler = Callable[[argparse.Namespace], int]
