@@ -68,13 +68,17 @@ class Api:
                 )
             )
         return dict(
-            await self.custom.create_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, body)
+            await self.custom.create_namespaced_custom_object(
+                api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, body
+            )
         )
 
     async def get_policy(self, ns: str | None, name: str) -> dict[str, Any]:
         if ns is None:
             return dict(
-                await self.custom.get_cluster_custom_object(api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name)
+                await self.custom.get_cluster_custom_object(
+                    api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name
+                )
             )
         return dict(
             await self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, name)
@@ -96,14 +100,20 @@ class Api:
 
     async def delete_policy(self, ns: str | None, name: str) -> None:
         if ns is None:
-            await self.custom.delete_cluster_custom_object(api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name)
+            await self.custom.delete_cluster_custom_object(
+                api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name
+            )
         else:
-            await self.custom.delete_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, name)
+            await self.custom.delete_namespaced_custom_object(
+                api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, name
+            )
 
     async def armor_profile(self, ns: str, name: str) -> dict[str, Any] | None:
         try:
             return dict(
-                await self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.ARMOR_PROFILE.plural, name)
+                await self.custom.get_namespaced_custom_object(
+                    api.GROUP, api.VERSION, ns, api.ARMOR_PROFILE.plural, name
+                )
             )
         except ApiException as exc:
             if exc.status == 404:

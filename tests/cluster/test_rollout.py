@@ -109,7 +109,10 @@ async def test_rollout_on_create_and_delete_stays_in_namespace(
 async def test_bare_pods_are_reported_not_killed(api_client: Any, namespace: str, nodes: Any, leader: Any) -> None:
     core = client.CoreV1Api(api_client)
     k = Api(api_client)
-    pod = {"metadata": {"name": "bare", "labels": {"app": "bare"}}, "spec": {"containers": [{"name": "c", "image": "x"}]}}
+    pod = {
+        "metadata": {"name": "bare", "labels": {"app": "bare"}},
+        "spec": {"containers": [{"name": "c", "image": "x"}]},
+    }
     created = await core.create_namespaced_pod(namespace, pod)
     n1 = await nodes.add("n1")
     await leader()
