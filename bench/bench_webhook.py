@@ -18,11 +18,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import contextlib
 import datetime as dt
 import gc
 import json
 import os
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -284,7 +286,23 @@ async def _run_varmor(kubeconfig: str, install_ns: str, port: int) -> None:
     )
     api_client = await new_api_client(kubeconfig)
     ctx = RoleContext(args=args, api_client=api_client, health=Health(), roles=frozenset({"webhook", "leader"}))
-    await asyncio.gather(role.run(ctx), leader.run_leader_tasks(ctx))
+    tasks = asyncio.gather(role.run(ctx), leader.run_leader_tasks(ctx))
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, tasks.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await tasks
+    from prometheus_client import REGISTRY
+
+    count = REGISTRY.get_sample_value("varmor_admission_duration_seconds_count", {"endpoint": "mutate"}) or 0
+    total = REGISTRY.get_sample_value("varmor_admission_duration_seconds_sum", {"endpoint": "mutate"}) or 0
+    buckets = {
+        s.labels["le"]: s.value
+        for m in REGISTRY.collect()
+        if m.name == "varmor_admission_duration_seconds"
+        for s in m.samples
+        if s.name.endswith("_bucket") and s.labels.get("endpoint") == "mutate"
+    }
+    summary = {"handler_calls": count, "handler_mean_us": total / max(count, 1) * 1e6, "buckets": buckets}
+    print(json.dumps(summary), flush=True)
 
 
 async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
@@ -333,7 +351,9 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
         content_type=rawapi.MERGE_PATCH,
     )
     port = free_port()
-    child = subprocess.Popen([sys.executable, __file__, "varmor", kubeconfig, "varmor", str(port)])  # noqa: ASYNC220
+    child = subprocess.Popen(  # noqa: ASYNC220
+        [sys.executable, __file__, "varmor", kubeconfig, "varmor", str(port)], stdout=subprocess.PIPE, text=True
+    )
     tmp = Path(tempfile.mkdtemp(prefix="varmor-bench-echo-"))
     ca = pki.new_ca("echo-ca", dt.timedelta(hours=1))
     leaf = pki.issue(ca, "echo", dt.timedelta(hours=1), ip_addresses=("127.0.0.1",))
@@ -396,7 +416,7 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
                 lat[ns].append(seconds * 1000)
     finally:
         child.terminate()
-        child.wait(10)
+        handler = json.loads((child.communicate(timeout=20)[0] or "{}").strip().splitlines()[-1] or "{}")
         echo.terminate()
         echo.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)
@@ -413,6 +433,7 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
     with_s, without_s, echo_s = summary(lat["with"]), summary(lat["without"]), summary(lat["echo"])
     return {
         "n": n,
+        "varmor_handler": handler,
         "with": with_s,
         "without": without_s,
         "echo": echo_s,

@@ -410,6 +410,9 @@ async def test_webhook_down_admits_with_ignore_and_the_gap_is_visible(
     assert metric("varmor_unprotected_workloads", kind="Deployment") >= 1
     got = await custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, "web")
     assert got["status"]["unprotectedWorkloads"] == 1
+    (cond,) = [c for c in got["status"]["conditions"] if c["type"] == "Unprotected"]
+    assert cond["status"] == "True"
+    assert f"Deployment {namespace}/web" in cond["message"]
 
 
 async def test_certificate_rotation_during_pod_stream_loses_nothing(
@@ -509,3 +512,42 @@ async def test_uninstall_leaves_no_webhook_configuration(api_client: Any, namesp
     finally:
         with contextlib.suppress(ApiException):
             await rbac.delete_cluster_role(owner)
+
+
+async def test_external_certificate_secret_is_served_and_published(
+    api_client: Any, namespace: str, varmor: Varmor
+) -> None:
+    """cert-manager mode: varmor never writes the Secret, it serves it and publishes ca.crt."""
+    import datetime as dt
+
+    from varmor.certs import pki
+
+    core = client.CoreV1Api(api_client)
+    ca = pki.new_ca("external-ca", dt.timedelta(hours=1))
+    leaf = pki.issue(ca, "external", dt.timedelta(hours=1), ip_addresses=("127.0.0.1",))
+    data = {"tls.crt": leaf.cert_pem, "tls.key": leaf.key_pem, "ca.crt": ca.cert_pem}
+    await core.create_namespaced_secret(
+        varmor.install_ns,
+        {
+            "metadata": {"name": f"{varmor.name}-tls"},
+            "type": "kubernetes.io/tls",
+            "data": {k: base64.b64encode(v).decode() for k, v in data.items()},
+        },
+    )
+    varmor.extra = ["--cert-mode=external", "--webhook-failure-policy=Fail"]
+    varmor.start_webhook()
+    varmor.start_leader()
+    await create_policy(api_client, policy_body("all", namespace, "Pod", selector={}), install_ns=varmor.install_ns)
+    await wait_for(lambda: _has(varmor.registered_kinds(), {"pods"}))
+    config = await varmor.mutating()
+    assert config is not None
+    assert base64.b64decode(config["webhooks"][0]["clientConfig"]["caBundle"]) == ca.cert_pem
+    counter = iter(range(1000))
+
+    async def mutated() -> bool:
+        created = await core.create_namespaced_pod(namespace, pod(f"e-{next(counter)}", {}))
+        return profile_of(created.spec.containers[0]) == f"varmor-{namespace}-all"
+
+    await wait_for(mutated, interval=0.3)
+    secret = await core.read_namespaced_secret(f"{varmor.name}-tls", varmor.install_ns)
+    assert "signer.key" not in (secret.data or {})

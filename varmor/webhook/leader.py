@@ -228,14 +228,60 @@ async def external_certs(api_client: client.ApiClient, cfg: webhook_settings.Web
     await watch_secret(api_client, cfg.namespace, cfg.cert_secret, on_secret)
 
 
+def unprotected_condition(count: int, examples: tuple[str, ...], previous: JSON | None, now: str) -> JSON | None:
+    """The `Unprotected` condition for `count` (None: leave it absent)."""
+    if count == 0 and previous is None:
+        return None
+    if count:
+        status, reason = "True", "AdmittedWithoutProfile"
+        message = (
+            f"{count} selected workload(s) run without the profile ({', '.join(examples)}): the webhook was "
+            "unavailable when they were admitted, or they predate the policy; recreate them or set "
+            "updateExistingWorkloads"
+        )
+    else:
+        status, reason, message = "False", "AllProtected", "every selected workload carries the profile"
+    same = previous is not None and previous.get("status") == status
+    return {
+        "type": "Unprotected",
+        "status": status,
+        "reason": reason,
+        "message": message[:1024],
+        "lastTransitionTime": previous.get("lastTransitionTime", now) if same and previous else now,
+    }
+
+
+def unprotected_patch(policy: JSON, count: int, examples: tuple[str, ...], now: str) -> JSON | None:
+    """A merge patch (guarded by resourceVersion) setting unprotectedWorkloads and the
+    Unprotected condition, or None if both are current. Other conditions are carried over
+    as read; the resourceVersion precondition makes a concurrent leader write win."""
+    status = policy.get("status") or {}
+    conditions = [c for c in status.get("conditions") or [] if isinstance(c, dict)]
+    previous = next((c for c in conditions if c.get("type") == "Unprotected"), None)
+    wanted = unprotected_condition(count, examples, previous, now)
+    unchanged_condition = (wanted is None and previous is None) or (
+        wanted is not None
+        and previous is not None
+        and all(previous.get(k) == wanted[k] for k in ("status", "reason", "message"))
+    )
+    if status.get("unprotectedWorkloads", 0) == count and unchanged_condition:
+        return None
+    patch_status: JSON = {"unprotectedWorkloads": count}
+    if not unchanged_condition:
+        others = [c for c in conditions if c.get("type") != "Unprotected"]
+        patch_status["conditions"] = others + ([wanted] if wanted is not None else [])
+    return {"metadata": {"resourceVersion": policy["metadata"]["resourceVersion"]}, "status": patch_status}
+
+
 async def write_unprotected_status(api_client: client.ApiClient, result: AuditResult, policies: list[JSON]) -> None:
-    """Merge-patch `status.unprotectedWorkloads` where it changed (touches no other field)."""
+    """Record each policy's gap in its status (`unprotectedWorkloads`, `Unprotected`)."""
+    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for policy in policies:
         meta = policy.get("metadata") or {}
         cluster = policy.get("kind") == api.VARMOR_CLUSTER_POLICY.kind
         key: PolicyKey = ("" if cluster else str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        count = result.per_policy.get(key, 0)
-        if (policy.get("status") or {}).get("unprotectedWorkloads", 0) == count:
+        patch = unprotected_patch(policy, result.per_policy.get(key, 0), result.examples.get(key, ()), now)
+        if patch is None:
             continue
         resource = api.VARMOR_CLUSTER_POLICY if cluster else api.VARMOR_POLICY
         path = f"/apis/{api.GROUP}/{api.VERSION}"
@@ -243,15 +289,9 @@ async def write_unprotected_status(api_client: client.ApiClient, result: AuditRe
             path += f"/namespaces/{key[0]}"
         path += f"/{resource.plural}/{key[1]}/status"
         try:
-            await rawapi.request(
-                api_client,
-                "PATCH",
-                path,
-                body={"status": {"unprotectedWorkloads": count}},
-                content_type=rawapi.MERGE_PATCH,
-            )
+            await rawapi.request(api_client, "PATCH", path, body=patch, content_type=rawapi.MERGE_PATCH)
         except ApiException as exc:
-            if exc.status != 404:
+            if exc.status not in (404, 409):  # gone, or the leader wrote first: next audit
                 raise
 
 
