@@ -72,6 +72,7 @@ class Registrar:
         self.ca_bundle = b""
         self.wake = asyncio.Event()
         self.applied = asyncio.Event()  # set after the first successful apply
+        self._lock = asyncio.Lock()  # policy changes and certificate steps both apply
 
     def desired(self, owner: JSON | None) -> list[dict[str, Any]]:
         policies = self.cache.policies()
@@ -116,10 +117,11 @@ class Registrar:
         """Write what differs; True if anything was written. Needs a caBundle first."""
         if not self.ca_bundle:
             return False
-        owner = await resolve_owner(self.api_client, self.owner_role)
-        changed = False
-        for desired in self.desired(owner):
-            changed |= await self._apply_one(desired)
+        async with self._lock:
+            owner = await resolve_owner(self.api_client, self.owner_role)
+            changed = False
+            for desired in self.desired(owner):
+                changed |= await self._apply_one(desired)
         registered = scopes(self.cache.policies())
         for kind in api.TARGET_KINDS:
             metrics.REGISTERED_KINDS.labels(kind).set(1 if kind in registered else 0)
