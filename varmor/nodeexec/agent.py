@@ -69,7 +69,8 @@ class Agent:
         self.desired: dict[str, Desired] = {}
         self.detection = Detection(False, "not detected yet")
         self.parser_version = ""
-        self.ready = False
+        self.synced = False  # initial sync finished (reported in the ArmorNode)
+        self.ready = False  # ... and reported (the readiness check)
         self.status = StatusWriter(self.kube, config.node_name, self._status, debounce=config.status_debounce)
         self.loader: Loader | None = None
         self._index: dict[str, set[Key]] = {}
@@ -85,7 +86,7 @@ class Agent:
             reason=self.detection.reason,
             parser_version=self.parser_version,
             agent_version=__version__,
-            ready=self.ready,
+            ready=self.synced,
             state=self.state,
         )
 
@@ -103,11 +104,13 @@ class Agent:
         cfg = self.config
         self.detection = await asyncio.to_thread(kernel.detect, cfg.securityfs, cfg.enabled_file)
         try:
-            include = [d for d in (cfg.parser_base_dir, cfg.profile_dir) if d is not None and d.is_dir()]
+            # The image's own abstractions first: -I directories are searched before the
+            # parser's base dir, and the host's profile dir may hold other versions.
+            base = [cfg.parser_base_dir] if cfg.parser_base_dir and cfg.parser_base_dir.is_dir() else []
             runner = ParserRunner(
                 ParserConfig(
                     subdomainfs=kernel.apparmor_dir(cfg.securityfs),
-                    include_dirs=tuple(dict.fromkeys(include)),
+                    include_dirs=tuple(dict.fromkeys([*base, cfg.profile_dir])),
                     parser=cfg.parser,
                 )
             )
@@ -153,7 +156,7 @@ class Agent:
         status_task = asyncio.create_task(self.status.run(), name="agent-status")
         if runner is None:
             log.warning("node %s is Unsupported: %s", self.config.node_name, self.detection.reason)
-            self.ready = True  # nothing to load; never block this pod's other roles
+            self.synced = self.ready = True  # nothing to load; never block this pod's other roles
             metrics.READY.set(1)
             self.status.mark()
             await status_task
@@ -165,6 +168,12 @@ class Agent:
         try:
             await self.informer.wait_synced()
             await self.initial_sync()
+            self.synced = True
+            self._changed()
+            try:  # report before declaring readiness, so readiness implies a reported status
+                await self.status.flush()
+            except Exception as exc:
+                log.warning("could not report the initial sync yet: %r", exc)
             self.ready = True
             elapsed = time.monotonic() - self._started
             metrics.READY.set(1)

@@ -121,7 +121,7 @@ class ParserRunner:
         cmd = [*self._base(), "-N", *(str(p) for p in files.values())]
         run = await self._exec("names", cmd)
         found = Counter(n for n in run.out.split("\n") if n and "//" not in n)
-        if run.rc == 0 and found == Counter(files):
+        if run.rc == 0 and found == Counter(list(files)):
             return {name: Outcome(True) for name in files}
         if len(files) == 1:
             ((name, path),) = files.items()

@@ -1,0 +1,431 @@
+"""The node agent against the real API server and the real apparmor_parser, with a
+stand-in securityfs (this host's kernel has no AppArmor): ArmorProfile -> loaded ->
+ArmorNode, coalesced status, deletes, parser failures, restarts, reboots, unsupported
+nodes, the `varmor run` process, and violations."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from aiohttp import ClientSession
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
+
+from tests.cluster.test_smoke import wait_for
+from tests.unit.test_nodeexec_parser import BAD_TEXT, NOT_ENFORCED, profile_text
+from tests.unit.test_policy import policy_doc
+from varmor import api
+from varmor.dev.cluster import free_port
+from varmor.nodeexec.agent import Agent, AgentConfig
+from varmor.nodeexec.standin import StandInSecurityfs, write_enabled_file
+from varmor.nodeexec.state import sha256_text
+from varmor.nodeexec.violations import ViolationReporter
+
+pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("crds")]
+G, V = api.GROUP, api.VERSION
+
+
+@dataclass
+class Host:
+    """One simulated node: its stand-in kernel and its host paths."""
+
+    node: str
+    root: Path
+    kernel: StandInSecurityfs
+
+    @property
+    def profile_dir(self) -> Path:
+        return self.root / "etc-apparmor.d"
+
+    def config(self, **over: Any) -> AgentConfig:
+        values: dict[str, Any] = {
+            "node_name": self.node,
+            "profile_dir": self.profile_dir,
+            "securityfs": self.kernel.root,
+            "enabled_file": self.root / "enabled",
+            "partitions": self.root / "partitions",
+            "status_debounce": 0.2,
+            **over,
+        }
+        return AgentConfig(**values)
+
+    def args(self) -> list[str]:
+        return [
+            f"--node-name={self.node}",
+            f"--profile-dir={self.profile_dir}",
+            f"--securityfs={self.kernel.root}",
+            f"--apparmor-enabled-file={self.root / 'enabled'}",
+            f"--proc-partitions={self.root / 'partitions'}",
+            "--agent-status-debounce=0.2",
+        ]
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    write_enabled_file(tmp_path / "enabled")
+    (tmp_path / "partitions").write_text("major minor  #blocks  name\n\n 254        0   52428800 vda\n")
+    with StandInSecurityfs(tmp_path / "securityfs") as kernel:
+        yield Host(f"node-{uuid.uuid4().hex[:8]}", tmp_path, kernel)
+
+
+@pytest.fixture
+async def cleanup_node(api_client: Any, host: Host) -> AsyncIterator[None]:
+    """ArmorNodes are cluster-scoped: delete this test's, so the leader's counts elsewhere
+    are not disturbed."""
+    yield
+    custom = client.CustomObjectsApi(api_client)
+    with contextlib.suppress(ApiException):
+        await custom.delete_cluster_custom_object(G, V, "armornodes", host.node)
+    with contextlib.suppress(ApiException):
+        await client.CoreV1Api(api_client).delete_node(host.node)
+
+
+@contextlib.asynccontextmanager
+async def running(agent: Agent) -> AsyncIterator[Agent]:
+    task = asyncio.create_task(agent.run())
+    try:
+        yield agent
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def create_policy(api_client: Any, namespace: str, name: str = "web") -> dict[str, Any]:
+    doc = policy_doc(hardeningRules=["disallow-write-core-pattern"])
+    doc["metadata"] = {"name": name, "namespace": namespace}
+    doc["spec"]["target"] = {"kind": "Deployment", "name": name}
+    custom = client.CustomObjectsApi(api_client)
+    result: dict[str, Any] = await custom.create_namespaced_custom_object(G, V, namespace, "varmorpolicies", doc)
+    return result
+
+
+def armor_profile(
+    namespace: str, short: str, text: str | None = None, mode: str = "enforce", policy: Any = None
+) -> Any:
+    name = f"varmor-{namespace}-{short}"
+    text = text.format(name=name) if text is not None else profile_text(name)
+    meta: dict[str, Any] = {"name": name, "namespace": namespace}
+    if policy is not None:
+        meta["ownerReferences"] = [
+            {
+                "apiVersion": api.API_VERSION,
+                "kind": "VarmorPolicy",
+                "name": policy["metadata"]["name"],
+                "uid": policy["metadata"]["uid"],
+                "controller": True,
+            }
+        ]
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": "ArmorProfile",
+        "metadata": meta,
+        "spec": {
+            "target": {"kind": "Deployment", "name": "web"},
+            "profile": {
+                "name": name,
+                "enforcer": "AppArmor",
+                "mode": mode,
+                "appArmor": text,
+                "sha256": sha256_text(text),
+            },
+        },
+    }
+
+
+async def put(api_client: Any, body: Any) -> Any:
+    custom = client.CustomObjectsApi(api_client)
+    ns, name = body["metadata"]["namespace"], body["metadata"]["name"]
+    try:
+        current = await custom.get_namespaced_custom_object(G, V, ns, "armorprofiles", name)
+    except ApiException as exc:
+        if exc.status != 404:
+            raise
+        return await custom.create_namespaced_custom_object(G, V, ns, "armorprofiles", body)
+    current["spec"] = body["spec"]
+    return await custom.replace_namespaced_custom_object(G, V, ns, "armorprofiles", name, current)
+
+
+async def armor_node(api_client: Any, node: str) -> dict[str, Any] | None:
+    try:
+        result: dict[str, Any] = await client.CustomObjectsApi(api_client).get_cluster_custom_object(
+            G, V, "armornodes", node
+        )
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    return result
+
+
+async def node_status_when(api_client: Any, node: str, check: Any, timeout: float = 30.0) -> dict[str, Any]:
+    async def probe() -> dict[str, Any] | None:
+        obj = await armor_node(api_client, node)
+        status = (obj or {}).get("status") or {}
+        return status if status and check(status) else None
+
+    result: dict[str, Any] = await wait_for(probe, timeout=timeout, interval=0.1)
+    return result
+
+
+def mine(loaded: dict[str, Any], namespace: str) -> dict[str, Any]:
+    return {k: v for k, v in loaded.items() if k.startswith(f"varmor-{namespace}-")}
+
+
+# -- the flow ------------------------------------------------------------------------
+async def test_profiles_load_and_status_is_exact(
+    api_client: Any, namespace: str, host: Host, cleanup_node: None
+) -> None:
+    core = client.CoreV1Api(api_client)
+    node_obj = await core.create_node({"metadata": {"name": host.node}})
+    policy = await create_policy(api_client, namespace)
+    bodies = [armor_profile(namespace, f"p{i}", policy=policy) for i in range(3)]
+    bodies.append(armor_profile(namespace, "quiet", mode="complain", policy=policy))
+    for body in bodies:
+        await put(api_client, body)
+    names = {b["metadata"]["name"] for b in bodies}
+    agent = Agent(host.config(), api_client)
+    async with running(agent):
+        status = await node_status_when(api_client, host.node, lambda s: s.get("ready"))
+        assert status["phase"] == "Supported"
+        assert status["agentVersion"]
+        assert status["parserVersion"][0].isdigit()
+        assert mine(status["profiles"], namespace) == {
+            b["metadata"]["name"]: {
+                "namespace": namespace,
+                "sha256": b["spec"]["profile"]["sha256"],
+                "mode": b["spec"]["profile"]["mode"],
+            }
+            for b in bodies
+        }
+        assert mine(status.get("failures", {}), namespace) == {}
+        assert mine(host.kernel.top_level(), namespace) == {
+            n: ("complain" if "quiet" in n else "enforce") for n in names
+        }
+        for name in names:
+            assert (host.profile_dir / name).read_text() == next(
+                b["spec"]["profile"]["appArmor"] for b in bodies if b["metadata"]["name"] == name
+            )
+        assert "/dev/vda" in (host.profile_dir / "varmor" / "node-local").read_text()
+        owner = (await armor_node(api_client, host.node) or {})["metadata"]["ownerReferences"]
+        assert owner == [{"apiVersion": "v1", "kind": "Node", "name": host.node, "uid": node_obj.metadata.uid}]
+
+        # One policy change: one replace in the kernel, one status write.
+        host.kernel.clear_ops()
+        writes = agent.status.writes
+        changed = armor_profile(
+            namespace, "p0", text=NOT_ENFORCED.replace("deny unix addr=@/containerd-shim/**,", "deny /x r,")
+        )
+        await put(api_client, changed)
+        new_sha = changed["spec"]["profile"]["sha256"]
+        name0 = changed["metadata"]["name"]
+        await node_status_when(api_client, host.node, lambda s: s["profiles"].get(name0, {}).get("sha256") == new_sha)
+        await asyncio.sleep(0.6)  # longer than the debounce: no second write follows
+        assert agent.status.writes - writes == 1
+        assert [(op.action, op.name) for op in host.kernel.ops] == [("replace", name0)]
+
+        # Delete: unloaded (by name, through .remove), file removed, status updated.
+        host.kernel.clear_ops()
+        name1 = bodies[1]["metadata"]["name"]
+        await client.CustomObjectsApi(api_client).delete_namespaced_custom_object(
+            G, V, namespace, "armorprofiles", name1
+        )
+        await node_status_when(api_client, host.node, lambda s: name1 not in s["profiles"])
+        assert [(op.action, op.name) for op in host.kernel.ops] == [("remove", name1)]
+        assert name1 not in host.kernel.top_level()
+        assert not (host.profile_dir / name1).exists()
+
+
+async def test_parser_failure_is_reported_and_does_not_block_others(
+    api_client: Any, namespace: str, host: Host, cleanup_node: None
+) -> None:
+    for body in (
+        armor_profile(namespace, "good1"),
+        armor_profile(namespace, "bad", text=BAD_TEXT),
+        armor_profile(namespace, "unix", text=NOT_ENFORCED),
+        armor_profile(namespace, "good2"),
+    ):
+        await put(api_client, body)
+    bad, unix = f"varmor-{namespace}-bad", f"varmor-{namespace}-unix"
+    async with running(Agent(host.config(), api_client)):
+        status = await node_status_when(api_client, host.node, lambda s: s.get("ready"))
+        assert set(mine(status["profiles"], namespace)) == {f"varmor-{namespace}-good1", f"varmor-{namespace}-good2"}
+        failures = mine(status["failures"], namespace)
+        assert set(failures) == {bad, unix}
+        assert "syntax error" in failures[bad]["message"]
+        assert bad in failures[bad]["message"]
+        assert "staging" not in failures[bad]["message"]
+        assert "not enforced" in failures[unix]["message"]
+        assert failures[bad]["sha256"] == sha256_text(BAD_TEXT.format(name=bad))
+        assert not (host.profile_dir / bad).exists()  # never a text that failed in the profile dir
+        # Fixing the text clears the failure.
+        await put(api_client, armor_profile(namespace, "bad"))
+        status = await node_status_when(api_client, host.node, lambda s: bad in s["profiles"])
+        assert bad not in status["failures"]
+
+
+async def test_restart_unloads_orphans_keeps_host_profiles_and_restores_after_reboot(
+    api_client: Any, namespace: str, host: Host, cleanup_node: None
+) -> None:
+    keep = armor_profile(namespace, "keep")
+    await put(api_client, keep)
+    keep_name, orphan = keep["metadata"]["name"], f"varmor-{namespace}-orphan"
+    # Left over from a previous agent: an orphan and a stale version in the kernel, a stale
+    # file; plus the host's own profiles, which must not be touched.
+    host.kernel.set_loaded(
+        {
+            keep_name: "complain",
+            orphan: "enforce",
+            f"{orphan}//child_0": "enforce",
+            "/usr/bin/man": "enforce",
+            "docker-default": "enforce",
+        }
+    )
+    host.profile_dir.mkdir(parents=True)
+    (host.profile_dir / orphan).write_text("old")
+    (host.profile_dir / "usr.bin.man").write_text("host profile")
+    async with running(Agent(host.config(), api_client)):
+        status = await node_status_when(api_client, host.node, lambda s: s.get("ready"))
+        assert mine(status["profiles"], namespace) == {
+            keep_name: {"namespace": namespace, "sha256": keep["spec"]["profile"]["sha256"], "mode": "enforce"}
+        }
+        loaded = host.kernel.top_level()
+        assert loaded[keep_name] == "enforce"
+        assert orphan not in loaded
+        assert f"{orphan}//child_0" not in host.kernel.loaded
+        assert loaded["/usr/bin/man"] == "enforce"
+        assert loaded["docker-default"] == "enforce"
+        removed = {op.name for op in host.kernel.ops if op.action == "remove"}
+        assert orphan in removed
+        assert not removed & {"/usr/bin/man", "docker-default", keep_name}
+        assert not (host.profile_dir / orphan).exists()
+        assert (host.profile_dir / "usr.bin.man").read_text() == "host profile"
+
+    # A reboot: the kernel comes back empty (the files stayed). The same start-up restores.
+    host.kernel.set_loaded({"/usr/bin/man": "enforce"})
+    host.kernel.clear_ops()
+    async with running(Agent(host.config(), api_client)) as agent:
+        await wait_for(lambda: _true(agent.ready and keep_name in host.kernel.loaded), timeout=30)
+        assert host.kernel.top_level()[keep_name] == "enforce"
+        assert (host.profile_dir / keep_name).exists()
+
+
+async def _true(value: bool) -> bool:
+    return value
+
+
+async def test_node_without_apparmor_reports_unsupported(api_client: Any, host: Host, cleanup_node: None) -> None:
+    (host.root / "enabled").unlink()
+    agent = Agent(host.config(), api_client)
+    async with running(agent):
+        status = await node_status_when(api_client, host.node, lambda s: s.get("phase") == "Unsupported")
+        assert "does not exist" in status["reason"]
+        assert status["ready"] is True
+        assert agent.ready
+        assert status.get("profiles", {}) == {}
+    assert host.kernel.ops == []
+
+
+# -- the real process ----------------------------------------------------------------
+async def test_varmor_run_agent_process_ready_after_initial_sync(
+    api_client: Any, kubeconfig: str, namespace: str, host: Host, cleanup_node: None
+) -> None:
+    await put(api_client, armor_profile(namespace, "proc"))
+    health = free_port()
+    cmd = [sys.executable, "-m", "varmor.cli", "run", "--roles=agent", f"--kubeconfig={kubeconfig}"]
+    cmd += [f"--health-port={health}", f"--metrics-port={free_port()}", "--bind-address=127.0.0.1", *host.args()]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE, env={**os.environ}
+    )
+    try:
+        async with ClientSession() as http:
+
+            async def ready() -> bool:
+                try:
+                    async with http.get(f"http://127.0.0.1:{health}/readyz") as response:
+                        return response.status == 200
+                except OSError:
+                    return False
+
+            await wait_for(ready, timeout=60, interval=0.1)
+        status = (await armor_node(api_client, host.node) or {}).get("status") or {}
+        assert status.get("ready")
+        assert f"varmor-{namespace}-proc" in host.kernel.loaded
+        assert (
+            f"varmor-{namespace}-proc"
+            in (await node_status_when(api_client, host.node, lambda s: s["profiles"]))["profiles"]
+        )
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-2000:]
+
+
+# -- violations ----------------------------------------------------------------------
+async def test_violations_are_attributed_logged_and_rate_limited(
+    api_client: Any, namespace: str, host: Host, cleanup_node: None
+) -> None:
+    policy = await create_policy(api_client, namespace)
+    await put(api_client, armor_profile(namespace, "web", policy=policy))
+    name = f"varmor-{namespace}-web"
+    audit_log, out = host.root / "audit.log", host.root / "violations.jsonl"
+    audit_log.write_text("")
+    agent = Agent(host.config(), api_client)
+    reporter = ViolationReporter(
+        agent.kube, host.node, audit_log, agent.owner, json_out=str(out), poll=0.05, from_start=True
+    )
+    async with running(agent):
+        await wait_for(lambda: _true(agent.ready), timeout=30)
+        task = asyncio.create_task(reporter.run())
+        try:
+            lines = [
+                f'type=AVC msg=audit(1700000000.{i:03d}:{100 + i}): apparmor="DENIED" operation="open" class="file" '
+                f'profile="{name}//child_0" name="/etc/shadow" pid=42 comm="cat" requested_mask="r" '
+                f'denied_mask="r" fsuid=0 ouid=0'
+                for i in range(5)
+            ]
+            lines.append(
+                'type=AVC msg=audit(1.0:1): apparmor="DENIED" operation="open" profile="docker-default" name="/x"'
+            )
+            with audit_log.open("a") as f:
+                f.write("\n".join(lines) + "\n")
+
+            async def logged() -> list[dict[str, Any]]:
+                text = out.read_text() if out.exists() else ""
+                entries = [orjson.loads(line) for line in text.splitlines()]
+                return entries if len(entries) == 5 else []
+
+            entries = await wait_for(logged, timeout=15, interval=0.05)
+            assert entries[0]["policy"] == {"kind": "VarmorPolicy", "namespace": namespace, "name": "web"}
+            assert entries[0]["profile"] == f"{name}//child_0"
+            assert entries[0]["target"] == "/etc/shadow"
+            assert entries[0]["node"] == host.node
+
+            core = client.CoreV1Api(api_client)
+
+            async def events() -> list[Any]:
+                listed = await core.list_namespaced_event(namespace, field_selector="involvedObject.name=web")
+                return [e for e in listed.items if e.reason == "ViolationDenied"]
+
+            found = await wait_for(events, timeout=15)
+            await asyncio.sleep(0.3)
+            found = await events()
+            assert len(found) == 1  # five records, one Event (rate-limited)
+            assert found[0].type == "Warning"
+            assert "/etc/shadow" in found[0].message
+            assert found[0].involved_object.uid == policy["metadata"]["uid"]
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
