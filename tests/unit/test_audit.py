@@ -1,0 +1,126 @@
+"""AppArmor audit-record parsing: the formats of audit.log, dmesg and kern.log, hex-encoded
+untrusted values, child profiles, and lines that are not violations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from varmor.nodeexec.audit import parse_fields, parse_line
+
+DATA = Path(__file__).resolve().parents[1] / "data" / "audit"
+
+DMESG = (
+    '[    3.141592] audit: type=1400 audit(1764336000.123:42): apparmor="DENIED" operation="open" class="file" '
+    'profile="varmor-demo-web//child_0" name="/etc/shadow" pid=123 comm="cat" requested_mask="r" '
+    'denied_mask="r" fsuid=0 ouid=0'
+)
+AUDIT_LOG = (
+    'type=AVC msg=audit(1764336000.500:77): apparmor="ALLOWED" operation="create" class="net" '
+    'info="failed protocol match" error=-13 profile="varmor-demo-web" pid=99 comm=2F746D702F6120622063 '
+    'family="packet" sock_type="raw" protocol=768 requested="create" denied="create"\x1dARCH=x86_64 UID="root"'
+)
+KERN_LOG = (
+    "Nov 28 13:00:00 node-1 kernel: [ 1234.567890] audit: type=1400 audit(1764336000.900:88): "
+    'apparmor="AUDIT" operation="capable" class="cap" profile="varmor-cluster-varmor-base" pid=7 comm="mount" '
+    'capability=21  capname="sys_admin"'
+)
+
+
+def test_dmesg_line_with_child_profile() -> None:
+    record = parse_line(DMESG)
+    assert record is not None
+    assert (record.action, record.profile, record.base_profile) == (
+        "DENIED",
+        "varmor-demo-web//child_0",
+        "varmor-demo-web",
+    )
+    assert (record.operation, record.klass, record.target) == ("open", "file", "/etc/shadow")
+    assert (record.timestamp, record.serial) == (1764336000.123, 42)
+    assert record.fields["comm"] == "cat"
+    assert record.fields["requested_mask"] == "r"
+
+
+def test_audit_log_line_with_hex_value_and_enrichment() -> None:
+    record = parse_line(AUDIT_LOG)
+    assert record is not None
+    assert (record.action, record.klass, record.target) == ("ALLOWED", "net", "packet raw 768")
+    assert record.fields["comm"] == "/tmp/a b c"  # hex-encoded: it holds spaces
+    assert not {"UID", "ARCH"} & set(record.fields)
+    assert record.fields["protocol"] == "768"  # numbers are never hex-decoded
+
+
+def test_kern_log_line_capability() -> None:
+    record = parse_line(KERN_LOG)
+    assert record is not None
+    assert (record.action, record.klass, record.target) == ("AUDIT", "cap", "sys_admin")
+    assert record.base_profile == "varmor-cluster-varmor-base"
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "",
+        "random kernel message",
+        'audit: type=1400 audit(1.0:1): apparmor="STATUS" operation="profile_replace" profile="unconfined" '
+        'name="varmor-demo-web" pid=1 comm="apparmor_parser"',
+        'type=SYSCALL msg=audit(1.0:2): arch=c000003e syscall=257 success=no exit=-13 comm="cat"',
+        'audit: type=1400 audit(1.0:3): apparmor="DENIED" operation="open"',  # no profile
+        'apparmor="DENIED" profile="varmor-x" name="unterminated',
+    ],
+)
+def test_not_a_violation(line: str) -> None:
+    record = parse_line(line)
+    assert record is None or record.profile == "varmor-x"
+
+
+def test_class_is_inferred_on_kernels_without_class_field() -> None:
+    signal = parse_line(
+        'apparmor="DENIED" operation="signal" profile="varmor-a" pid=1 comm="kill" signal=kill peer="x"'
+    )
+    assert signal is not None
+    assert (signal.klass, signal.target) == ("signal", "x")
+    net = parse_line('apparmor="DENIED" operation="create" profile="varmor-a" family="inet6" sock_type="stream"')
+    assert net is not None
+    assert net.klass == "net"
+    mount = parse_line('apparmor="DENIED" operation="mount" profile="varmor-a" name="/mnt" fstype="ext4"')
+    assert mount is not None
+    assert mount.klass == "mount"
+    exe = parse_line('apparmor="DENIED" operation="exec" profile="varmor-a" name="/bin/sh" requested_mask="x"')
+    assert exe is not None
+    assert exe.klass == "file"
+
+
+def test_parse_fields_keeps_first_and_quoted_values_verbatim() -> None:
+    fields = parse_fields('a="1 2" b=3 name="41" name=42 profile=4142')
+    assert fields == {"a": "1 2", "b": "3", "name": "41", "profile": "AB"}
+
+
+def _recorded_lines() -> list[str]:
+    if not DATA.is_dir():
+        return []
+    lines = []
+    for path in sorted(DATA.glob("*.log")):
+        lines += [ln for ln in path.read_text(errors="replace").splitlines() if 'apparmor="' in ln]
+    return lines
+
+
+@pytest.mark.skipif(not _recorded_lines(), reason="no recorded kernel audit lines in tests/data/audit yet")
+def test_real_kernel_lines_parse() -> None:
+    """Every DENIED/AUDIT/ALLOWED line recorded from the real AppArmor kernel parses, with
+    a profile, an operation and a known class; STATUS lines are ignored."""
+    parsed = 0
+    for line in _recorded_lines():
+        record = parse_line(line)
+        kind = line.split('apparmor="', 1)[1].split('"', 1)[0]
+        if kind not in ("DENIED", "AUDIT", "ALLOWED"):
+            assert record is None, line
+            continue
+        assert record is not None, line
+        assert record.action == kind
+        assert record.profile, line
+        assert record.operation, line
+        assert record.klass in ("file", "net", "cap", "signal", "ptrace", "mount", "domain", "unix", "other"), line
+        parsed += 1
+    assert parsed > 0
