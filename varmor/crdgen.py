@@ -357,15 +357,20 @@ def armor_node_status_schema() -> JSON:
             "parserVersion": _str("apparmor_parser version."),
             "agentVersion": _str("varmor agent version."),
             "ready": _bool("The agent finished its initial sync."),
+            # Atomic maps: the agent rewrites them whole, and the API server then tracks
+            # one managed field per map instead of three per profile (a 200-profile write
+            # costs a fraction of the CPU).
             "profiles": {
                 "type": "object",
                 "description": "Loaded varmor profiles, keyed by profile name.",
                 "additionalProperties": loaded,
+                "x-kubernetes-map-type": "atomic",
             },
             "failures": {
                 "type": "object",
                 "description": "Profiles that failed to load, keyed by profile name.",
                 "additionalProperties": failed,
+                "x-kubernetes-map-type": "atomic",
             },
             "lastUpdateTime": _str("When the agent last wrote this status.", format="date-time"),
         },

@@ -21,3 +21,6 @@ ROLLOUT_WORKLOADS = Counter(
     "varmor_rollout_workloads_total", "Workload templates patched by updateExistingWorkloads.", ["kind", "action"]
 )
 STATUS_WRITES = Counter("varmor_status_writes_total", "Status writes by the leader.", ["resource"])
+API_WRITES = Counter(
+    "varmor_leader_api_writes_total", "Write requests the leader sent to the API server.", ["component"]
+)  # component: election | reconcile

@@ -103,7 +103,7 @@ async def run(ctx: Any) -> None:
         renew_deadline=args.renew_deadline,
         retry_period=args.retry_period,
     )
-    kube = Kube(ctx.api_client)
+    kube = Kube(ctx.api_client, component="election")
     elector = LeaderElector(KubeLeaseStore(kube, config.namespace, config.lease_name), config)
     log.info("leader election as %s on lease %s/%s", config.identity, config.namespace, config.lease_name)
 
