@@ -25,8 +25,7 @@ CAPABILITIES = (
     "lease", "audit_write", "audit_control", "setfcap", "mac_override", "mac_admin", "syslog",
     "wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf", "checkpoint_restore",
 )
-#: Checked by no code path of a mainline kernel without Smack: no probe can prove them.
-UNPROVABLE_CAPS = frozenset({"net_broadcast", "mac_override"})
+UNPROVABLE_CAPS = aavm.UNPROVABLE_CAPS
 
 ALLOW_ALL = """  file,
   capability,

@@ -32,6 +32,7 @@
 #include <linux/fs.h>
 #include <linux/netlink.h>
 #include <linux/perf_event.h>
+#include <linux/sched.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
@@ -1042,28 +1043,35 @@ static int cap_bpf(void)
 	return 0;
 }
 
-/* Writing /proc/sys/kernel/ns_last_pid: CAP_CHECKPOINT_RESTORE, with CAP_SYS_ADMIN
- * dropped (it is the fallback). The current value is written back. */
+/* clone3(2) with set_tid (choosing the child's pid, as CRIU does):
+ * checkpoint_restore_ns_capable(), i.e. CAP_CHECKPOINT_RESTORE with CAP_SYS_ADMIN
+ * dropped (it is the fallback). Not a /proc/sys write, which the RuntimeDefault base
+ * would deny before any capability check. */
 static int cap_checkpoint_restore(void)
 {
-	char buf[32];
-	int fd = open("/proc/sys/kernel/ns_last_pid", O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		errno = is_denial(errno) ? EPROTO : errno;
-		return -1;
-	}
-	ssize_t n = read(fd, buf, sizeof(buf) - 1);
-	if (n <= 0 || drop_sys_admin() != 0) {
-		close(fd);
+	struct clone_args args;
+	pid_t tid = 30000 + (getpid() % 2000);
+	long r = -1;
+	if (drop_sys_admin() != 0) {
 		errno = EPROTO;
 		return -1;
 	}
-	lseek(fd, 0, SEEK_SET);
-	n = write(fd, buf, (size_t)n);
-	int e = errno;
-	close(fd);
-	errno = e;
-	return n < 0 ? -1 : 0;
+	for (int i = 0; i < 50; i++, tid++) {
+		memset(&args, 0, sizeof(args));
+		args.exit_signal = SIGCHLD;
+		args.set_tid = (uint64_t)(uintptr_t)&tid;
+		args.set_tid_size = 1;
+		fflush(stdout);
+		r = syscall(SYS_clone3, &args, sizeof(args));
+		if (r == 0)
+			syscall(SYS_exit_group, 0);
+		if (r > 0 || errno != EEXIST)
+			break;
+	}
+	if (r < 0)
+		return -1;
+	waitpid((pid_t)r, NULL, 0);
+	return 0;
 }
 
 /* No code path of a mainline kernel checks these (CAP_NET_BROADCAST is unused and
@@ -1121,7 +1129,7 @@ static const struct capop capops[] = {
 	{"audit_read", cap_audit_read, "bind audit multicast group"},
 	{"perfmon", cap_perfmon, "perf_event_open, CAP_SYS_ADMIN dropped"},
 	{"bpf", cap_bpf, "BPF_MAP_CREATE, CAP_SYS_ADMIN dropped"},
-	{"checkpoint_restore", cap_checkpoint_restore, "write ns_last_pid, CAP_SYS_ADMIN dropped"},
+	{"checkpoint_restore", cap_checkpoint_restore, "clone3 with set_tid, CAP_SYS_ADMIN dropped"},
 	{NULL, NULL, NULL}};
 
 static int op_cap(int argc, char **argv)
