@@ -103,7 +103,20 @@ def _sans(service: str, namespace: str, url: str, extra: str) -> tuple[tuple[str
     return tuple(dict.fromkeys(dns)), tuple(dict.fromkeys(ips))
 
 
+def _with_defaults(args: Any) -> argparse.Namespace:
+    """`args` completed with this module's defaults, so a caller whose parser lacks the
+    webhook flags (an embedding test, another role's parser) still gets valid settings."""
+    parser = argparse.ArgumentParser(add_help=False)
+    add_arguments(parser)
+    merged = parser.parse_args([])
+    for key, value in vars(merged).items():
+        setattr(merged, key, getattr(args, key, value))
+    merged.namespace = getattr(args, "namespace", "varmor")
+    return merged
+
+
 def from_args(args: Any) -> WebhookSettings:
+    args = _with_defaults(args)
     dns, ips = _sans(args.webhook_service, args.namespace, args.webhook_url, args.cert_extra_sans)
     cert_days = args.cert_validity_days
     ca_days = args.ca_validity_days or cert_days * 10
