@@ -5,7 +5,7 @@ What it measures (against the project's real kube-apiserver + etcd on loopback):
 * the leader process's CPU time and RSS (from /proc) while that happens, and idle;
 * the write cost of one policy change, per node: after everything is Ready, one policy's
   rules change; count the agents' ArmorNode writes and the leader's writes (from its
-  `varmor_leader_api_writes_total` metric) until that policy is Ready again.
+  `varmor_api_writes_total` metric) until that policy is Ready again.
 
 The simulated agents behave as the contract says a real one does: each watches
 ArmorProfiles (one shared watch here, to spare the 2-core machine 100 watches), and
@@ -62,7 +62,7 @@ def proc_stats(pid: int) -> tuple[float, int, int]:
 
 def leader_writes(metrics_port: int) -> float:
     text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    m = re.search(r'varmor_leader_api_writes_total\{component="reconcile"\} ([0-9.e+]+)', text)
+    m = re.search(r'varmor_api_writes_total\{component="reconcile"\} ([0-9.e+]+)', text)
     return float(m.group(1)) if m else 0.0
 
 

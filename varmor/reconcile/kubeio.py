@@ -46,11 +46,11 @@ def parse_time(value: str | None) -> dt.datetime | None:
 class Kube:
     """The handful of verbs the leader needs, on raw JSON."""
 
-    def __init__(self, api_client: client.ApiClient, *, timeout: float = 30.0, component: str = "reconcile") -> None:
+    def __init__(self, api_client: client.ApiClient, *, timeout: float = 30.0, component: str = "other") -> None:
         self.api_client = api_client
         self.timeout = timeout
         self.component = component
-        self.writes = 0  # also exported as varmor_leader_api_writes_total{component}
+        self.writes = 0  # also exported as varmor_api_writes_total{component}
 
     async def request(
         self,

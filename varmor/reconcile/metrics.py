@@ -22,5 +22,5 @@ ROLLOUT_WORKLOADS = Counter(
 )
 STATUS_WRITES = Counter("varmor_status_writes_total", "Status writes by the leader.", ["resource"])
 API_WRITES = Counter(
-    "varmor_leader_api_writes_total", "Write requests the leader sent to the API server.", ["component"]
-)  # component: election | reconcile
+    "varmor_api_writes_total", "Write requests sent to the API server through reconcile.kubeio.", ["component"]
+)  # component: election | reconcile (the leader) | other

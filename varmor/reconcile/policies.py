@@ -164,7 +164,7 @@ class PolicyController:
         on_ready: Callable[[JSON, JSON], None] | None = None,
     ) -> None:
         self.settings = settings
-        self.kube = kube or Kube(api_client)
+        self.kube = kube or Kube(api_client, component="reconcile")
         rs = settings.resync_seconds
         self.policies = Informer(api_client, api.VARMOR_POLICY, resync_seconds=rs)
         self.cluster_policies = Informer(api_client, api.VARMOR_CLUSTER_POLICY, resync_seconds=rs)

@@ -61,7 +61,7 @@ async def lead(ctx: Any) -> None:
         status_delay=args.status_delay,
         use_apparmor_field=await _use_apparmor_field(ctx.api_client),
     )
-    controller = PolicyController(ctx.api_client, settings, kube=Kube(ctx.api_client))
+    controller = PolicyController(ctx.api_client, settings, kube=Kube(ctx.api_client, component="reconcile"))
     rollouts = Rollouts(controller, qps=args.rollout_qps, burst=args.rollout_burst)
     tasks = [
         asyncio.create_task(controller.run(), name="leader-policies"),
