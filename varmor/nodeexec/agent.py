@@ -77,7 +77,13 @@ class Agent:
         self._force: set[str] = set()
         self._failed_at: dict[str, tuple[str, str, float]] = {}  # name -> (sha256, mode, when)
         self._node_local = ""
-        self._started = time.monotonic()
+        self._started = self._last_phase = time.monotonic()
+        self.phases: dict[str, float] = {}  # start-up phase -> seconds (logged, and for the benchmark)
+
+    def _phase(self, name: str) -> None:
+        now = time.monotonic()
+        self.phases[name] = round(now - self._last_phase, 3)
+        self._last_phase = now
 
     # -- status ----------------------------------------------------------------------
     def _status(self) -> JSON:
@@ -137,14 +143,17 @@ class Agent:
         assert self.loader is not None
         kernel_loaded = kernel.top_level(await asyncio.to_thread(kernel.read_loaded, self.config.securityfs))
         self._node_local = await asyncio.to_thread(self._write_node_local)
+        self._phase("read-kernel")
         names = sorted(self._index)
         await asyncio.gather(*(self._initial(name, kernel_loaded) for name in names))
+        self._phase("load")
         orphans = sorted(n for n in kernel_loaded if is_varmor_name(n) and n not in self._index)
         if orphans:
             log.info("unloading %d orphaned profiles", len(orphans), extra={"fields": {"profiles": orphans}})
         await asyncio.gather(*(self._initial(name, kernel_loaded) for name in orphans))
         stale = [n for n in await asyncio.to_thread(self.files.names) if n not in self.desired]
         await asyncio.to_thread(self.files.remove_all, stale)
+        self._phase("orphans")
 
     def _write_node_local(self) -> str:
         return self.files.write_node_local(self.config.partitions)
@@ -152,7 +161,9 @@ class Agent:
     async def run(self) -> None:
         runner = await self._detect()
         metrics.SUPPORTED.set(1 if runner else 0)
+        self._phase("detect")
         await self._ensure_node()
+        self._phase("armornode")
         status_task = asyncio.create_task(self.status.run(), name="agent-status")
         if runner is None:
             log.warning("node %s is Unsupported: %s", self.config.node_name, self.detection.reason)
@@ -167,6 +178,7 @@ class Agent:
         tasks = [status_task, informer_task]
         try:
             await self.informer.wait_synced()
+            self._phase("list")
             await self.initial_sync()
             self.synced = True
             self._changed()
@@ -174,6 +186,7 @@ class Agent:
                 await self.status.flush()
             except Exception as exc:
                 log.warning("could not report the initial sync yet: %r", exc)
+            self._phase("report")
             self.ready = True
             elapsed = time.monotonic() - self._started
             metrics.READY.set(1)
@@ -183,6 +196,7 @@ class Agent:
                 elapsed,
                 len(self.state.loaded),
                 len(self.state.failures),
+                extra={"fields": {"phases": self.phases}},
             )
             self._changed()
             tasks += [

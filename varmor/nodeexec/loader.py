@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,14 +27,16 @@ class _Request:
 
 
 class Loader:
-    def __init__(self, runner: ParserRunner, stub_dir: Path, *, window: float = 0.02) -> None:
+    def __init__(self, runner: ParserRunner, stub_dir: Path, *, window: float = 0.02, max_wait: float = 0.5) -> None:
         self.runner = runner
         self.stub_dir = stub_dir
         self.window = window
+        self.max_wait = max_wait
         self._loads: list[_Request] = []
         self._unloads: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
         self.batches = 0  # parser batches run (loads and unloads), for tests and the benchmark
+        self.last_check_seconds = 0.0
 
     async def load(self, name: str, path: Path, *, complain: bool) -> Outcome:
         return await self._submit(self._loads, name, path, complain)
@@ -49,8 +52,14 @@ class Loader:
         return await future
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
         while self._loads or self._unloads:
-            await asyncio.sleep(self.window)
+            # Gather until a whole window passes with no new request (bounded), so a burst
+            # whose callers trickle in (each writes its file first) still makes one batch.
+            deadline, seen = loop.time() + self.max_wait, -1
+            while seen != len(self._loads) + len(self._unloads) and loop.time() < deadline:
+                seen = len(self._loads) + len(self._unloads)
+                await asyncio.sleep(self.window)
             loads, self._loads = self._loads, []
             unloads, self._unloads = self._unloads, []
             try:
@@ -68,7 +77,9 @@ class Loader:
         # Requests are per name (the work queue serialises a name), but be safe: the last wins.
         latest = {r.name: r for r in requests}
         files = {name: r.path for name, r in latest.items()}
+        started = time.monotonic()
         checked = await self.runner.check_names(files)
+        self.last_check_seconds = time.monotonic() - started
         results = {name: outcome for name, outcome in checked.items() if not outcome.ok}
         by_mode: dict[bool, dict[str, Path]] = {False: {}, True: {}}
         for name, request in latest.items():

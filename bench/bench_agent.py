@@ -1,0 +1,217 @@
+"""Agent benchmark: cold start with 200 ArmorProfiles, and idle memory.
+
+What it measures (real kube-apiserver + etcd on loopback, real apparmor_parser, a stand-in
+securityfs served by this process because the host kernel has no AppArmor):
+* time to ready of a real `varmor run --roles agent` process, from spawn until /readyz
+  answers 200 (and the agent's own figure, role start -> ready, which excludes the Python
+  interpreter start and imports), on a cold node: empty kernel, empty profile dir;
+* against the same machine's floor for the same work: ONE batched `apparmor_parser -r`
+  run over the same 200 profile files with the same flags (what the agent cannot beat
+  without skipping the compile). Agent and bare runs alternate, so both see the same load;
+* the agent's RSS once idle after the sync.
+
+Profiles are real generated ones (RuntimeDefault base + 5 hardening rules, one of which uses
+the node-local include), all different (each names itself).
+
+Run: .venv/bin/python bench/bench_agent.py [--kubeconfig K] [--profiles 200] [--rounds 3]
+Without --kubeconfig it starts its own control plane in a temporary directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.cluster.conftest import install_crds  # noqa: E402
+from tests.unit.test_policy import policy_doc  # noqa: E402
+from varmor import api  # noqa: E402
+from varmor.dev.cluster import ControlPlane, free_port  # noqa: E402
+from varmor.kube import ApiException, new_api_client  # noqa: E402
+from varmor.nodeexec.files import ProfileDir  # noqa: E402
+from varmor.nodeexec.parser_runner import LOAD_FLAGS  # noqa: E402
+from varmor.nodeexec.standin import StandInSecurityfs, write_enabled_file  # noqa: E402
+from varmor.parser import features_file, find_parser  # noqa: E402
+from varmor.policy import parse_policy  # noqa: E402
+from varmor.profile import build_profile  # noqa: E402
+from varmor.reconcile.kubeio import Kube  # noqa: E402
+
+NS = "bench-agent"
+NODE = "bench-agent-node"
+RULES = [
+    "disallow-mount-disk-device",
+    "disallow-write-core-pattern",
+    "disallow-mount-cgroupfs",
+    "disallow-access-procfs-root",
+    "disable-cap-sys-admin",
+]
+
+
+def rss_kb(pid: int) -> tuple[int, int]:
+    status = Path(f"/proc/{pid}/status").read_text()
+    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
+    return rss, hwm
+
+
+def metric(port: int, name: str) -> float | None:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    match = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(match.group(1)) if match else None
+
+
+async def create_profiles(api_client: Any, n: int) -> dict[str, str]:
+    kube = Kube(api_client)
+    try:
+        await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": NS}})
+    except ApiException as exc:
+        if exc.status != 409:
+            raise
+    texts = {}
+    policy = parse_policy(policy_doc(hardeningRules=RULES))
+    for i in range(n):
+        built = build_profile(policy, f"varmor-{NS}-p{i:03d}")
+        texts[built.name] = built.text
+        body = {
+            "apiVersion": api.API_VERSION,
+            "kind": "ArmorProfile",
+            "metadata": {"name": built.name, "namespace": NS},
+            "spec": {
+                "target": {"kind": "Deployment", "name": "web"},
+                "profile": {
+                    "name": built.name,
+                    "enforcer": "AppArmor",
+                    "mode": built.mode,
+                    "appArmor": built.text,
+                    "sha256": built.sha256,
+                },
+            },
+        }
+        try:
+            await kube.request("POST", Kube.custom_path(api.ARMOR_PROFILE, NS), body=body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+    return texts
+
+
+def bare_parser(files: list[Path], include: Path, kernel: StandInSecurityfs) -> float:
+    cmd = [find_parser(), "--config-file", "/dev/null", *LOAD_FLAGS, "-M", str(features_file())]
+    cmd += ["-I", "/etc/apparmor.d", "-I", str(include), "--subdomainfs", str(kernel.dir), "-r", *map(str, files)]
+    kernel.set_loaded({})
+    started = time.monotonic()
+    subprocess.run(cmd, check=True, capture_output=True)
+    elapsed = time.monotonic() - started
+    assert len(kernel.top_level()) == len(files), "bare parser did not load everything"
+    return elapsed
+
+
+def agent_cold_start(kubeconfig: str, root: Path, kernel: StandInSecurityfs, n: int, idle: float) -> dict[str, float]:
+    profile_dir = root / "agent-apparmor.d"
+    shutil.rmtree(profile_dir, ignore_errors=True)
+    kernel.set_loaded({})
+    health, metrics_port = free_port(), free_port()
+    cmd = [sys.executable, "-m", "varmor.cli", "run", "--roles=agent", f"--kubeconfig={kubeconfig}"]
+    cmd += ["--bind-address=127.0.0.1", f"--health-port={health}", f"--metrics-port={metrics_port}"]
+    cmd += [f"--node-name={NODE}", f"--profile-dir={profile_dir}", f"--securityfs={kernel.root}"]
+    cmd += [f"--apparmor-enabled-file={root / 'enabled'}", "--log-level=warning"]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
+    try:
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{health}/readyz", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None:
+                raise RuntimeError(f"agent exited with {proc.returncode}")
+            time.sleep(0.01)
+        ready = time.monotonic() - started
+        loaded = sum(1 for name in kernel.top_level() if name.startswith(f"varmor-{NS}-"))
+        assert loaded == n, f"agent loaded {loaded} of {n}"
+        result = {"ready": ready, "own": metric(metrics_port, "varmor_agent_initial_sync_seconds") or 0.0}
+        if idle:
+            time.sleep(idle)
+            rss, hwm = rss_kb(proc.pid)
+            result |= {"rss_mb": rss / 1024, "hwm_mb": hwm / 1024}
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+async def setup(kubeconfig: str, n: int) -> dict[str, str]:
+    api_client = await new_api_client(kubeconfig)
+    try:
+        await install_crds(api_client)
+        return await create_profiles(api_client, n)
+    finally:
+        await api_client.close()
+
+
+def bench(kubeconfig: str, n: int, rounds: int, idle: float) -> None:
+    texts = asyncio.run(setup(kubeconfig, n))
+    root = Path(tempfile.mkdtemp(prefix="varmor-bench-agent-"))
+    write_enabled_file(root / "enabled")
+    bare_dir = ProfileDir(root / "bare-apparmor.d")
+    bare_dir.write_node_local(Path("/proc/partitions"))
+    files = [bare_dir.write(name, text) for name, text in sorted(texts.items())]
+    bare, agent = [], []
+    with StandInSecurityfs(root / "securityfs") as kernel:
+        for i in range(rounds):
+            bare.append(bare_parser(files, bare_dir.root, kernel))
+            agent.append(agent_cold_start(kubeconfig, root, kernel, n, idle if i == rounds - 1 else 0))
+            print(
+                f"round {i + 1}: bare parser {bare[-1]:.2f}s, agent ready {agent[-1]['ready']:.2f}s "
+                f"(own {agent[-1]['own']:.2f}s), loadavg {os.getloadavg()[0]:.1f}",
+                flush=True,
+            )
+    shutil.rmtree(root, ignore_errors=True)
+    b = statistics.median(bare)
+    r = statistics.median(a["ready"] for a in agent)
+    o = statistics.median(a["own"] for a in agent)
+    print(f"\nprofiles: {n}; rounds: {rounds} (medians)")
+    print(f"one batched apparmor_parser -r over the same files: {b:.2f} s")
+    print(f"agent process spawn -> /readyz 200:                  {r:.2f} s  ({r / b:.2f}x)")
+    print(f"agent role start -> ready (own metric):              {o:.2f} s  ({o / b:.2f}x)")
+    print(f"idle agent RSS after the sync: {agent[-1]['rss_mb']:.1f} MB (peak {agent[-1]['hwm_mb']:.1f} MB)")
+    print("command: .venv/bin/python bench/bench_agent.py " + " ".join(sys.argv[1:]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--kubeconfig", default=os.environ.get("VARMOR_TEST_KUBECONFIG"))
+    parser.add_argument("--profiles", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--idle", type=float, default=5.0, help="seconds idle before reading RSS")
+    args = parser.parse_args()
+    if args.kubeconfig:
+        bench(args.kubeconfig, args.profiles, args.rounds, args.idle)
+        return
+    workdir = Path(tempfile.mkdtemp(prefix="varmor-bench-cp-"))
+    plane = ControlPlane(workdir)
+    try:
+        state = plane.start()
+        bench(state.kubeconfig, args.profiles, args.rounds, args.idle)
+    finally:
+        plane.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
