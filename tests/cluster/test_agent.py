@@ -429,3 +429,52 @@ async def test_violations_are_attributed_logged_and_rate_limited(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+
+
+# -- the whole flow with a real leader ---------------------------------------------------
+async def test_policy_to_armor_node_to_ready_with_leader_and_agent_process(
+    api_client: Any, kubeconfig: str, namespace: str, host: Host, cleanup_node: None
+) -> None:
+    """`varmor run --roles=leader,agent`: a VarmorPolicy becomes an ArmorProfile (leader),
+    is loaded and reported in the ArmorNode (agent), and the leader counts it loaded."""
+    cmd = [sys.executable, "-m", "varmor.cli", "run", "--roles=leader,agent", f"--kubeconfig={kubeconfig}"]
+    cmd += [f"--namespace={namespace}", "--no-leader-webhook-tasks", "--bind-address=127.0.0.1"]
+    cmd += [f"--health-port={free_port()}", f"--metrics-port={free_port()}", "--status-delay=0.2", *host.args()]
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    custom = client.CustomObjectsApi(api_client)
+    try:
+        await create_policy(api_client, namespace, "web")
+        profile = f"varmor-{namespace}-web"
+
+        async def armor_profile_sha() -> str | None:
+            try:
+                ap = await custom.get_namespaced_custom_object(G, V, namespace, "armorprofiles", profile)
+            except ApiException as exc:
+                if exc.status == 404:
+                    return None
+                raise
+            sha: str = ap["spec"]["profile"]["sha256"]
+            return sha
+
+        sha = await wait_for(armor_profile_sha, timeout=60)
+        status = await node_status_when(api_client, host.node, lambda s: profile in s.get("profiles", {}), timeout=60)
+        assert status["profiles"][profile] == {"namespace": namespace, "sha256": sha, "mode": "enforce"}
+        assert host.kernel.top_level()[profile] == "enforce"
+
+        async def counted() -> dict[str, Any] | None:
+            ap = await custom.get_namespaced_custom_object(G, V, namespace, "armorprofiles", profile)
+            st = ap.get("status") or {}
+            mine_failed = [c for c in st.get("conditions", []) if c.get("nodeName") == host.node]
+            return st if st.get("currentNumberLoaded", 0) >= 1 and not mine_failed else None
+
+        await wait_for(counted, timeout=60)
+
+        async def policy_ready() -> bool:
+            pol = await custom.get_namespaced_custom_object(G, V, namespace, "varmorpolicies", "web")
+            return bool((pol.get("status") or {}).get("ready"))
+
+        await wait_for(policy_ready, timeout=60)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = await asyncio.wait_for(proc.communicate(), 30)
+    assert proc.returncode == 0, err.decode()[-3000:]
