@@ -478,3 +478,27 @@ async def test_policy_to_armor_node_to_ready_with_leader_and_agent_process(
         proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 30)
     assert proc.returncode == 0, err.decode()[-3000:]
+
+
+async def test_refresh_repairs_drift_and_node_deletion_collects_armor_node(
+    api_client: Any, namespace: str, host: Host, cleanup_node: None
+) -> None:
+    core = client.CoreV1Api(api_client)
+    await core.create_node({"metadata": {"name": host.node}})
+    await put(api_client, armor_profile(namespace, "drift"))
+    name, stray = f"varmor-{namespace}-drift", f"varmor-{namespace}-stray"
+    agent = Agent(host.config(), api_client)
+    async with running(agent):
+        await wait_for(lambda: _true(agent.ready), timeout=30)
+        # Someone unloads ours and loads a varmor-* profile no ArmorProfile asks for.
+        host.kernel.set_loaded({**{k: v for k, v in host.kernel.loaded.items() if k != name}, stray: "enforce"})
+        host.kernel.clear_ops()
+        await agent.refresh()
+        await wait_for(lambda: _true(name in host.kernel.loaded and stray not in host.kernel.loaded), timeout=30)
+        assert sorted((op.action, op.name) for op in host.kernel.ops) == [("remove", stray), ("replace", name)]
+    await core.delete_node(host.node)
+
+    async def collected() -> bool:
+        return await armor_node(api_client, host.node) is None
+
+    await wait_for(collected, timeout=60)  # the owner reference lets the GC remove it
