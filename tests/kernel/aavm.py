@@ -533,7 +533,7 @@ class Batch:
             c.file(f"cases/{case.name}/run.sh", case.script().encode(), 0o755)
         return c.finish()
 
-    def run(self, timeout: float | None = None) -> BootResult:
+    def run(self, timeout: float | None = None, dmesg: bool = False) -> BootResult:
         """Build, boot once, parse; host-side audit expectations become checks."""
         qemu = _need("qemu-system-x86_64")
         kernel = kernel_image()
@@ -553,7 +553,7 @@ class Batch:
             "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
             "-kernel", str(kernel), "-initrd", str(initrd),
             "-append", "console=ttyS0 panic=-1 loglevel=4 audit=1 audit_backlog_limit=65536 "
-                       "log_buf_len=16M",
+                       "log_buf_len=16M" + (" varmor.dmesg=1" if dmesg else ""),
             "-serial", f"file:{console}", "-serial", f"file:{results}",
         ]
         (run_dir / "cmdline").write_text(shlex.join(cmd) + "\n")

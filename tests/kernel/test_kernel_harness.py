@@ -77,6 +77,14 @@ def build() -> aavm.Batch:
     c.expect_audit("create-record", 'apparmor="DENIED"', 'operation="create"',
                    'profile="vk-auditdeny"', 'family="packet"')
 
+    # A name with a space is logged hex-encoded, without quotes (audit_log_untrustedstring).
+    c = b.case("audit-hex-name")
+    c.sh("echo secret > '/tmp/with space'")
+    c.load_bin("load", "p.bin", profile("vk-hexname", '  audit deny "/tmp/with space" r,\n'))
+    c.expect("read-denied", "DENY", ["read", "/tmp/with space"], profile="vk-hexname")
+    c.expect_audit("hex-record", 'apparmor="DENIED"', 'profile="vk-hexname"',
+                   f"name={b'/tmp/with space'.hex().upper()} ")
+
     # -- audit (allowed and logged: auditViolations + allowViolations) ---------------
     c = b.case("audit-allow")
     c.sh("echo secret > /tmp/secret")

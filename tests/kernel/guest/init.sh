@@ -26,8 +26,9 @@ vh_emit "BOOT kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) apparmor=$
 
 for d in /cases/*/; do
   [ -f "$d/run.sh" ] || continue
-  name=$(basename "$d")
-  vh_emit "CASE $name"
+  name=${d%/}; name=${name##*/}
+  read -r up _ < /proc/uptime
+  vh_emit "CASE $name t=$up"
   (cd "$d" && exec timeout "${VH_CASE_TIMEOUT:-60}" sh -c '. /lib/varmor/vh.sh; . ./run.sh') </dev/null
   rc=$?
   [ "$rc" -eq 0 ] || vh_emit "CASE-EXIT $name rc=$rc"
@@ -42,6 +43,8 @@ for _ in 1 2 3 4 5 6 7 8 9 10; do
   sleep 0.2
 done
 dmesg | grep 'apparmor=' | sed 's/^/AUDIT /' >&9
+# varmor.dmesg=1 on the kernel command line: the whole kernel log too (test data).
+case " $(cat /proc/cmdline) " in *" varmor.dmesg=1 "*) dmesg | sed 's/^/DMESG /' >&9 ;; esac
 vh_emit "LOST $(dmesg | grep -c 'audit_lost=\|backlog limit exceeded\|printk limit')"
 vh_emit "DONE uptime=$(cut -d' ' -f1 /proc/uptime)"
 exec 9>&-

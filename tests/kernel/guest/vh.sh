@@ -26,11 +26,23 @@ vh_check_label() {
   esac
 }
 
+# vh_judge ID WANT OUTPUT: parse vprobe's LABEL/RESULT lines with shell builtins only
+# (every fork+exec costs milliseconds under TCG; this runs once per check).
 vh_judge() {
-  _res=$(printf '%s\n' "$3" | grep '^RESULT ' | tail -n 1)
-  _lab=$(printf '%s\n' "$3" | grep '^LABEL ' | tail -n 1)
+  _res=""; _lab=""; _ifs=$IFS
+  IFS='
+'
+  set -f
+  for _l in $3; do
+    case "$_l" in
+      "RESULT "*) _res=$_l ;;
+      "LABEL "*) _lab=${_l#LABEL } ;;
+    esac
+  done
+  set +f
+  IFS=$_ifs
   case "$_res" in
-    "RESULT $2"*) vh_pass "$1" "$_res [${_lab#LABEL }]" ;;
+    "RESULT $2"*) vh_pass "$1" "$_res [$_lab]" ;;
     *) vh_fail "$1" "want $2, got: $(printf '%s' "$3" | tr '\n' '|')" ;;
   esac
 }
