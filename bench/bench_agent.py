@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -67,6 +68,17 @@ def rss_kb(pid: int) -> tuple[int, int]:
     return rss, hwm
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime+stime of a process plus those of the children it has waited for."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return sum(int(f) for f in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def metric(port: int, name: str) -> float | None:
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     match = re.search(rf"^{name} (\S+)$", text, re.M)
@@ -108,15 +120,15 @@ async def create_profiles(api_client: Any, n: int) -> dict[str, str]:
     return texts
 
 
-def bare_parser(files: list[Path], include: Path, kernel: StandInSecurityfs) -> float:
+def bare_parser(files: list[Path], include: Path, kernel: StandInSecurityfs) -> tuple[float, float]:
     cmd = [find_parser(), "--config-file", "/dev/null", *LOAD_FLAGS, "-M", str(features_file())]
     cmd += ["-I", "/etc/apparmor.d", "-I", str(include), "--subdomainfs", str(kernel.dir), "-r", *map(str, files)]
     kernel.set_loaded({})
-    started = time.monotonic()
+    started, cpu = time.monotonic(), children_cpu()
     subprocess.run(cmd, check=True, capture_output=True)
     elapsed = time.monotonic() - started
     assert len(kernel.top_level()) == len(files), "bare parser did not load everything"
-    return elapsed
+    return elapsed, children_cpu() - cpu
 
 
 def agent_cold_start(kubeconfig: str, root: Path, kernel: StandInSecurityfs, n: int, idle: float) -> dict[str, float]:
@@ -144,7 +156,11 @@ def agent_cold_start(kubeconfig: str, root: Path, kernel: StandInSecurityfs, n: 
         ready = time.monotonic() - started
         loaded = sum(1 for name in kernel.top_level() if name.startswith(f"varmor-{NS}-"))
         assert loaded == n, f"agent loaded {loaded} of {n}"
-        result = {"ready": ready, "own": metric(metrics_port, "varmor_agent_initial_sync_seconds") or 0.0}
+        result = {
+            "ready": ready,
+            "own": metric(metrics_port, "varmor_agent_initial_sync_seconds") or 0.0,
+            "cpu": cpu_seconds(proc.pid),
+        }
         if idle:
             time.sleep(idle)
             rss, hwm = rss_kb(proc.pid)
@@ -171,24 +187,31 @@ def bench(kubeconfig: str, n: int, rounds: int, idle: float) -> None:
     bare_dir = ProfileDir(root / "bare-apparmor.d")
     bare_dir.write_node_local(Path("/proc/partitions"))
     files = [bare_dir.write(name, text) for name, text in sorted(texts.items())]
-    bare, agent = [], []
+    bare: list[tuple[float, float]] = []
+    agent: list[dict[str, float]] = []
     with StandInSecurityfs(root / "securityfs") as kernel:
         for i in range(rounds):
             bare.append(bare_parser(files, bare_dir.root, kernel))
             agent.append(agent_cold_start(kubeconfig, root, kernel, n, idle if i == rounds - 1 else 0))
             print(
-                f"round {i + 1}: bare parser {bare[-1]:.2f}s, agent ready {agent[-1]['ready']:.2f}s "
-                f"(own {agent[-1]['own']:.2f}s), loadavg {os.getloadavg()[0]:.1f}",
+                f"round {i + 1}: bare parser {bare[-1][0]:.2f}s (cpu {bare[-1][1]:.2f}s), agent ready "
+                f"{agent[-1]['ready']:.2f}s (own {agent[-1]['own']:.2f}s, cpu {agent[-1]['cpu']:.2f}s), "
+                f"loadavg {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
     shutil.rmtree(root, ignore_errors=True)
-    b = statistics.median(bare)
+    b = statistics.median(x[0] for x in bare)
+    bc = statistics.median(x[1] for x in bare)
     r = statistics.median(a["ready"] for a in agent)
     o = statistics.median(a["own"] for a in agent)
+    c = statistics.median(a["cpu"] for a in agent)
+    pairs = sorted(a["ready"] / x[0] for a, x in zip(agent, bare, strict=True))
     print(f"\nprofiles: {n}; rounds: {rounds} (medians)")
     print(f"one batched apparmor_parser -r over the same files: {b:.2f} s")
     print(f"agent process spawn -> /readyz 200:                  {r:.2f} s  ({r / b:.2f}x)")
     print(f"agent role start -> ready (own metric):              {o:.2f} s  ({o / b:.2f}x)")
+    print(f"per-round ratio spawn->ready / bare: {', '.join(f'{p:.2f}' for p in pairs)}")
+    print(f"CPU time (incl. parser children): agent {c:.2f} s vs bare parser {bc:.2f} s ({c / bc:.2f}x)")
     print(f"idle agent RSS after the sync: {agent[-1]['rss_mb']:.1f} MB (peak {agent[-1]['hwm_mb']:.1f} MB)")
     print("command: .venv/bin/python bench/bench_agent.py " + " ".join(sys.argv[1:]))
 

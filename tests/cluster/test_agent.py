@@ -28,6 +28,7 @@ from tests.unit.test_policy import policy_doc
 from varmor import api
 from varmor.dev.cluster import free_port
 from varmor.nodeexec.agent import Agent, AgentConfig
+from varmor.nodeexec.files import ProfileDir
 from varmor.nodeexec.standin import StandInSecurityfs, write_enabled_file
 from varmor.nodeexec.state import sha256_text
 from varmor.nodeexec.violations import ViolationReporter
@@ -218,6 +219,8 @@ async def test_profiles_load_and_status_is_exact(
                 b["spec"]["profile"]["appArmor"] for b in bodies if b["metadata"]["name"] == name
             )
         assert "/dev/vda" in (host.profile_dir / "varmor" / "node-local").read_text()
+        quiet = f"varmor-{namespace}-quiet"
+        assert mine(dict.fromkeys(ProfileDir(host.profile_dir).complain_markers()), namespace) == {quiet: None}
         owner = (await armor_node(api_client, host.node) or {})["metadata"]["ownerReferences"]
         assert owner == [{"apiVersion": "v1", "kind": "Node", "name": host.node, "uid": node_obj.metadata.uid}]
 

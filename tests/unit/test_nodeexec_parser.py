@@ -3,6 +3,7 @@ batching, per-profile failure attribution, and the names guard."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -122,3 +123,23 @@ def test_success_lines_and_blame() -> None:
 def test_decode_blob_ignores_garbage() -> None:
     assert decode_blob(b"") == []
     assert decode_blob(b"\x04\x08\x00version\x00\x02\x07\x20\x20\x00junk") == []
+
+
+async def test_force_complain_marker_survives_a_reboot_load(
+    standin: StandInSecurityfs, profile_dir: ProfileDir
+) -> None:
+    """After a reboot the host's AppArmor service loads the profile dir with the host's
+    parser (base dir = the profile dir): the marker keeps complain profiles in complain."""
+    quiet = profile_dir.write("varmor-t-quiet", profile_text("varmor-t-quiet"))
+    loud = profile_dir.write("varmor-t-loud", profile_text("varmor-t-loud"))
+    profile_dir.set_force_complain("varmor-t-quiet", True)
+    assert profile_dir.complain_markers() == ["varmor-t-quiet"]
+    runner = runner_for(standin, profile_dir)
+    cmd = [*runner._base(), "--base", str(profile_dir.root), "-r", str(quiet), str(loud)]
+    proc = await asyncio.create_subprocess_exec(*cmd, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 0, err
+    assert b"forcing complain mode" in err
+    assert standin.top_level() == {"varmor-t-quiet": "complain", "varmor-t-loud": "enforce"}
+    profile_dir.remove("varmor-t-quiet")
+    assert profile_dir.complain_markers() == []

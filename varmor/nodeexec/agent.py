@@ -152,7 +152,8 @@ class Agent:
             log.info("unloading %d orphaned profiles", len(orphans), extra={"fields": {"profiles": orphans}})
         await asyncio.gather(*(self._initial(name, kernel_loaded) for name in orphans))
         stale = [n for n in await asyncio.to_thread(self.files.names) if n not in self.desired]
-        await asyncio.to_thread(self.files.remove_all, stale)
+        stale += [n for n in await asyncio.to_thread(self.files.complain_markers) if n not in self.desired]
+        await asyncio.to_thread(self.files.remove_all, sorted(set(stale)))
         self._phase("orphans")
 
     def _write_node_local(self) -> str:
@@ -287,17 +288,20 @@ class Agent:
             return
         self._force.discard(name)
         staged = self.config.profile_dir / STAGING / name
-        await asyncio.to_thread(atomic_write, staged, desired.text)
-        outcome = await self.loader.load(name, staged, complain=desired.mode == "complain")
+        complain = desired.mode == "complain"
+        # The force-complain marker first: when the profile dir is the parser's base dir
+        # (agent on the host), a stale marker would turn an enforce load into complain.
+        await asyncio.to_thread(self._stage, name, staged, desired.text, complain)
+        outcome = await self.loader.load(name, staged, complain=complain)
         if outcome.ok:
             await asyncio.to_thread(os.replace, staged, self.files.path(name))
             self.state.loaded[name] = Loaded(desired.namespace, desired.sha256, desired.mode)
             self._failed_at.pop(name, None)
             self._set_failure(name, conflict)
             return
-        await asyncio.to_thread(staged.unlink, True)
-        message = outcome.message.replace(str(staged), name)
         previous = self.state.loaded.get(name)
+        await asyncio.to_thread(self._unstage, name, staged, previous)
+        message = outcome.message.replace(str(staged), name)
         if previous is None and kernel_loaded and name in kernel_loaded:
             message += " (a version loaded before the agent started stays in the kernel)"
         elif previous is not None:
@@ -305,6 +309,18 @@ class Agent:
         log.warning("profile %s failed to load: %s", name, message)
         self._failed_at[name] = (desired.sha256, desired.mode, time.monotonic())
         self._set_failure(name, Failed(desired.namespace, desired.sha256, message))
+
+    def _stage(self, name: str, staged: Path, text: str, complain: bool) -> None:
+        atomic_write(staged, text)
+        self.files.set_force_complain(name, complain)
+
+    def _unstage(self, name: str, staged: Path, previous: Loaded | None) -> None:
+        """After a failed load: the profile dir goes back to what the kernel has."""
+        staged.unlink(missing_ok=True)
+        if previous is not None:
+            self.files.set_force_complain(name, previous.mode == "complain")
+        elif not self.files.path(name).exists():
+            self.files.set_force_complain(name, False)
 
     async def _unload(self, name: str, kernel_loaded: dict[str, str] | None) -> None:
         assert self.loader is not None

@@ -14,10 +14,11 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from varmor import api
-from varmor.profile import NODE_LOCAL_INCLUDE, node_local_include
+from varmor.profile import NODE_LOCAL_INCLUDE, DiskDeviceError, node_local_include
 
 DEFAULT_PROFILE_DIR = Path("/etc/apparmor.d")
 DEFAULT_PARTITIONS = Path("/proc/partitions")
+FORCE_COMPLAIN = "force-complain"
 _VARMOR_NAME = re.compile(r"^varmor-[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
@@ -75,6 +76,24 @@ class ProfileDir:
 
     def remove(self, name: str) -> None:
         self.path(name).unlink(missing_ok=True)
+        self.set_force_complain(name, False)
+
+    def set_force_complain(self, name: str, complain: bool) -> None:
+        """Mark a profile for complain mode in `<root>/force-complain/`, which
+        apparmor_parser honours when it loads from its base dir: after a reboot the host's
+        own AppArmor service then loads complain-mode profiles in complain mode, not enforce."""
+        marker = self.root / FORCE_COMPLAIN / self.path(name).name
+        if complain:
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.touch()
+        else:
+            marker.unlink(missing_ok=True)
+
+    def complain_markers(self) -> list[str]:
+        directory = self.root / FORCE_COMPLAIN
+        if not directory.is_dir():
+            return []
+        return sorted(p.name for p in directory.iterdir() if is_varmor_name(p.name))
 
     def names(self) -> list[str]:
         """varmor profile files present (anything else in the directory is not ours)."""
@@ -84,7 +103,14 @@ class ProfileDir:
 
     def write_node_local(self, partitions: Path) -> str:
         """Write `<root>/varmor/node-local` from the host's disks; returns its text."""
-        devices = parse_partitions(partitions.read_text()) if partitions.exists() else []
+        found = parse_partitions(partitions.read_text()) if partitions.exists() else []
+        devices = []
+        for device in found:
+            try:
+                node_local_include([device])
+            except DiskDeviceError:
+                continue  # a name that could change the include's meaning is left out
+            devices.append(device)
         text = node_local_include(devices)
         atomic_write(self.root / NODE_LOCAL_INCLUDE, text)
         return text
