@@ -446,6 +446,10 @@ class Case:
         """Ask a running server to do OP; PASS when the verdict is WANT."""
         self.lines.append(f"vh_srv {q(self._id(check))} {want} {fds[0]} {fds[1]} {op}")
 
+    def srv_label(self, check: str, label: str, fds: tuple[int, int]) -> None:
+        """The running server's current label must be LABEL."""
+        self.lines.append(f"vh_srv_label {q(self._id(check))} {q(label)} {fds[0]} {fds[1]}")
+
     def srv_stop(self, fds: tuple[int, int]) -> None:
         self.lines.append(f"vh_srv_stop {fds[0]} {fds[1]}")
 

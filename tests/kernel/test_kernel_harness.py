@@ -236,21 +236,35 @@ def build() -> aavm.Batch:
                    'name="/run/secrets/token"')
 
     # -- live update -----------------------------------------------------------------
+    # Three long-running processes, started under v1 and never exec'ing again: a vprobe
+    # server in the profile, a busybox shell in the profile (opens with builtins), and
+    # a vprobe server in the profile's child (entered by exec of /usr/bin/vk-lu-target).
     c = b.case("live-update")
-    c.sh("echo secret > /tmp/lu-secret")
-    v1 = profile("vk-live")
-    v2 = profile("vk-live", "  audit deny /tmp/lu-secret r,\n  audit deny network packet,\n")
+    c.sh("echo secret > /tmp/lu-secret && cp /vprobe /usr/bin/vk-lu-target")
+
+    def live(parent: str = "", child: str | None = "") -> str:
+        kid = "" if child is None else (
+            "  /usr/bin/vk-lu-target cx -> lu-child,\n"
+            f"  profile lu-child flags=(attach_disconnected) {{\n{ALLOW_ALL}{child}  }}\n")
+        return profile("vk-live", parent + kid)
+
+    deny = "  audit deny /tmp/lu-secret r,\n"
+    v1 = live()
+    v2 = live(deny + "  audit deny network packet,\n", deny)
+    v4 = live(deny, None)
     c.load_bin("load-v1", "v1.bin", v1)
-    vp = (3, 4)
+    vp, sh, kid = (3, 4), (5, 6), (7, 8)
     c.srv_start(vp, "/vprobe", "-p", "vk-live", "serve")
-    sh = (5, 6)
     loop = c.add_file("loop.sh", LOOP_SH)
     c.srv_start(sh, "/bin/sh", "-c", f'echo "exec vk-live" > /proc/self/attr/exec && exec /bin/sh {loop}')
-    c.srv("v1-label", "ALLOW", vp, "current")
+    c.srv_start(kid, "/vprobe", "-p", "vk-live", "-t", "/usr/bin/vk-lu-target", "serve")
+    c.srv_label("v1-label", "vk-live (enforce)", vp)
+    c.srv_label("v1-child-label", "vk-live//lu-child (enforce)", kid)
     c.srv("v1-read", "ALLOW", vp, "read /tmp/lu-secret")
     c.srv("v1-packet", "ALLOW", vp, "socket packet raw")
     c.srv("v1-keep-fd", "ALLOW", vp, "open /tmp/lu-secret")
     c.srv("v1-shell-read", "ALLOW", sh, "read")
+    c.srv("v1-child-read", "ALLOW", kid, "read /tmp/lu-secret")
     # Replace in place with the guest's parser, as the agent does on a node.
     c.load_text("replace-v2", "v2.profile", v2)
     c.srv("v2-read", "DENY", vp, "read /tmp/lu-secret")
@@ -261,24 +275,38 @@ def build() -> aavm.Batch:
     # a revalidation. Replacement does not revoke already-open files.
     c.srv("v2-kept-fd-not-revoked", "ALLOW", vp, "readfd")
     c.srv("v2-shell-read", "DENY", sh, "read")
+    c.srv("v2-child-read", "DENY", kid, "read /tmp/lu-secret")
+    c.srv("v2-child-packet-allowed", "ALLOW", kid, "socket packet raw")
     c.expect("v2-new-exec", "DENY", "read /tmp/lu-secret", profile="vk-live")
     c.expect_audit("v2-record-running", 'apparmor="DENIED"', 'profile="vk-live"',
                    'name="/tmp/lu-secret"', 'comm="vprobe"')
     c.expect_audit("v2-record-shell", 'apparmor="DENIED"', 'profile="vk-live"',
                    'name="/tmp/lu-secret"', 'comm="sh"')
+    c.expect_audit("v2-record-child", 'apparmor="DENIED"', 'profile="vk-live//lu-child"',
+                   'name="/tmp/lu-secret"')
     # Relaxing works the same way.
     c.load_bin("replace-v3", "v3.bin", v1)
     c.srv("v3-read", "ALLOW", vp, "read /tmp/lu-secret")
     c.srv("v3-kept-fd", "ALLOW", vp, "readfd")
     c.srv("v3-shell-read", "ALLOW", sh, "read")
-    # Removing the profile does not leave the process confined by a stale copy.
-    c.load_bin("replace-v4", "v4.bin", v2)
+    c.srv("v3-child-read", "ALLOW", kid, "read /tmp/lu-secret")
+    # A replacement without the child does not unload it: the kernel moves the old
+    # children under the new parent, so the process stays in the last version of the
+    # child (here v3's, which allows the read), and the child stays listed.
+    c.load_bin("replace-v4", "v4.bin", v4)
     c.srv("v4-read", "DENY", vp, "read /tmp/lu-secret")
+    c.srv_label("v4-dropped-child-label", "vk-live//lu-child (enforce)", kid)
+    c.srv("v4-dropped-child-keeps-old-rules", "ALLOW", kid, "read /tmp/lu-secret")
+    c.run("v4-dropped-child-still-loaded", "grep -q '^vk-live//lu-child ' /sys/kernel/security/apparmor/profiles")
+    # Removing the profile unconfines the processes still in it.
     c.run("unload", "echo -n vk-live > /sys/kernel/security/apparmor/.remove")
+    c.srv_label("removed-label", "unconfined", vp)
+    c.srv_label("removed-child-label", "unconfined", kid)
     c.srv("removed-read", "ALLOW", vp, "read /tmp/lu-secret")
     c.srv("removed-shell-read", "ALLOW", sh, "read")
     c.srv_stop(vp)
     c.srv_stop(sh)
+    c.srv_stop(kid)
     c.expect("removed-new-exec", "ERROR", "current", profile="vk-live")
     return b
 

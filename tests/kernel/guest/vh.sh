@@ -51,7 +51,7 @@ vh_judge() {
 vh_run() {
   _id=$1; shift
   if _out=$("$@" 2>&1 </dev/null); then
-    vh_pass "$_id" "ok"
+    vh_pass "$_id" "ok $(printf '%s' "$_out" | tr '\n' '|' | cut -c1-300)"
   else
     vh_fail "$_id" "rc=$? $(printf '%s' "$_out" | tr '\n' '|' | cut -c1-600)"
   fi
@@ -90,6 +90,20 @@ $_l"
     case "$_l" in RESULT*) break ;; esac
   done
   vh_judge "$_id" "$_want" "$_out"
+}
+
+# vh_srv_label ID LABEL IN OUT: the server's current label must be LABEL.
+vh_srv_label() {
+  eval "echo current >&$3"
+  _out=""
+  while eval "IFS= read -r _l <&$4"; do
+    _out="$_out|$_l"
+    case "$_l" in RESULT*) break ;; esac
+  done
+  case "$_out" in
+    *"|LABEL $2|"*) vh_pass "$1" "label $2" ;;
+    *) vh_fail "$1" "want label $2, got: $_out" ;;
+  esac
 }
 
 vh_srv_stop() {
