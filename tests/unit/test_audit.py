@@ -124,3 +124,20 @@ def test_real_kernel_lines_parse() -> None:
         assert record.klass in ("file", "net", "cap", "signal", "ptrace", "mount", "domain", "unix", "other"), line
         parsed += 1
     assert parsed > 0
+
+
+@pytest.mark.skipif(not (DATA / "hex-name.log").exists(), reason="no recorded kernel audit lines")
+def test_real_kernel_specifics() -> None:
+    """Details that matter for attribution, on lines the real kernel wrote."""
+    (hexed,) = [parse_line(ln) for ln in (DATA / "hex-name.log").read_text().splitlines() if ln]
+    assert hexed is not None
+    assert hexed.target == "/tmp/with space"
+    child = parse_line((DATA / "child-profile.log").read_text().splitlines()[0])
+    assert child is not None
+    assert (child.profile, child.base_profile) == ("vk-parent//vk-target", "vk-parent")
+    assert all(parse_line(ln) is None for ln in (DATA / "status.log").read_text().splitlines())
+    ptrace = [
+        r for ln in (DATA / "audit.log").read_text().splitlines() if (r := parse_line(ln)) and r.klass == "ptrace"
+    ]
+    assert ptrace
+    assert ptrace[0].target == "unconfined"
