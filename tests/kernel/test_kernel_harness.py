@@ -263,6 +263,7 @@ def build() -> aavm.Batch:
     c.srv("v1-read", "ALLOW", vp, "read /tmp/lu-secret")
     c.srv("v1-packet", "ALLOW", vp, "socket packet raw")
     c.srv("v1-keep-fd", "ALLOW", vp, "open /tmp/lu-secret")
+    c.srv("v1-keep-socket", "ALLOW", vp, "keepsock packet raw")
     c.srv("v1-shell-read", "ALLOW", sh, "read")
     c.srv("v1-child-read", "ALLOW", kid, "read /tmp/lu-secret")
     # Replace in place with the guest's parser, as the agent does on a node.
@@ -274,6 +275,9 @@ def build() -> aavm.Batch:
     # under, and labels compare by profile NAME, so an in-place replacement is not
     # a revalidation. Replacement does not revoke already-open files.
     c.srv("v2-kept-fd-not-revoked", "ALLOW", vp, "readfd")
+    # Sockets are different: every socket operation is checked against the current
+    # profile's network rules, so a kept packet socket stops working.
+    c.srv("v2-kept-socket-revoked", "DENY", vp, "sockopt")
     c.srv("v2-shell-read", "DENY", sh, "read")
     c.srv("v2-child-read", "DENY", kid, "read /tmp/lu-secret")
     c.srv("v2-child-packet-allowed", "ALLOW", kid, "socket packet raw")
@@ -288,6 +292,7 @@ def build() -> aavm.Batch:
     c.load_bin("replace-v3", "v3.bin", v1)
     c.srv("v3-read", "ALLOW", vp, "read /tmp/lu-secret")
     c.srv("v3-kept-fd", "ALLOW", vp, "readfd")
+    c.srv("v3-kept-socket", "ALLOW", vp, "sockopt")
     c.srv("v3-shell-read", "ALLOW", sh, "read")
     c.srv("v3-child-read", "ALLOW", kid, "read /tmp/lu-secret")
     # A replacement without the child does not unload it: the kernel moves the old

@@ -1207,11 +1207,12 @@ static int run_op(int argc, char **argv);
  * which never execs again. It is how the live-update tests hold a process under a
  * profile while the profile is replaced. Extra ops: `open PATH` keeps a read fd and
  * `readfd N` reads from a kept fd (is access through an fd opened under the old
- * profile revalidated?); without N, the last kept fd. */
+ * profile revalidated?); without N, the last kept fd. `keepsock FAMILY TYPE` keeps a
+ * socket and `sockopt` calls getsockopt(2) on it (are kept sockets re-checked?). */
 static int op_serve(void)
 {
 	char line[1024];
-	int last_fd = -1;
+	int last_fd = -1, last_sock = -1;
 	serve_mode = 1;
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	while (fgets(line, sizeof(line), stdin)) {
@@ -1232,6 +1233,30 @@ static int op_serve(void)
 				last_fd = fd;
 				report(0, 0, "fd=%d", fd);
 			}
+			continue;
+		}
+		if (strcmp(args[0], "keepsock") == 0 && n > 2) {
+			int fam, type;
+			if (lookup(families, args[1], &fam) || lookup(types, args[2], &type)) {
+				report(2, EINVAL, "keepsock FAMILY TYPE");
+				continue;
+			}
+			int fd = socket(fam, type, 0);
+			if (fd < 0) {
+				failed(errno, "socket");
+			} else {
+				last_sock = fd;
+				report(0, 0, "fd=%d", fd);
+			}
+			continue;
+		}
+		if (strcmp(args[0], "sockopt") == 0) {
+			int v;
+			socklen_t len = sizeof(v);
+			if (getsockopt(last_sock, SOL_SOCKET, SO_TYPE, &v, &len) < 0)
+				failed(errno, "getsockopt kept socket");
+			else
+				allow("getsockopt kept socket");
 			continue;
 		}
 		if (strcmp(args[0], "readfd") == 0) {
