@@ -30,6 +30,7 @@ type result struct {
 	P90      float64 `json:"p90_ms"`
 	P99      float64 `json:"p99_ms"`
 	Max      float64 `json:"max_ms"`
+	Warmup   int     `json:"warmup_requests"`
 }
 
 func main() {
@@ -145,8 +146,10 @@ func main() {
 		return r
 	}
 
-	run(*warmup, false)
-	out, _ := json.Marshal(run(*duration, true))
+	warm := run(*warmup, false)
+	r := run(*duration, true)
+	r.Warmup = warm.Requests
+	out, _ := json.Marshal(r)
 	fmt.Println(string(out))
 }
 

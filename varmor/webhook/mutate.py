@@ -29,7 +29,7 @@ class MutationState:
     on_conflict: ConflictSink | None = None
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Decision:
     result: str  # metric label
     patch: tuple[JsonPatchOp, ...] = ()

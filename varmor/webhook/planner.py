@@ -108,7 +108,7 @@ def candidate_from(policy: Mapping[str, Any]) -> Candidate | None:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Match:
     candidate: Candidate
     by_name: bool
@@ -119,7 +119,7 @@ class Match:
         return (0 if c.cluster else 1, 0 if self.by_name else 1, c.created, c.namespace, c.name, c.uid)
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Selection:
     """The winning policy (if any), the other eligible matches, and matches still pending."""
 
@@ -140,10 +140,13 @@ def _select(candidates: Iterable[Candidate], kind: str, obj: Mapping[str, Any], 
         if by_name is None:
             continue
         (eligible if cand.profile_name else pending).append(Match(cand, by_name))
+    if len(pending) > 1:
+        pending.sort(key=lambda m: m.rank)
     if not eligible:
-        return Selection(None, (), tuple(sorted(pending, key=lambda m: m.rank)))
-    eligible.sort(key=lambda m: m.rank)
-    return Selection(eligible[0], tuple(eligible[1:]), tuple(sorted(pending, key=lambda m: m.rank)))
+        return Selection(None, (), tuple(pending))
+    if len(eligible) > 1:
+        eligible.sort(key=lambda m: m.rank)
+    return Selection(eligible[0], tuple(eligible[1:]), tuple(pending))
 
 
 def select_policy(
@@ -250,7 +253,7 @@ def _apparmor_field(holder: Mapping[str, Any] | None) -> Mapping[str, Any] | Non
     return prof
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class Plan:
     """The patch plus what it means, for metrics and status."""
 

@@ -20,7 +20,7 @@ class ReviewError(ValueError):
     pass
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class AdmissionRequest:
     uid: str
     kind: str  # request.kind.kind
