@@ -186,6 +186,27 @@ async def nodes(api_client: Any, namespace: str, crds: list[str]) -> Any:
         await sim.cleanup()
 
 
+async def purge_policies(api_client: Any, namespace: str, timeout: float = 30.0) -> None:
+    """Delete a test namespace's policies and wait for them and their ArmorProfiles to go
+    (call while a leader still runs, so rollout finalizers are processed). Other tests
+    assume a cluster without stray policies, and namespace deletion is asynchronous."""
+    from varmor import api
+    from varmor.reconcile.kubeio import Kube
+
+    kube = Kube(api_client)
+    await kube.request("DELETE", Kube.custom_path(api.VARMOR_POLICY, namespace))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while loop.time() < deadline:
+        left = [
+            *(await kube.request("GET", Kube.custom_path(api.VARMOR_POLICY, namespace)))["items"],
+            *(await kube.request("GET", Kube.custom_path(api.ARMOR_PROFILE, namespace)))["items"],
+        ]
+        if not left:
+            return
+        await asyncio.sleep(0.1)
+
+
 class InProcessLeader:
     """The leader's reconcilers (no election) in the test's event loop."""
 
@@ -225,5 +246,7 @@ async def leader(api_client: Any, namespace: str, crds: list[str]) -> Any:
     try:
         yield start
     finally:
+        if any(run.tasks for run in started):
+            await purge_policies(api_client, namespace)
         for run in started:
             await run.stop()

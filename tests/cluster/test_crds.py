@@ -4,15 +4,23 @@ from __future__ import annotations
 
 import copy
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
+from tests.cluster.conftest import purge_policies
 from varmor import api
 
 pytestmark = pytest.mark.cluster
+
+
+@pytest.fixture(autouse=True)
+async def _no_stray_policies(api_client: Any, namespace: str) -> AsyncIterator[None]:
+    yield
+    await purge_policies(api_client, namespace)
 
 
 def policy(name: str = "p", **spec_overrides: Any) -> dict[str, Any]:

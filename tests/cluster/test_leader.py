@@ -14,12 +14,13 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.cluster.conftest import purge_policies
 from tests.cluster.test_reconcile import Api, vpol, wait_for
 from varmor import api
 from varmor.dev.cluster import free_port
@@ -71,7 +72,9 @@ class Leader:
 
 
 @pytest.fixture
-def leaders(kubeconfig: str, namespace: str, tmp_path: Path, crds: list[str]) -> Iterator[Any]:
+async def leaders(
+    api_client: Any, kubeconfig: str, namespace: str, tmp_path: Path, crds: list[str]
+) -> AsyncIterator[Any]:
     started: list[Leader] = []
 
     def start(identity: str) -> Leader:
@@ -82,6 +85,8 @@ def leaders(kubeconfig: str, namespace: str, tmp_path: Path, crds: list[str]) ->
     try:
         yield start
     finally:
+        if any(proc.proc.poll() is None for proc in started):
+            await purge_policies(api_client, namespace)
         for proc in started:
             proc.kill()
 

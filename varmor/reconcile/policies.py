@@ -217,7 +217,10 @@ class PolicyController:
         self.queue.add(key)
 
     # -- event handlers -------------------------------------------------------------
-    async def _on_policy(self, _event: EventType, obj: JSON) -> None:
+    async def _on_policy(self, event: EventType, obj: JSON) -> None:
+        if event == "DELETED":
+            self._last_status.pop(obj["metadata"].get("uid", ""), None)
+            self._extra_conditions.pop(obj["metadata"].get("uid", ""), None)
         self.queue.add(policy_key(obj))
 
     async def _on_profile(self, event: EventType, ap: JSON) -> None:
@@ -229,6 +232,7 @@ class PolicyController:
         if finalizing and self.on_profile_deleting is not None:
             self.on_profile_deleting(ap)
         if event == "DELETED":
+            self._last_ap_status.pop(meta.get("uid", ""), None)
             # A name may have been freed: retry policies that collided on it.
             name = meta.get("name")
             for policy in self.all_policies():
@@ -330,12 +334,9 @@ class PolicyController:
                         ap = await self._create_profile(desired)
                         events.append(("Normal", "ProfileCreated", f"ArmorProfile {ap_ns}/{profile_name} created"))
             else:
-                update = merged_for_update(ap, desired)
-                if update is not None:
-                    spec_changed = ap.get("spec") != desired["spec"]
-                    ap = await self._update_profile(update)
-                    if spec_changed:
-                        events.append(("Normal", "ProfileUpdated", f"ArmorProfile updated for generation {generation}"))
+                ap, spec_written = await self._apply(ap, desired)
+                if spec_written:
+                    events.append(("Normal", "ProfileUpdated", f"ArmorProfile updated for generation {generation}"))
             if ap is not None and built.warnings and previous.get("observedGeneration") != generation:
                 events.append(("Warning", "RuleNotEnforced", "; ".join(built.warnings)))
         ps = await self._write_profile_status(ap) if ap is not None else None
@@ -425,15 +426,26 @@ class PolicyController:
         owner = owner_key(current)
         if owner is None or owner[1] != body["metadata"]["ownerReferences"][0]["uid"]:
             raise RuntimeError(f"ArmorProfile {ns}/{body['metadata']['name']} exists for another policy")
-        update = merged_for_update(current, body)
-        return current if update is None else await self._update_profile(update)
+        return (await self._apply(current, body))[0]
 
-    async def _update_profile(self, body: JSON) -> JSON:
-        """PUT with the resourceVersion the update was computed from: a 409 means someone
-        else wrote first, and the queue retries with fresh state."""
-        meta = body["metadata"]
+    async def _apply(self, ap: JSON, desired: JSON) -> tuple[JSON, bool]:
+        """Bring `ap` to `desired` (our fields only). PUT with the resourceVersion the update
+        was computed from; on 409 (someone wrote first, or our cache lagged our own last
+        write) re-read once and recompute, else let the queue retry with backoff.
+        Returns the object and whether this call changed its spec."""
+        meta = ap["metadata"]
         path = Kube.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
-        return await self.kube.request("PUT", path, body=body)
+        for attempt in range(2):
+            update = merged_for_update(ap, desired)
+            if update is None:
+                return ap, False
+            try:
+                return await self.kube.request("PUT", path, body=update), ap.get("spec") != desired["spec"]
+            except ApiException as exc:
+                if exc.status != 409 or attempt:
+                    raise
+            ap = await self.kube.request("GET", path)
+        raise AssertionError("unreachable")
 
     async def _delete_profile(self, ap: JSON) -> None:
         meta = ap["metadata"]
