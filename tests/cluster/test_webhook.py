@@ -551,3 +551,19 @@ async def test_external_certificate_secret_is_served_and_published(
     await wait_for(mutated, interval=0.3)
     secret = await core.read_namespaced_secret(f"{varmor.name}-tls", varmor.install_ns)
     assert "signer.key" not in (secret.data or {})
+
+
+async def test_racing_creators_agree_on_one_certificate_secret(api_client: Any, varmor: Varmor) -> None:
+    import datetime as dt
+
+    from varmor.certs import bundle as certbundle
+    from varmor.certs.store import SecretStore
+
+    now = dt.datetime.now(dt.UTC)
+    cfg = certbundle.CertConfig(dns_names=("varmor-webhook.x.svc",))
+    stores = [SecretStore(api_client, varmor.install_ns, "race-tls") for _ in range(4)]
+    bundles = [certbundle.new_bundle(cfg, now) for _ in stores]
+    secrets = await asyncio.gather(*(s.create_if_absent(b) for s, b in zip(stores, bundles, strict=True)))
+    winners = {certbundle.from_secret(s).serving.cert_pem for s in secrets}
+    assert len(winners) == 1
+    assert winners <= {b.serving.cert_pem for b in bundles}
