@@ -171,7 +171,8 @@ def build() -> aavm.Batch:
         # Mainline 6.1 has no AppArmor hook on connect(2) of a path-based UNIX socket:
         # a file rule on the socket path does not stop it.
         want = "ALLOW" if name == "connect-path" else "DENY"
-        c.expect(f"{name}-{want.lower()}ed-by-deny-profile", want, op, profile="vk-ops-deny")
+        verdict = "allowed" if want == "ALLOW" else "denied"
+        c.expect(f"{name}-{verdict}-by-deny-profile", want, op, profile="vk-ops-deny")
     c.expect("connect-abstract-allowed", "ALLOW", "connect-unix @vk-ops", profile="vk-ops-all")
     c.sh("mount -t tmpfs none /mnt/ops-u")
     c.expect("umount-denied", "DENY", "umount /mnt/ops-u", profile="vk-ops-deny")
