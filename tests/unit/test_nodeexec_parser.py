@@ -56,6 +56,7 @@ async def test_batch_replace_reaches_replace_with_modes(standin: StandInSecurity
     assert all(o.ok for o in results.values()), results
     complain = {"varmor-t-c": profile_dir.write("varmor-t-c", profile_text("varmor-t-c"))}
     assert (await runner.replace(complain, complain=True))["varmor-t-c"].ok
+    standin.settle()
     assert standin.top_level() == {**dict.fromkeys(files, "enforce"), "varmor-t-c": "complain"}
     assert {op.name for op in standin.ops if op.action == "replace"} == {*files, "varmor-t-c"}
     # the kernel-format `profiles` file is what the agent reads back
@@ -78,6 +79,7 @@ async def test_failure_is_attributed_and_does_not_block_others(
     assert "not enforced" in results["varmor-t-unix"].message
     assert "varmor-t-ok0" not in results["varmor-t-bad"].message
     assert all(results[f"varmor-t-ok{i}"].ok for i in range(3))
+    standin.settle()
     assert set(standin.top_level()) == {"varmor-t-ok0", "varmor-t-ok1", "varmor-t-ok2"}
 
 
@@ -101,6 +103,7 @@ async def test_remove_by_name_reaches_remove(
     runner = runner_for(standin, profile_dir)
     results = await runner.remove(["varmor-t-a"], tmp_path / "stubs")
     assert results["varmor-t-a"].ok
+    standin.settle()
     assert standin.ops == [Op("remove", "varmor-t-a")]
     assert standin.loaded == {"varmor-t-b": "enforce"}  # the child went with its parent
     assert list((tmp_path / "stubs").iterdir()) == []
@@ -140,6 +143,7 @@ async def test_force_complain_marker_survives_a_reboot_load(
     _, err = await proc.communicate()
     assert proc.returncode == 0, err
     assert b"forcing complain mode" in err
+    standin.settle()
     assert standin.top_level() == {"varmor-t-quiet": "complain", "varmor-t-loud": "enforce"}
     profile_dir.remove("varmor-t-quiet")
     assert profile_dir.complain_markers() == []

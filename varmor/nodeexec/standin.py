@@ -16,6 +16,7 @@ import os
 import re
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -66,6 +67,7 @@ class StandInSecurityfs:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._busy = 0  # sessions opened by a writer and not yet applied
 
     # -- setup -------------------------------------------------------------------------
     def start(self, preloaded: dict[str, str] | None = None) -> StandInSecurityfs:
@@ -114,6 +116,16 @@ class StandInSecurityfs:
         with self._lock:
             return {n: m for n, m in self.loaded.items() if "//" not in n}
 
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until what writers have written is applied. A real kernel applies a write
+        before the write returns; here a thread reads it, a moment later."""
+        deadline = time.monotonic() + timeout
+        quiet = 0
+        while quiet < 2 and time.monotonic() < deadline:
+            with self._lock:
+                quiet = quiet + 1 if self._busy == 0 else 0
+            time.sleep(0.01)
+
     def clear_ops(self) -> None:
         with self._lock:
             self.ops.clear()
@@ -128,9 +140,15 @@ class StandInSecurityfs:
         path = self.dir / fifo
         while not self._stop.is_set():
             with open(path, "rb") as handle:
+                with self._lock:
+                    self._busy += 1
                 data = handle.read()
-            if data:
-                self._apply(fifo.removeprefix("."), data)
+            try:
+                if data:
+                    self._apply(fifo.removeprefix("."), data)
+            finally:
+                with self._lock:
+                    self._busy -= 1
 
     def _apply(self, action: str, data: bytes) -> None:
         with self._lock:
