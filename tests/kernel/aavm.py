@@ -11,7 +11,6 @@ See tests/kernel/README.md and /work/shared/reference/qemu-apparmor.md.
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import gzip
 import hashlib
@@ -21,6 +20,7 @@ import shlex
 import shutil
 import stat
 import subprocess
+import tempfile
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -285,41 +285,54 @@ class Compile:
 
 def compile_profiles(items: Sequence[Compile], out: Path | None = None) -> list[bytes]:
     """Compile profiles to kernel binary policy on the host with the pinned features
-    (as the project's own compile step does); cached by content."""
+    (as the project's own compile step does); cached by content. Uncached profiles are
+    compiled in one parser run per kind (the parser parallelises and writes one cache
+    file per source, byte-identical to `-o`); a failing run is redone one by one so
+    the error names its profile."""
     out = out or cache_dir() / "kernel-tests" / "compiled"
     out.mkdir(parents=True, exist_ok=True)
     parser = _need("apparmor_parser")
     feats = features_file()
     salt = _sha(feats.read_bytes(), Path(parser).read_bytes())
 
-    def one(item: Compile) -> bytes:
+    def key_of(item: Compile) -> str:
         inc = (item.node_local or "").encode()
-        key = _sha(salt.encode(), item.text.encode(), b"strict" if item.strict else b"lax", inc)[:24]
-        binp = out / f"{key}.bin"
-        if binp.exists():
-            return binp.read_bytes()
-        src = out / f"{key}.profile"
-        src.write_text(item.text)
-        extra: list[str] = []
-        if item.node_local is not None:
-            inc_dir = out / f"{key}.inc"
-            (inc_dir / "varmor").mkdir(parents=True, exist_ok=True)
-            (inc_dir / "varmor" / "node-local").write_text(item.node_local)
-            extra = ["-I", str(inc_dir)]
-        res = subprocess.run(
-            [parser, "--config-file", "/dev/null", "-Q", "-M", str(feats), *extra,
-             "--warn=rule-not-enforced",
-             *(["--Werror=rule-not-enforced"] if item.strict else []),
-             "-o", str(binp) + ".tmp", str(src)],
-            capture_output=True, text=True, check=False,
-        )
-        if res.returncode != 0:
-            raise HarnessError(f"apparmor_parser failed on host:\n{res.stderr}\n--- profile ---\n{item.text}")
-        Path(str(binp) + ".tmp").rename(binp)
-        return binp.read_bytes()
+        return _sha(salt.encode(), item.text.encode(), b"strict" if item.strict else b"lax", inc)[:24]
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
-        return list(pool.map(one, items))
+    keys = [key_of(i) for i in items]
+    todo: dict[str, Compile] = {k: i for k, i in zip(keys, items, strict=True) if not (out / f"{k}.bin").exists()}
+    groups: dict[tuple[bool, str | None], list[str]] = {}
+    for k, item in todo.items():
+        groups.setdefault((item.strict, item.node_local), []).append(k)
+    for (strict, node_local), group in groups.items():
+        with tempfile.TemporaryDirectory(prefix="vk-compile-", dir=out) as tmp:
+            root = Path(tmp)
+            (root / "src").mkdir()
+            cmd = [parser, "--config-file", "/dev/null", "-Q", "-W", "--cache-loc", str(root / "cache"),
+                   "-M", str(feats), "--warn=rule-not-enforced"]
+            if strict:
+                cmd.append("--Werror=rule-not-enforced")
+            if node_local is not None:
+                (root / "inc" / "varmor").mkdir(parents=True)
+                (root / "inc" / "varmor" / "node-local").write_text(node_local)
+                cmd += ["-I", str(root / "inc")]
+            for k in group:
+                (root / "src" / k).write_text(todo[k].text)
+            res = subprocess.run([*cmd, *(str(root / "src" / k) for k in group)],
+                                 capture_output=True, text=True, check=False)
+            if res.returncode != 0:
+                for k in group:  # find the culprit, with its own message
+                    one = subprocess.run([*cmd, str(root / "src" / k)], capture_output=True, text=True, check=False)
+                    if one.returncode != 0:
+                        raise HarnessError(f"apparmor_parser failed on host:\n{one.stderr}\n"
+                                           f"--- profile ---\n{todo[k].text}")
+                raise HarnessError(f"apparmor_parser failed on host:\n{res.stderr}")
+            for k in group:
+                built = list((root / "cache").glob(f"*/{k}"))
+                if len(built) != 1:
+                    raise HarnessError(f"apparmor_parser wrote no cache file for {k}: {res.stderr}")
+                os.replace(built[0], out / f"{k}.bin")
+    return [(out / f"{k}.bin").read_bytes() for k in keys]
 
 
 # ---------------------------------------------------------------------------------
