@@ -8,9 +8,12 @@ what the webhook never saw (it was down, or failurePolicy Ignore kicked in).
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+from collections.abc import Iterator
 
-from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from varmor import api
 
@@ -21,18 +24,6 @@ def kind_label(kind: object) -> str:
     return kind if isinstance(kind, str) and kind in KNOWN_KINDS else "other"
 
 
-REQUESTS = Counter(
-    "varmor_admission_requests_total",
-    "AdmissionReview requests by endpoint, kind, operation and result.",
-    ["endpoint", "kind", "operation", "result"],
-)
-MUTATIONS = Counter("varmor_admission_mutations_total", "Admissions answered with a non-empty patch.", ["kind"])
-LATENCY = Histogram(
-    "varmor_admission_duration_seconds",
-    "Time from request received to response ready, per endpoint.",
-    ["endpoint"],
-    buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
-)
 UNCONFINED = Counter(
     "varmor_admission_unconfined_total",
     "Admissions selected by a policy but admitted without its profile, by reason "
@@ -54,26 +45,67 @@ REGISTERED_KINDS = Gauge(
 )
 
 
-# Hot-path helpers: `labels()` costs about a microsecond per call, so the admission path
-# resolves each label combination once (the label sets are small and bounded).
-_children: dict[tuple[object, ...], Any] = {}
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
-def _child(metric: Any, *labels: str) -> Any:
-    key = (id(metric), *labels)
-    child = _children.get(key)
-    if child is None:
-        child = _children[key] = metric.labels(*labels)
-    return child
+class AdmissionMetrics(Collector):
+    """Per-admission counters and the latency histogram as plain Python numbers, turned
+    into metric families only when scraped. prometheus_client's own Counter/Histogram
+    take a lock per update and walk the buckets in Python, which measurably cost
+    throughput on the admission path; the event loop is single-threaded, so plain
+    increments are safe here.
+    """
+
+    def __init__(self) -> None:
+        self.requests: dict[tuple[str, str, str, str], int] = {}
+        self.mutations: dict[str, int] = {}
+        self.latency: dict[str, list[float]] = {}  # endpoint -> per-bucket counts, then +Inf, then sum
+
+    def count_request(self, endpoint: str, kind: str, operation: str, result: str) -> None:
+        key = (endpoint, kind, operation, result)
+        self.requests[key] = self.requests.get(key, 0) + 1
+
+    def count_mutation(self, kind: str) -> None:
+        self.mutations[kind] = self.mutations.get(kind, 0) + 1
+
+    def observe_latency(self, endpoint: str, seconds: float) -> None:
+        counts = self.latency.get(endpoint)
+        if counts is None:
+            counts = self.latency[endpoint] = [0.0] * (len(LATENCY_BUCKETS) + 2)
+        counts[bisect.bisect_left(LATENCY_BUCKETS, seconds)] += 1
+        counts[-1] += seconds
+
+    def collect(self) -> Iterator[Metric]:
+        requests = CounterMetricFamily(
+            "varmor_admission_requests",
+            "AdmissionReview requests by endpoint, kind, operation and result.",
+            labels=["endpoint", "kind", "operation", "result"],
+        )
+        for labels, value in sorted(self.requests.items()):
+            requests.add_metric(list(labels), value)
+        yield requests
+        mutations = CounterMetricFamily(
+            "varmor_admission_mutations", "Admissions answered with a non-empty patch.", labels=["kind"]
+        )
+        for kind, value in sorted(self.mutations.items()):
+            mutations.add_metric([kind], value)
+        yield mutations
+        latency = HistogramMetricFamily(
+            "varmor_admission_duration_seconds",
+            "Time from request received to response ready, per endpoint.",
+            labels=["endpoint"],
+        )
+        for endpoint, counts in sorted(self.latency.items()):
+            cumulative, buckets = 0.0, []
+            for bound, count in zip((*LATENCY_BUCKETS, float("inf")), counts[:-1], strict=True):
+                cumulative += count
+                buckets.append(("+Inf" if bound == float("inf") else repr(bound), cumulative))
+            latency.add_metric([endpoint], buckets, counts[-1])
+        yield latency
 
 
-def count_request(endpoint: str, kind: str, operation: str, result: str) -> None:
-    _child(REQUESTS, endpoint, kind, operation, result).inc()
-
-
-def observe_latency(endpoint: str, seconds: float) -> None:
-    _child(LATENCY, endpoint).observe(seconds)
-
-
-def count_mutation(kind: str) -> None:
-    _child(MUTATIONS, kind).inc()
+ADMISSION = AdmissionMetrics()
+REGISTRY.register(ADMISSION)
+count_request = ADMISSION.count_request
+count_mutation = ADMISSION.count_mutation
+observe_latency = ADMISSION.observe_latency

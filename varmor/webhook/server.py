@@ -32,7 +32,7 @@ def _op(operation: str) -> str:
 
 
 def _bad_request(endpoint: str, reason: str) -> web.Response:
-    metrics.REQUESTS.labels(endpoint, "other", "", "malformed").inc()
+    metrics.count_request(endpoint, "other", "", "malformed")
     return web.json_response({"error": reason}, status=400)
 
 
@@ -40,7 +40,7 @@ async def _read(request: web.Request, endpoint: str) -> AdmissionRequest | web.R
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
-        metrics.REQUESTS.labels(endpoint, "other", "", "too_large").inc()
+        metrics.count_request(endpoint, "other", "", "too_large")
         return web.json_response({"error": exc.text or "request body too large"}, status=413)
     try:
         return parse_review(body)
