@@ -21,6 +21,7 @@ import shutil
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -187,14 +188,14 @@ def build_vprobe(out: Path) -> Path:
     target = out / f"vprobe-{_sha(src)[:16]}"
     if target.exists():
         return target
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     res = subprocess.run(
         [gcc, "-static", "-O2", "-s", "-Wall", "-o", str(tmp), str(VPROBE_SRC)],
         capture_output=True, text=True, check=False,
     )
     if res.returncode != 0:
         raise HarnessError(f"compiling vprobe.c failed (needs gcc and libc6-dev): {res.stderr[-2000:]}")
-    tmp.rename(target)
+    os.replace(tmp, target)
     return target
 
 
@@ -248,9 +249,9 @@ def build_base(out: Path | None = None) -> Path:
     # Fixtures for capability probes that need a file of another owner or group.
     c.file("fixtures/uid1000", b"fixture\n", 0o644, uid=1000, gid=1000)
     c.file("fixtures/gid1000", b"fixture\n", 0o755, uid=0, gid=1000)
-    tmp = target.with_suffix(".tmp")
+    tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     tmp.write_bytes(c.finish())
-    tmp.rename(target)
+    os.replace(tmp, target)
     return target
 
 
@@ -519,12 +520,17 @@ def parse_results(text: str) -> tuple[dict[str, tuple[bool, str]], list[str], bo
     return checks, audits, done
 
 
+#: Every batch built in this process, so the session can boot them all at once.
+REGISTRY: list[Batch] = []
+
+
 class Batch:
     """A set of cases run in one boot."""
 
     def __init__(self, name: str) -> None:
         self.name = name
         self.cases: list[Case] = []
+        REGISTRY.append(self)
 
     def case(self, name: str) -> Case:
         if not re.fullmatch(r"[A-Za-z0-9._-]+", name):
