@@ -35,9 +35,44 @@ def cluster_down(_args: argparse.Namespace) -> int:
     return 0
 
 
+def demo_up(args: argparse.Namespace) -> int:
+    from varmor.dev import demo
+
+    return demo.up(timeout=args.timeout)
+
+
+def demo_down(_args: argparse.Namespace) -> int:
+    from varmor.dev import demo
+
+    return demo.down()
+
+
+def securityfs_standin(args: argparse.Namespace) -> int:
+    """Serve a stand-in securityfs until terminated (hosts whose kernel has no AppArmor)."""
+    import signal
+    import threading
+    from pathlib import Path
+
+    from varmor.nodeexec.standin import StandInSecurityfs
+
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with StandInSecurityfs(Path(args.dir)):
+        stop.wait()
+    return 0
+
+
 def register(sub: Any) -> None:
     dev = sub.add_parser("dev", help="local development: control plane and demo")
     dev_sub = dev.add_subparsers(dest="dev_command", metavar="COMMAND", required=True)
+    up = dev_sub.add_parser("up", help="run the whole product on the local control plane and show it working")
+    up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the policy to turn Ready")
+    up.set_defaults(func=demo_up)
+    dev_sub.add_parser("down", help="remove everything `dev up` started").set_defaults(func=demo_down)
+    standin = dev_sub.add_parser("securityfs-standin", help="serve a stand-in securityfs in DIR (no AppArmor kernel)")
+    standin.add_argument("dir")
+    standin.set_defaults(func=securityfs_standin)
     cluster = dev_sub.add_parser("cluster", help="the local kube-apiserver + etcd + controller-manager")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", metavar="COMMAND", required=True)
     cluster_sub.add_parser("up", help="start it in the background and print KUBECONFIG").set_defaults(func=cluster_up)
