@@ -5,7 +5,7 @@
 # $VARMOR_CACHE/kernel/<package>/. The package name is resolved through the
 # linux-image-amd64 metapackage, never hard-coded: the ABI number (-56) changes with
 # Debian point releases and old packages leave the mirror.
-# Prints the directory holding vmlinuz, vmlinux and features.txt on stdout.
+# Prints the directory holding vmlinuz and vmlinux on stdout (progress goes to stderr).
 set -euo pipefail
 
 CACHE="${VARMOR_CACHE:-$HOME/.cache/varmor}/kernel"
@@ -38,7 +38,8 @@ fi
 
 work="$(mktemp -d "$CACHE/.fetch.XXXXXX")"
 trap 'rm -rf "$work"' EXIT
-(cd "$work" && apt-get download "$pkg" >&2)
+# Download as root into our own temp dir (the _apt sandbox user cannot write there).
+(cd "$work" && apt-get -o APT::Sandbox::User=root download "$pkg" >&2)
 deb="$(ls "$work"/*.deb)"
 version="${pkg#linux-image-}"
 version="${version%-unsigned}"
