@@ -11,10 +11,12 @@ in `ops`, so a test can assert on what was loaded, replaced and removed.
 from __future__ import annotations
 
 import contextlib
-import errno
+import fcntl
 import os
 import re
+import select
 import struct
+import termios
 import threading
 import time
 from dataclasses import dataclass
@@ -34,14 +36,25 @@ class Op:
 
 
 def decode_blob(data: bytes) -> list[tuple[str, str]]:
-    """(profile name, mode) for every profile in the bytes written to `.replace`, children
-    (`parent//child`) included."""
-    found = []
+    """(profile name, mode) for every complete profile header in the bytes written to
+    `.replace`, children (`parent//child`) included."""
+    return [(name, mode) for name, mode, _ in _headers(data) if name is not None]
+
+
+def _headers(data: bytes) -> list[tuple[str | None, str, int]]:
+    """(name, mode, offset) per header; name None when the header is cut off."""
+    found: list[tuple[str | None, str, int]] = []
     for match in _HEADER.finditer(data):
         pos = match.end()
+        if len(data) < pos + 3:
+            found.append((None, "", match.start()))
+            continue
         if data[pos : pos + 1] != b"\x05":
             continue
         (length,) = struct.unpack_from("<H", data, pos + 1)
+        if len(data) < pos + 3 + length + 64:  # the name and the flags that follow it
+            found.append((None, "", match.start()))
+            continue
         name = data[pos + 3 : pos + 3 + length].rstrip(b"\x00").decode(errors="replace")
         (version,) = struct.unpack("<I", match["version"])
         complain = bool(version & _FORCE_COMPLAIN)
@@ -52,7 +65,7 @@ def decode_blob(data: bytes) -> list[tuple[str, str]]:
             with contextlib.suppress(struct.error):
                 (mode,) = struct.unpack_from("<I", data, base + 6)
                 complain = complain or mode == 1
-        found.append((name, "complain" if complain else "enforce"))
+        found.append((name, "complain" if complain else "enforce", match.start()))
     return found
 
 
@@ -67,7 +80,7 @@ class StandInSecurityfs:
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._busy = 0  # sessions opened by a writer and not yet applied
+        self._fds: dict[str, int] = {}
 
     # -- setup -------------------------------------------------------------------------
     def start(self, preloaded: dict[str, str] | None = None) -> StandInSecurityfs:
@@ -80,6 +93,7 @@ class StandInSecurityfs:
         self.loaded = dict(preloaded or {})
         self._publish()
         for name in (".replace", ".load", ".remove"):
+            self._fds[name] = os.open(self.dir / name, os.O_RDWR | os.O_NONBLOCK)
             thread = threading.Thread(target=self._serve, args=(name,), name=f"standin{name}", daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -87,16 +101,14 @@ class StandInSecurityfs:
 
     def stop(self) -> None:
         self._stop.set()
+        for fd in self._fds.values():
+            with contextlib.suppress(OSError):
+                os.write(fd, b"\x00")  # wake the poller (a NUL is no record)
         for thread in self._threads:
-            fifo = self.dir / thread.name.removeprefix("standin")
-            while thread.is_alive():
-                try:  # wake a reader blocked in open()
-                    fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
-                    os.close(fd)
-                except OSError as exc:
-                    if exc.errno not in (errno.ENXIO, errno.ENOENT):
-                        raise
-                thread.join(0.05)
+            thread.join(5)
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
         self._threads.clear()
 
     def __enter__(self) -> StandInSecurityfs:
@@ -117,14 +129,14 @@ class StandInSecurityfs:
             return {n: m for n, m in self.loaded.items() if "//" not in n}
 
     def settle(self, timeout: float = 10.0) -> None:
-        """Wait until what writers have written is applied. A real kernel applies a write
-        before the write returns; here a thread reads it, a moment later."""
+        """Wait until everything written so far is applied. A real kernel applies a write
+        before the write returns; here a thread reads it a moment later."""
         deadline = time.monotonic() + timeout
-        quiet = 0
-        while quiet < 2 and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
             with self._lock:
-                quiet = quiet + 1 if self._busy == 0 else 0
-            time.sleep(0.01)
+                if not any(_pending_bytes(fd) for fd in self._fds.values()):
+                    return
+            time.sleep(0.005)
 
     def clear_ops(self) -> None:
         with self._lock:
@@ -137,34 +149,63 @@ class StandInSecurityfs:
         os.replace(tmp, self.dir / "profiles")
 
     def _serve(self, fifo: str) -> None:
-        path = self.dir / fifo
+        """Read the FIFO as one stream. It is held open read-write, so it never reaches
+        end-of-file between writers: a writer that opens just as another closes cannot
+        have its data dropped with a closing reader. Reading and applying happen under
+        the lock, which is what makes settle() exact."""
+        fd = self._fds[fifo]
+        action = fifo.removeprefix(".")
+        pending = b""
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
         while not self._stop.is_set():
-            with open(path, "rb") as handle:
-                with self._lock:
-                    self._busy += 1
-                data = handle.read()
-            try:
-                if data:
-                    self._apply(fifo.removeprefix("."), data)
-            finally:
-                with self._lock:
-                    self._busy -= 1
+            poller.poll()
+            with self._lock:
+                available = _pending_bytes(fd)
+                if not available:
+                    continue
+                pending = self._consume(action, pending + os.read(fd, available))
 
-    def _apply(self, action: str, data: bytes) -> None:
-        with self._lock:
-            if action == "remove":
-                for raw in data.split(b"\x00"):
-                    name = raw.decode(errors="replace").strip()
-                    if not name:
-                        continue
-                    self.ops.append(Op("remove", name))
-                    for loaded in [n for n in self.loaded if n == name or n.startswith(name + "//")]:
-                        del self.loaded[loaded]
-            else:
-                for name, mode in decode_blob(data):
-                    self.ops.append(Op(action, name, mode))
-                    self.loaded[name] = mode
-            self._publish()
+    def _consume(self, action: str, data: bytes) -> bytes:
+        """Apply every complete record in `data`; return the incomplete tail."""
+        if action == "remove":
+            *names, tail = data.split(b"\x00")
+            self._apply_removals(names)
+            return tail
+        keep_from = max(0, len(data) - 4096)  # enough to complete a header split across reads
+        complete = []
+        for name, mode, offset in _headers(data):
+            if name is None:
+                keep_from = min(keep_from, offset)
+                break
+            complete.append((name, mode))
+            keep_from = max(keep_from, offset + 1)
+        if complete:
+            self._apply_found(action, complete)
+        return data[keep_from:]
+
+    def _apply_found(self, action: str, found: list[tuple[str, str]]) -> None:
+        for name, mode in found:
+            self.ops.append(Op(action, name, mode))
+            self.loaded[name] = mode
+        self._publish()
+
+    def _apply_removals(self, names: list[bytes]) -> None:
+        for raw in names:
+            name = raw.decode(errors="replace").strip()
+            if not name:
+                continue
+            self.ops.append(Op("remove", name))
+            for loaded in [n for n in self.loaded if n == name or n.startswith(name + "//")]:
+                del self.loaded[loaded]
+        self._publish()
+
+
+def _pending_bytes(fd: int) -> int:
+    """Bytes waiting in a pipe (FIONREAD)."""
+    buf = fcntl.ioctl(fd, termios.FIONREAD, b"\x00\x00\x00\x00")
+    (count,) = struct.unpack("i", buf)
+    return int(count)
 
 
 def write_enabled_file(path: Path, value: str = "Y") -> Path:
