@@ -77,8 +77,13 @@ class Cpio:
         self._seen: set[str] = set()
 
     def _entry(
-        self, name: str, mode: int, data: bytes = b"", rdev: tuple[int, int] = (0, 0),
-        uid: int = 0, gid: int = 0,
+        self,
+        name: str,
+        mode: int,
+        data: bytes = b"",
+        rdev: tuple[int, int] = (0, 0),
+        uid: int = 0,
+        gid: int = 0,
     ) -> None:
         name = name.lstrip("/")
         if name in self._seen:
@@ -86,8 +91,19 @@ class Cpio:
         self._seen.add(name)
         nlink = 2 if stat.S_ISDIR(mode) else 1
         fields = (
-            self._ino, mode, uid, gid, nlink, 0, len(data), 0, 0, rdev[0], rdev[1],
-            len(name) + 1, 0,
+            self._ino,
+            mode,
+            uid,
+            gid,
+            nlink,
+            0,
+            len(data),
+            0,
+            0,
+            rdev[0],
+            rdev[1],
+            len(name) + 1,
+            0,
         )
         self._ino += 1
         hdr = b"070701" + b"".join(b"%08X" % f for f in fields)
@@ -107,9 +123,7 @@ class Cpio:
         if parent:
             self.dir(parent)
 
-    def file(
-        self, name: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0
-    ) -> None:
+    def file(self, name: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0) -> None:
         self._parent(name)
         self._entry(name, stat.S_IFREG | mode, data, uid=uid, gid=gid)
 
@@ -160,9 +174,7 @@ def kernel_image() -> Path:
     if os.environ.get("VARMOR_KERNEL_FETCH", "1") == "0":
         raise HarnessError(f"no kernel under {current.parent}: {SETUP_HINT}")
     try:
-        out = subprocess.run(
-            ["bash", str(FETCH_KERNEL)], check=True, capture_output=True, text=True, timeout=600
-        )
+        out = subprocess.run(["bash", str(FETCH_KERNEL)], check=True, capture_output=True, text=True, timeout=600)
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         stderr = getattr(exc, "stderr", "") or ""
         raise HarnessError(f"hack/fetch-kernel.sh failed: {stderr.strip()[-800:]}; {SETUP_HINT}") from exc
@@ -191,7 +203,9 @@ def build_vprobe(out: Path) -> Path:
     tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     res = subprocess.run(
         [gcc, "-static", "-O2", "-s", "-Wall", "-o", str(tmp), str(VPROBE_SRC)],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     if res.returncode != 0:
         raise HarnessError(f"compiling vprobe.c failed (needs gcc and libc6-dev): {res.stderr[-2000:]}")
@@ -212,8 +226,13 @@ def build_base(out: Path | None = None) -> Path:
     init = (GUEST / "init.sh").read_bytes()
     vh = (GUEST / "vh.sh").read_bytes()
     key = _sha(
-        str(BASE_FORMAT).encode(), init, vh, vprobe.read_bytes(), busybox.read_bytes(),
-        Path(parser).read_bytes(), *(Path(e).read_bytes() for e in extras),
+        str(BASE_FORMAT).encode(),
+        init,
+        vh,
+        vprobe.read_bytes(),
+        busybox.read_bytes(),
+        Path(parser).read_bytes(),
+        *(Path(e).read_bytes() for e in extras),
         *(p.read_bytes() for p in sorted(Path("/etc/apparmor.d/abstractions").rglob("*")) if p.is_file()),
     )[:16]
     target = out / f"base-{key}.cpio.gz"
@@ -221,14 +240,28 @@ def build_base(out: Path | None = None) -> Path:
         return target
 
     c = Cpio()
-    for d in ("proc", "sys", "dev", "tmp", "run", "mnt", "root", "var/tmp", "etc", "usr/bin",
-              "usr/sbin", "sbin", "bin", "lib/varmor", "fixtures"):
+    for d in (
+        "proc",
+        "sys",
+        "dev",
+        "tmp",
+        "run",
+        "mnt",
+        "root",
+        "var/tmp",
+        "etc",
+        "usr/bin",
+        "usr/sbin",
+        "sbin",
+        "bin",
+        "lib/varmor",
+        "fixtures",
+    ):
         c.dir(d)
     c.chardev("dev/console", 5, 1)
     c.chardev("dev/null", 1, 3, 0o666)
     c.file("bin/busybox", busybox.read_bytes(), 0o755)
-    applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True,
-                             check=True).stdout.split()
+    applets = subprocess.run([str(busybox), "--list-full"], capture_output=True, text=True, check=True).stdout.split()
     for a in applets:
         c.symlink(a, "/bin/busybox")
     c.file("sbin/apparmor_parser", Path(parser).read_bytes(), 0o755)
@@ -267,8 +300,7 @@ def _is_static(path: Path) -> bool:
 
 def features_file() -> Path:
     """The pinned kernel features the project compiles against (`-M`)."""
-    for cand in (REPO / "varmor" / "data" / "apparmor-features",
-                 Path("/usr/share/apparmor-features/features")):
+    for cand in (REPO / "varmor" / "data" / "apparmor-features", Path("/usr/share/apparmor-features/features")):
         if cand.exists():
             return cand
     raise HarnessError(f"no AppArmor features file to compile against: {SETUP_HINT}")
@@ -309,8 +341,18 @@ def compile_profiles(items: Sequence[Compile], out: Path | None = None) -> list[
         with tempfile.TemporaryDirectory(prefix="vk-compile-", dir=out) as tmp:
             root = Path(tmp)
             (root / "src").mkdir()
-            cmd = [parser, "--config-file", "/dev/null", "-Q", "-W", "--cache-loc", str(root / "cache"),
-                   "-M", str(feats), "--warn=rule-not-enforced"]
+            cmd = [
+                parser,
+                "--config-file",
+                "/dev/null",
+                "-Q",
+                "-W",
+                "--cache-loc",
+                str(root / "cache"),
+                "-M",
+                str(feats),
+                "--warn=rule-not-enforced",
+            ]
             if strict:
                 cmd.append("--Werror=rule-not-enforced")
             if node_local is not None:
@@ -319,14 +361,16 @@ def compile_profiles(items: Sequence[Compile], out: Path | None = None) -> list[
                 cmd += ["-I", str(root / "inc")]
             for k in group:
                 (root / "src" / k).write_text(todo[k].text)
-            res = subprocess.run([*cmd, *(str(root / "src" / k) for k in group)],
-                                 capture_output=True, text=True, check=False)
+            res = subprocess.run(
+                [*cmd, *(str(root / "src" / k) for k in group)], capture_output=True, text=True, check=False
+            )
             if res.returncode != 0:
                 for k in group:  # find the culprit, with its own message
                     one = subprocess.run([*cmd, str(root / "src" / k)], capture_output=True, text=True, check=False)
                     if one.returncode != 0:
-                        raise HarnessError(f"apparmor_parser failed on host:\n{one.stderr}\n"
-                                           f"--- profile ---\n{todo[k].text}")
+                        raise HarnessError(
+                            f"apparmor_parser failed on host:\n{one.stderr}\n--- profile ---\n{todo[k].text}"
+                        )
                 raise HarnessError(f"apparmor_parser failed on host:\n{res.stderr}")
             for k in group:
                 built = list((root / "cache").glob(f"*/{k}"))
@@ -356,8 +400,9 @@ class AuditExpect:
         if hit:
             return True, hit
         related = [ln for ln in lines if self.substrings[0] in ln][:8]
-        return False, (f"no audit record with {list(self.substrings)}; records matching "
-                       f"{self.substrings[0]!r}: {related}")
+        return False, (
+            f"no audit record with {list(self.substrings)}; records matching {self.substrings[0]!r}: {related}"
+        )
 
 
 @dataclasses.dataclass
@@ -401,9 +446,7 @@ class Case:
         self.binaries[fname] = Compile(text, werror, node_local)
         return f"/cases/{self.name}/{fname}"
 
-    def load_bin(
-        self, check: str, fname: str, text: str, werror: bool = True, node_local: str | None = None
-    ) -> None:
+    def load_bin(self, check: str, fname: str, text: str, werror: bool = True, node_local: str | None = None) -> None:
         """Host-compile TEXT, write it to .replace in the guest, check it loaded.
         werror=False compiles without --Werror=rule-not-enforced (to show what the
         kernel does with a rule the parser would drop); node_local is the text of the
@@ -421,7 +464,11 @@ class Case:
         self.lines.append(f"vh_run {q(self._id(check))} sh -c {q(command)}")
 
     def expect(
-        self, check: str, want: str, op: str | Sequence[str], profile: str | None = None,
+        self,
+        check: str,
+        want: str,
+        op: str | Sequence[str],
+        profile: str | None = None,
         target: str | None = None,
     ) -> str:
         """vprobe OP under PROFILE (optionally via exec of TARGET) must give WANT."""
@@ -436,13 +483,11 @@ class Case:
         self.lines.append(" ".join(["vh_check", q(cid), want, *map(q, pre), "--", *map(q, args)]))
         return cid
 
-    def expect_label(self, check: str, label: str, profile: str | None = None,
-                     target: str | None = None) -> None:
+    def expect_label(self, check: str, label: str, profile: str | None = None, target: str | None = None) -> None:
         """vprobe must run under LABEL (e.g. `p//child (enforce)`)."""
         pre = (["-p", profile] if profile else []) + (["-t", target] if target else [])
         cid = self._id(check)
         self.lines.append(" ".join(["vh_check_label", q(cid), q(label), *map(q, pre), "--", "current"]))
-
 
     def expect_audit(self, check: str, *substrings: str) -> None:
         """The kernel must log a record containing all SUBSTRINGS (checked on the host)."""
@@ -494,9 +539,11 @@ class BootResult:
         con = "\n".join(self.console.splitlines()[-tail:])
         res = "\n".join(self.results_raw.splitlines()[-20:])
         state = "timed out" if self.timed_out else f"exited rc={self.returncode}"
-        return (f"qemu {state} after {self.seconds:.1f}s, DONE={'yes' if self.done else 'no'}; "
-                f"logs in {self.run_dir}\n--- console (ttyS0) tail ---\n{con}\n"
-                f"--- results (ttyS1) tail ---\n{res}")
+        return (
+            f"qemu {state} after {self.seconds:.1f}s, DONE={'yes' if self.done else 'no'}; "
+            f"logs in {self.run_dir}\n--- console (ttyS0) tail ---\n{con}\n"
+            f"--- results (ttyS1) tail ---\n{res}"
+        )
 
 
 def parse_results(text: str) -> tuple[dict[str, tuple[bool, str]], list[str], bool]:
@@ -572,12 +619,31 @@ class Batch:
         cmd = [
             # -M pc, not microvm: on a loaded host microvm hung in early boot (TSC/timer
             # calibration) in about half of the boots; pc never did (README).
-            qemu, "-accel", "tcg", "-M", "pc", "-m", "256", "-smp", "1",
-            "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
-            "-kernel", str(kernel), "-initrd", str(initrd),
-            "-append", "console=ttyS0 panic=-1 loglevel=4 audit=1 audit_backlog_limit=65536 "
-                       "log_buf_len=16M" + (" varmor.dmesg=1" if dmesg else ""),
-            "-serial", f"file:{console}", "-serial", f"file:{results}",
+            qemu,
+            "-accel",
+            "tcg",
+            "-M",
+            "pc",
+            "-m",
+            "256",
+            "-smp",
+            "1",
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+            "-kernel",
+            str(kernel),
+            "-initrd",
+            str(initrd),
+            "-append",
+            "console=ttyS0 panic=-1 loglevel=4 audit=1 audit_backlog_limit=65536 "
+            "log_buf_len=16M" + (" varmor.dmesg=1" if dmesg else ""),
+            "-serial",
+            f"file:{console}",
+            "-serial",
+            f"file:{results}",
         ]
         (run_dir / "cmdline").write_text(shlex.join(cmd) + "\n")
         start = time.monotonic()

@@ -18,12 +18,47 @@ pytestmark = pytest.mark.kernel
 
 #: Every capability of Linux 6.1 (0..40), in kernel order.
 CAPABILITIES = (
-    "chown", "dac_override", "dac_read_search", "fowner", "fsetid", "kill", "setgid", "setuid",
-    "setpcap", "linux_immutable", "net_bind_service", "net_broadcast", "net_admin", "net_raw",
-    "ipc_lock", "ipc_owner", "sys_module", "sys_rawio", "sys_chroot", "sys_ptrace", "sys_pacct",
-    "sys_admin", "sys_boot", "sys_nice", "sys_resource", "sys_time", "sys_tty_config", "mknod",
-    "lease", "audit_write", "audit_control", "setfcap", "mac_override", "mac_admin", "syslog",
-    "wake_alarm", "block_suspend", "audit_read", "perfmon", "bpf", "checkpoint_restore",
+    "chown",
+    "dac_override",
+    "dac_read_search",
+    "fowner",
+    "fsetid",
+    "kill",
+    "setgid",
+    "setuid",
+    "setpcap",
+    "linux_immutable",
+    "net_bind_service",
+    "net_broadcast",
+    "net_admin",
+    "net_raw",
+    "ipc_lock",
+    "ipc_owner",
+    "sys_module",
+    "sys_rawio",
+    "sys_chroot",
+    "sys_ptrace",
+    "sys_pacct",
+    "sys_admin",
+    "sys_boot",
+    "sys_nice",
+    "sys_resource",
+    "sys_time",
+    "sys_tty_config",
+    "mknod",
+    "lease",
+    "audit_write",
+    "audit_control",
+    "setfcap",
+    "mac_override",
+    "mac_admin",
+    "syslog",
+    "wake_alarm",
+    "block_suspend",
+    "audit_read",
+    "perfmon",
+    "bpf",
+    "checkpoint_restore",
 )
 UNPROVABLE_CAPS = aavm.UNPROVABLE_CAPS
 
@@ -39,12 +74,12 @@ ALLOW_ALL = """  file,
 """
 
 
-def profile(name: str, body: str = "", flags: str = "attach_disconnected", base: str = ALLOW_ALL,
-            abi: bool = True) -> str:
+def profile(
+    name: str, body: str = "", flags: str = "attach_disconnected", base: str = ALLOW_ALL, abi: bool = True
+) -> str:
     """A profile in the shape varmor generates (abi line, tunables, allow-all base)."""
     head = "abi <abi/3.0>,\n" if abi else ""
-    return (f"{head}include <tunables/global>\n"
-            f"profile {name} flags=({flags}) {{\n{base}{body}}}\n")
+    return f"{head}include <tunables/global>\nprofile {name} flags=({flags}) {{\n{base}{body}}}\n"
 
 
 def build() -> aavm.Batch:
@@ -68,60 +103,69 @@ def build() -> aavm.Batch:
     # -- audit deny: the denial is logged (what auditViolations relies on) -----------
     c = b.case("audit-deny")
     c.sh("echo secret > /tmp/secret")
-    c.load_bin("load", "p.bin", profile(
-        "vk-auditdeny", "  audit deny /tmp/secret r,\n  audit deny network packet,\n"))
+    c.load_bin("load", "p.bin", profile("vk-auditdeny", "  audit deny /tmp/secret r,\n  audit deny network packet,\n"))
     c.expect("read-denied", "DENY", "read /tmp/secret", profile="vk-auditdeny")
     c.expect("packet-denied", "DENY", "socket packet raw", profile="vk-auditdeny")
-    c.expect_audit("open-record", 'apparmor="DENIED"', 'operation="open"',
-                   'profile="vk-auditdeny"', 'name="/tmp/secret"', 'denied_mask="r"')
-    c.expect_audit("create-record", 'apparmor="DENIED"', 'operation="create"',
-                   'profile="vk-auditdeny"', 'family="packet"')
+    c.expect_audit(
+        "open-record",
+        'apparmor="DENIED"',
+        'operation="open"',
+        'profile="vk-auditdeny"',
+        'name="/tmp/secret"',
+        'denied_mask="r"',
+    )
+    c.expect_audit(
+        "create-record", 'apparmor="DENIED"', 'operation="create"', 'profile="vk-auditdeny"', 'family="packet"'
+    )
 
     # A name with a space is logged hex-encoded, without quotes (audit_log_untrustedstring).
     c = b.case("audit-hex-name")
     c.sh("echo secret > '/tmp/with space'")
     c.load_bin("load", "p.bin", profile("vk-hexname", '  audit deny "/tmp/with space" r,\n'))
     c.expect("read-denied", "DENY", ["read", "/tmp/with space"], profile="vk-hexname")
-    c.expect_audit("hex-record", 'apparmor="DENIED"', 'profile="vk-hexname"',
-                   f"name={b'/tmp/with space'.hex().upper()} ")
+    c.expect_audit(
+        "hex-record", 'apparmor="DENIED"', 'profile="vk-hexname"', f"name={b'/tmp/with space'.hex().upper()} "
+    )
 
     # -- audit (allowed and logged: auditViolations + allowViolations) ---------------
     c = b.case("audit-allow")
     c.sh("echo secret > /tmp/secret")
-    c.load_bin("load", "p.bin", profile(
-        "vk-audit", "  audit /tmp/secret r,\n  audit network packet,\n"))
+    c.load_bin("load", "p.bin", profile("vk-audit", "  audit /tmp/secret r,\n  audit network packet,\n"))
     c.expect("read-allowed", "ALLOW", "read /tmp/secret", profile="vk-audit")
     c.expect("packet-allowed", "ALLOW", "socket packet raw", profile="vk-audit")
-    c.expect_audit("open-record", 'apparmor="AUDIT"', 'operation="open"', 'profile="vk-audit"',
-                   'name="/tmp/secret"')
-    c.expect_audit("create-record", 'apparmor="AUDIT"', 'operation="create"',
-                   'profile="vk-audit"', 'family="packet"')
+    c.expect_audit("open-record", 'apparmor="AUDIT"', 'operation="open"', 'profile="vk-audit"', 'name="/tmp/secret"')
+    c.expect_audit("create-record", 'apparmor="AUDIT"', 'operation="create"', 'profile="vk-audit"', 'family="packet"')
 
     # -- complain mode: what is not allowed is logged as ALLOWED ----------------------
     c = b.case("complain")
     c.sh("echo secret > /tmp/secret; echo other > /tmp/other")
-    c.load_bin("load", "p.bin", profile(
-        "vk-complain", "  /tmp/public r,\n  deny /tmp/secret r,\n", flags="complain", base=""))
+    c.load_bin(
+        "load", "p.bin", profile("vk-complain", "  /tmp/public r,\n  deny /tmp/secret r,\n", flags="complain", base="")
+    )
     c.expect_label("label", "vk-complain (complain)", profile="vk-complain")
     c.expect("unlisted-read-allowed", "ALLOW", "read /tmp/other", profile="vk-complain")
     c.expect("unlisted-socket-allowed", "ALLOW", "socket inet6 stream", profile="vk-complain")
     # An explicit deny rule is still enforced in complain mode.
     c.expect("deny-still-enforced", "DENY", "read /tmp/secret", profile="vk-complain")
-    c.expect_audit("allowed-record", 'apparmor="ALLOWED"', 'operation="open"',
-                   'profile="vk-complain"', 'name="/tmp/other"')
+    c.expect_audit(
+        "allowed-record", 'apparmor="ALLOWED"', 'operation="open"', 'profile="vk-complain"', 'name="/tmp/other"'
+    )
 
     # -- an allow-list profile (no allow-all base): unlisted access is denied --------
     c = b.case("allowlist")
     c.sh("echo p > /tmp/public; echo s > /tmp/secret")
-    c.load_bin("load", "p.bin", profile(
-        "vk-allowlist", "  /vprobe rix,\n  /tmp/public r,\n  /proc/@{pid}/attr/current r,\n",
-        base=""))
+    c.load_bin(
+        "load",
+        "p.bin",
+        profile("vk-allowlist", "  /vprobe rix,\n  /tmp/public r,\n  /proc/@{pid}/attr/current r,\n", base=""),
+    )
     c.expect("listed-allowed", "ALLOW", "read /tmp/public", profile="vk-allowlist")
     c.expect("unlisted-denied", "DENY", "read /tmp/secret", profile="vk-allowlist")
     c.expect("socket-denied", "DENY", "socket unix stream", profile="vk-allowlist")
     c.expect("exec-denied", "DENY", "exec /bin/busybox true", profile="vk-allowlist")
-    c.expect_audit("denied-record", 'apparmor="DENIED"', 'operation="open"',
-                   'profile="vk-allowlist"', 'name="/tmp/secret"')
+    c.expect_audit(
+        "denied-record", 'apparmor="DENIED"', 'operation="open"', 'profile="vk-allowlist"', 'name="/tmp/secret"'
+    )
 
     # -- every capability: allowed under allow-all, denied (and audited) one by one --
     c = b.case("caps")
@@ -138,20 +182,31 @@ def build() -> aavm.Batch:
             c.expect_no_audit(f"{cap}-no-record", f'profile="{name}"', 'operation="capable"')
             continue
         c.expect(f"{cap}-denied", "DENY", f"cap {cap}", profile=name)
-        c.expect_audit(f"{cap}-record", 'apparmor="DENIED"', 'operation="capable"',
-                       f'profile="{name}"', f'capname="{cap}"')
+        c.expect_audit(
+            f"{cap}-record", 'apparmor="DENIED"', 'operation="capable"', f'profile="{name}"', f'capname="{cap}"'
+        )
 
     # -- the vprobe operation vocabulary: each op ALLOWed and DENYed -----------------
     c = b.case("ops")
-    c.sh("mkdir -p /tmp/ops /mnt/ops-src /mnt/ops-dst /mnt/ops-u /mnt/ops-m && "
-         "echo x > /tmp/ops/w && echo x > /tmp/ops/c && echo x > /tmp/ops/src && "
-         "cp /bin/busybox /tmp/ops/bin && mount -t tmpfs none /mnt/ops-m && "
-         "/vprobe serve-unix @vk-ops >/dev/null && /vprobe serve-unix /tmp/ops/sock >/dev/null")
+    c.sh(
+        "mkdir -p /tmp/ops /mnt/ops-src /mnt/ops-dst /mnt/ops-u /mnt/ops-m && "
+        "echo x > /tmp/ops/w && echo x > /tmp/ops/c && echo x > /tmp/ops/src && "
+        "cp /bin/busybox /tmp/ops/bin && mount -t tmpfs none /mnt/ops-m && "
+        "/vprobe serve-unix @vk-ops >/dev/null && /vprobe serve-unix /tmp/ops/sock >/dev/null"
+    )
     c.load_bin("load-all", "all.bin", profile("vk-ops-all"))
-    c.load_bin("load-deny", "deny.bin", profile("vk-ops-deny", (
-        "  deny /tmp/ops/w w,\n  deny /tmp/ops/new w,\n  deny /tmp/ops/dst l,\n"
-        "  deny /tmp/ops/bin x,\n  deny /tmp/ops/c w,\n  deny /tmp/ops/sock w,\n"
-        "  deny mount,\n  deny remount,\n  deny umount,\n  deny ptrace read,\n")))
+    c.load_bin(
+        "load-deny",
+        "deny.bin",
+        profile(
+            "vk-ops-deny",
+            (
+                "  deny /tmp/ops/w w,\n  deny /tmp/ops/new w,\n  deny /tmp/ops/dst l,\n"
+                "  deny /tmp/ops/bin x,\n  deny /tmp/ops/c w,\n  deny /tmp/ops/sock w,\n"
+                "  deny mount,\n  deny remount,\n  deny umount,\n  deny ptrace read,\n"
+            ),
+        ),
+    )
     ops = [
         ("write", "write /tmp/ops/w"),
         ("create", "create /tmp/ops/new"),
@@ -186,17 +241,25 @@ def build() -> aavm.Batch:
     # network allow-list also denies it.
     c = b.case("unix")
     c.sh("/vprobe serve-unix @vk-unix >/dev/null")
-    c.load_bin("load-deny", "deny.bin", profile("vk-unix-deny", "  audit deny network unix,\n"),
-               werror=False)
+    c.load_bin("load-deny", "deny.bin", profile("vk-unix-deny", "  audit deny network unix,\n"), werror=False)
     c.expect("lenient-deny-network-unix-enforced", "DENY", "socket unix stream", profile="vk-unix-deny")
-    c.expect("lenient-deny-network-unix-connect", "DENY", "connect-unix @vk-unix",
-             profile="vk-unix-deny")
-    c.expect("lenient-deny-network-unix-inet-allowed", "ALLOW", "socket inet stream",
-             profile="vk-unix-deny")
-    c.expect_audit("lenient-deny-network-unix-record", 'apparmor="DENIED"', 'operation="create"',
-                   'profile="vk-unix-deny"', 'family="unix"')
-    c.load_bin("load-allowlist", "al.bin", profile("vk-unix-al", base=ALLOW_ALL.replace(
-        "  network,\n", "  network inet,\n  network inet6,\n  network netlink,\n")))
+    c.expect("lenient-deny-network-unix-connect", "DENY", "connect-unix @vk-unix", profile="vk-unix-deny")
+    c.expect("lenient-deny-network-unix-inet-allowed", "ALLOW", "socket inet stream", profile="vk-unix-deny")
+    c.expect_audit(
+        "lenient-deny-network-unix-record",
+        'apparmor="DENIED"',
+        'operation="create"',
+        'profile="vk-unix-deny"',
+        'family="unix"',
+    )
+    c.load_bin(
+        "load-allowlist",
+        "al.bin",
+        profile(
+            "vk-unix-al",
+            base=ALLOW_ALL.replace("  network,\n", "  network inet,\n  network inet6,\n  network netlink,\n"),
+        ),
+    )
     c.expect("unlisted-unix-denied", "DENY", "socket unix stream", profile="vk-unix-al")
     c.expect("unlisted-connect-denied", "DENY", "connect-unix @vk-unix", profile="vk-unix-al")
     c.expect("listed-inet-allowed", "ALLOW", "socket inet stream", profile="vk-unix-al")
@@ -211,30 +274,39 @@ def build() -> aavm.Batch:
     # The pitfall behind "abi line required": without it (and with no policy-features
     # in parser.conf) 3.0.8 drops every network rule; only rule-not-enforced catches it.
     noabi = c.profile_text("noabi.profile", profile("vk-noabi", "  deny network inet6,\n", abi=False))
-    c.run("noabi-refused-with-werror", f"! apparmor_parser -r --warn=rule-not-enforced "
-          f"--Werror=rule-not-enforced {noabi}")
+    c.run(
+        "noabi-refused-with-werror", f"! apparmor_parser -r --warn=rule-not-enforced --Werror=rule-not-enforced {noabi}"
+    )
     c.run("noabi-loads-without-werror", f"apparmor_parser -r {noabi}")
     c.expect("noabi-network-rule-lost", "ALLOW", "socket inet6 stream", profile="vk-noabi")
 
     # -- child profiles: application granularity ------------------------------------
     c = b.case("child")
-    c.sh("mkdir -p /run/secrets && echo token > /run/secrets/token && "
-         "cp /vprobe /usr/bin/vk-target && cp /vprobe /usr/bin/vk-other")
-    c.load_bin("load", "p.bin", profile("vk-parent", (
-        "  /usr/bin/vk-target cx -> vk-target,\n"
-        "  profile vk-target flags=(attach_disconnected) {\n"
-        f"{ALLOW_ALL}"
-        "    audit deny /run/secrets/token r,\n"
-        "  }\n")))
-    c.expect_label("target-label", "vk-parent//vk-target (enforce)", profile="vk-parent",
-                   target="/usr/bin/vk-target")
-    c.expect("target-denied", "DENY", "read /run/secrets/token", profile="vk-parent",
-             target="/usr/bin/vk-target")
-    c.expect("other-binary-allowed", "ALLOW", "read /run/secrets/token", profile="vk-parent",
-             target="/usr/bin/vk-other")
+    c.sh(
+        "mkdir -p /run/secrets && echo token > /run/secrets/token && "
+        "cp /vprobe /usr/bin/vk-target && cp /vprobe /usr/bin/vk-other"
+    )
+    c.load_bin(
+        "load",
+        "p.bin",
+        profile(
+            "vk-parent",
+            (
+                "  /usr/bin/vk-target cx -> vk-target,\n"
+                "  profile vk-target flags=(attach_disconnected) {\n"
+                f"{ALLOW_ALL}"
+                "    audit deny /run/secrets/token r,\n"
+                "  }\n"
+            ),
+        ),
+    )
+    c.expect_label("target-label", "vk-parent//vk-target (enforce)", profile="vk-parent", target="/usr/bin/vk-target")
+    c.expect("target-denied", "DENY", "read /run/secrets/token", profile="vk-parent", target="/usr/bin/vk-target")
+    c.expect(
+        "other-binary-allowed", "ALLOW", "read /run/secrets/token", profile="vk-parent", target="/usr/bin/vk-other"
+    )
     c.expect("parent-allowed", "ALLOW", "read /run/secrets/token", profile="vk-parent")
-    c.expect_audit("child-record", 'apparmor="DENIED"', 'profile="vk-parent//vk-target"',
-                   'name="/run/secrets/token"')
+    c.expect_audit("child-record", 'apparmor="DENIED"', 'profile="vk-parent//vk-target"', 'name="/run/secrets/token"')
 
     # -- live update -----------------------------------------------------------------
     # Three long-running processes, started under v1 and never exec'ing again: a vprobe
@@ -244,9 +316,14 @@ def build() -> aavm.Batch:
     c.sh("echo secret > /tmp/lu-secret && cp /vprobe /usr/bin/vk-lu-target")
 
     def live(parent: str = "", child: str | None = "") -> str:
-        kid = "" if child is None else (
-            "  /usr/bin/vk-lu-target cx -> lu-child,\n"
-            f"  profile lu-child flags=(attach_disconnected) {{\n{ALLOW_ALL}{child}  }}\n")
+        kid = (
+            ""
+            if child is None
+            else (
+                "  /usr/bin/vk-lu-target cx -> lu-child,\n"
+                f"  profile lu-child flags=(attach_disconnected) {{\n{ALLOW_ALL}{child}  }}\n"
+            )
+        )
         return profile("vk-live", parent + kid)
 
     deny = "  audit deny /tmp/lu-secret r,\n"
@@ -283,12 +360,11 @@ def build() -> aavm.Batch:
     c.srv("v2-child-read", "DENY", kid, "read /tmp/lu-secret")
     c.srv("v2-child-packet-allowed", "ALLOW", kid, "socket packet raw")
     c.expect("v2-new-exec", "DENY", "read /tmp/lu-secret", profile="vk-live")
-    c.expect_audit("v2-record-running", 'apparmor="DENIED"', 'profile="vk-live"',
-                   'name="/tmp/lu-secret"', 'comm="vprobe"')
-    c.expect_audit("v2-record-shell", 'apparmor="DENIED"', 'profile="vk-live"',
-                   'name="/tmp/lu-secret"', 'comm="sh"')
-    c.expect_audit("v2-record-child", 'apparmor="DENIED"', 'profile="vk-live//lu-child"',
-                   'name="/tmp/lu-secret"')
+    c.expect_audit(
+        "v2-record-running", 'apparmor="DENIED"', 'profile="vk-live"', 'name="/tmp/lu-secret"', 'comm="vprobe"'
+    )
+    c.expect_audit("v2-record-shell", 'apparmor="DENIED"', 'profile="vk-live"', 'name="/tmp/lu-secret"', 'comm="sh"')
+    c.expect_audit("v2-record-child", 'apparmor="DENIED"', 'profile="vk-live//lu-child"', 'name="/tmp/lu-secret"')
     # Relaxing works the same way.
     c.load_bin("replace-v3", "v3.bin", v1)
     c.srv("v3-read", "ALLOW", vp, "read /tmp/lu-secret")

@@ -104,9 +104,12 @@ CLAIMS: dict[str, list[tuple[str, str, str]]] = {
     "disable-access-passwd": [("write", "", "write /etc/passwd")],
     "disable-access-ssh-dir": [("plant-key", "mkdir -p /root/.ssh", "create /root/.ssh/authorized_keys")],
     "mitigate-sa-leak": [
-        ("var-run", "mkdir -p /var/run/secrets/kubernetes.io/serviceaccount && "
-         "echo t > /var/run/secrets/kubernetes.io/serviceaccount/token",
-         "read /var/run/secrets/kubernetes.io/serviceaccount/token"),
+        (
+            "var-run",
+            "mkdir -p /var/run/secrets/kubernetes.io/serviceaccount && "
+            "echo t > /var/run/secrets/kubernetes.io/serviceaccount/token",
+            "read /var/run/secrets/kubernetes.io/serviceaccount/token",
+        ),
     ],
     "disallow-write-core-pattern": [("via-proc-self-root", "", "write /proc/self/root/proc/sys/kernel/core_pattern")],
     "disable-network": [("unix", "", "socket unix stream"), ("netlink", "", "socket netlink raw")],
