@@ -348,10 +348,9 @@ def build() -> aavm.Batch:
     c.load_text("replace-v2", "v2.profile", v2)
     c.srv("v2-read", "DENY", vp, "read /tmp/lu-secret")
     c.srv("v2-packet", "DENY", vp, "socket packet raw")
-    # An fd opened under v1 stays readable: AppArmor revalidates a file's cached access
-    # only when the task's label is not a subset of the label the file was opened
-    # under, and labels compare by profile NAME, so an in-place replacement is not
-    # a revalidation. Replacement does not revoke already-open files.
+    # An fd opened under v1 stays readable (observed): AppArmor caches the permissions a
+    # file was opened with and does not revalidate them for a replaced profile of the same
+    # name. Replacement does not revoke already-open files; new opens are denied.
     c.srv("v2-kept-fd-not-revoked", "ALLOW", vp, "readfd")
     # Sockets are different: every socket operation is checked against the current
     # profile's network rules, so a kept packet socket stops working.
