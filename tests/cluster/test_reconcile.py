@@ -17,6 +17,7 @@ import pytest
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
+from tests.cluster.conftest import purge_policies
 from varmor import api
 
 pytestmark = pytest.mark.cluster
@@ -309,6 +310,7 @@ async def test_profile_name_collision(k: Api, api_client: Any, namespace: str, n
         ap = await wait_for(lambda: k.armor_profile(other_ns, profile), timeout=30)
         assert ap["metadata"]["ownerReferences"][0]["name"] == "y"
     finally:
+        await purge_policies(api_client, other_ns)  # the leader still runs here
         await core.delete_namespace(other_ns)
 
 
