@@ -38,6 +38,7 @@ class Leader:
     def __init__(self, identity: str, kubeconfig: str, namespace: str, log_dir: Path) -> None:
         self.identity = identity
         self.log = log_dir / f"{identity}.log"
+        self.health_port = free_port()
         cmd = [
             sys.executable,
             "-m",
@@ -47,7 +48,7 @@ class Leader:
             f"--kubeconfig={kubeconfig}",
             f"--namespace={namespace}",
             "--bind-address=127.0.0.1",
-            f"--health-port={free_port()}",
+            f"--health-port={self.health_port}",
             f"--metrics-port={free_port()}",
             "--lease-name=varmor-leader",
             f"--lease-duration={LEASE}",
@@ -66,6 +67,16 @@ class Leader:
         if self.proc.poll() is None:
             os.kill(self.proc.pid, sig)
         self.proc.wait(timeout=20)
+
+    async def up(self) -> bool:
+        """The process serves /healthz; its elector starts right after."""
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", self.health_port)
+        except OSError:
+            return False
+        writer.close()
+        await writer.wait_closed()
+        return True
 
     def logs(self) -> str:
         return self.log.read_text(errors="replace")[-4000:]
@@ -109,6 +120,7 @@ async def test_failover_mid_reconcile_is_exact(api_client: Any, namespace: str, 
     a = leaders("leader-a")
     await wait_for(lambda: _eq(holder(kube, namespace), "leader-a"), timeout=30)
     b = leaders("leader-b")
+    await wait_for(b.up, timeout=30)  # a running standby, not a process still importing
 
     count = 40
     await asyncio.gather(*(k.create(namespace, vpol(f"p{i:02d}")) for i in range(count)))
@@ -181,7 +193,8 @@ async def test_graceful_stop_releases_the_lease(api_client: Any, namespace: str,
     a = leaders("leader-a")
     await wait_for(lambda: _eq(holder(kube, namespace), "leader-a"), timeout=30)
     b = leaders("leader-b")
-    await asyncio.sleep(1.0)  # b is a standby now
+    await wait_for(b.up, timeout=30)
+    await asyncio.sleep(2 * RETRY)  # b has tried (and failed) to acquire: a standby
     assert await holder(kube, namespace) == "leader-a"
     a.kill(signal.SIGTERM)
     stopped = time.monotonic()
