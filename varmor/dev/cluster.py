@@ -182,7 +182,7 @@ class ControlPlane:
                 f"--tls-private-key-file={p['apiserver.key']}",
                 f"--client-ca-file={p['ca.crt']}",
                 "--authorization-mode=RBAC",
-                "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook",
+                "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,OwnerReferencesPermissionEnforcement",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={p['sa.pub']}",
                 f"--service-account-signing-key-file={p['sa.key']}",

@@ -170,9 +170,7 @@ async def _run_demo(kubeconfig: str, timeout: float) -> int:
         say("no protected Pod appeared (is the webhook registered? see the log)")
     else:
         say(f"Pod {pod['metadata']['name']} as admitted (containers):")
-        shown = [
-            {k: c[k] for k in ("name", "image", "securityContext") if k in c} for c in pod["spec"]["containers"]
-        ]
+        shown = [{k: c[k] for k in ("name", "image", "securityContext") if k in c} for c in pod["spec"]["containers"]]
         print(yaml.safe_dump(shown, sort_keys=False))
     print()
     say("summary")
