@@ -23,6 +23,7 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from varmor import __version__
+from varmor.tasks import cancel_and_wait
 
 ROLE_MODULES = {
     "webhook": "varmor.webhook.role",
@@ -137,11 +138,7 @@ async def run_roles(args: argparse.Namespace) -> int:
         if task.exception() is not None:
             log.error("role %s crashed", task.get_name(), exc_info=task.exception())
             rc = 1
-    for task in tasks | {stopper}:
-        task.cancel()
-    for task in tasks | {stopper}:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await cancel_and_wait(tasks | {stopper})
     for runner in runners:
         await runner.cleanup()
     await api_client.close()

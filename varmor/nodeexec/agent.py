@@ -15,7 +15,6 @@ only once the kernel took it, so the profile dir never holds a text that failed.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import time
@@ -36,6 +35,7 @@ from varmor.nodeexec.state import Desired, Failed, Loaded, NodeState, choose, no
 from varmor.nodeexec.status import StatusWriter
 from varmor.parser import ParserNotFoundError
 from varmor.reconcile.kubeio import Kube
+from varmor.tasks import cancel_and_wait
 from varmor.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -206,11 +206,7 @@ class Agent:
             ]
             await asyncio.gather(*tasks)
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(tasks)
 
     # -- events ----------------------------------------------------------------------
     async def _on_event(self, event: EventType, obj: JSON) -> None:

@@ -34,6 +34,7 @@ from typing import Any, Protocol
 from varmor.kube import JSON, ApiException
 from varmor.reconcile import metrics
 from varmor.reconcile.kubeio import Kube, micro_time, parse_time
+from varmor.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -357,8 +358,4 @@ class LeaderElector:
 
 
 async def _cancel(*tasks: asyncio.Task[None]) -> None:
-    for task in tasks:
-        task.cancel()
-    for task in tasks:
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    await cancel_and_wait(tasks)

@@ -14,11 +14,10 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 from kubernetes.aio import client
 
 from varmor import api
-from varmor.kube import JSON, ApiException
+from varmor.kube import JSON, raw_request
 from varmor.reconcile import metrics
 
 log = logging.getLogger(__name__)
@@ -62,27 +61,18 @@ class Kube:
         content_type: str = "application/json",
         request_timeout: float | None = None,
     ) -> JSON:
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
-        params = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()]
-        serialized = await self.api_client.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=params,
-            header_params=headers,
-            body=body,
-            auth_settings=["BearerToken"],
-        )
         if method != "GET":
             self.writes += 1
             metrics.API_WRITES.labels(self.component).inc()
-        response = await self.api_client.call_api(*serialized, _request_timeout=request_timeout or self.timeout)
-        data = await response.read()
-        if not 200 <= response.status <= 299:
-            raise ApiException(status=response.status, reason=response.reason, body=data.decode("utf-8", "replace"))
-        result: JSON = orjson.loads(data) if data else {}
-        return result
+        return await raw_request(
+            self.api_client,
+            method,
+            path,
+            query=query,
+            body=body,
+            content_type=content_type,
+            request_timeout=request_timeout or self.timeout,
+        )
 
     # -- paths ----------------------------------------------------------------------
     @staticmethod

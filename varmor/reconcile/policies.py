@@ -19,7 +19,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -41,6 +40,7 @@ from varmor.reconcile.status import (
     policy_status,
     status_patch,
 )
+from varmor.tasks import cancel_and_wait
 from varmor.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
@@ -500,11 +500,7 @@ class PolicyController:
             for task in done:
                 task.result()
         finally:
-            for task in tasks:
-                task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            await cancel_and_wait(tasks)
 
     async def _phase_gauge(self) -> None:
         while True:

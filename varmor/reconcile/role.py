@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import importlib
 import logging
 from typing import Any
@@ -18,6 +17,7 @@ from varmor.reconcile.election import ElectionConfig, KubeLeaseStore, LeaderElec
 from varmor.reconcile.kubeio import Kube
 from varmor.reconcile.policies import PolicyController, Settings
 from varmor.reconcile.rollout import Rollouts
+from varmor.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -76,11 +76,7 @@ async def lead(ctx: Any) -> None:
         for task in done:
             task.result()
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(tasks)
 
 
 def _webhook_leader() -> Any:

@@ -6,48 +6,18 @@ lists; the webhook's leader tasks only need the API's JSON.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 from urllib.parse import quote
 
-import orjson
 from kubernetes.aio import client
 
-from varmor.kube import JSON, ApiException
+from varmor.kube import JSON, raw_request
 
 MERGE_PATCH = "application/merge-patch+json"
 ADMISSION = "/apis/admissionregistration.k8s.io/v1"
 
 
-async def request(
-    api_client: client.ApiClient,
-    method: str,
-    path: str,
-    *,
-    query: Mapping[str, Any] | None = None,
-    body: Any = None,
-    content_type: str = "application/json",
-    request_timeout: float = 30.0,
-) -> JSON:
-    """Raises ApiException for any non-2xx answer."""
-    headers = {"Accept": "application/json"}
-    if body is not None:
-        headers["Content-Type"] = content_type
-    params = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()]
-    serialized = await api_client.param_serialize(
-        method=method,
-        resource_path=path,
-        query_params=params,
-        header_params=headers,
-        body=body,
-        auth_settings=["BearerToken"],
-    )
-    response = await api_client.call_api(*serialized, _request_timeout=request_timeout)
-    data = await response.read()
-    if not 200 <= response.status <= 299:
-        raise ApiException(status=response.status, reason=response.reason, body=data.decode("utf-8", "replace"))
-    result: JSON = orjson.loads(data) if data else {}
-    return result
+request = raw_request
 
 
 def webhook_config_path(kind: str, name: str | None = None) -> str:

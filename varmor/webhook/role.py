@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import gc
 import logging
 from typing import Any
@@ -19,6 +18,7 @@ from varmor.certs import bundle as certbundle
 from varmor.certs.store import watch_secret
 from varmor.certs.tls import ReloadableTLS
 from varmor.kube import JSON
+from varmor.tasks import cancel_and_wait
 from varmor.webhook import settings as webhook_settings
 from varmor.webhook.events import ConflictReporter
 from varmor.webhook.mutate import MutationState
@@ -87,9 +87,5 @@ async def run(ctx: Any) -> None:
         for task in done:
             task.result()  # a crashed task crashes the role (the shell logs it)
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await cancel_and_wait(tasks)
         await runner.cleanup()
