@@ -7,15 +7,11 @@ import sys
 from typing import Any
 
 from varmor.dev.cluster import ControlPlane, ControlPlaneError, stop_detached
-from varmor.dev.paths import cache_dir
-
-
-def _cluster_dir() -> Any:
-    return cache_dir() / "dev-cluster"
+from varmor.dev.paths import dev_cluster_dir
 
 
 def cluster_up(_args: argparse.Namespace) -> int:
-    workdir = _cluster_dir()
+    workdir = dev_cluster_dir()
     if (workdir / "state.json").exists():
         print(f"a dev cluster is already running; export KUBECONFIG={workdir / 'admin.kubeconfig'}")
         return 0
@@ -30,7 +26,7 @@ def cluster_up(_args: argparse.Namespace) -> int:
 
 
 def cluster_down(_args: argparse.Namespace) -> int:
-    stopped = stop_detached(_cluster_dir())
+    stopped = stop_detached(dev_cluster_dir())
     print("dev cluster stopped" if stopped else "no dev cluster running")
     return 0
 

@@ -11,9 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -25,19 +23,15 @@ import yaml
 
 from varmor import api
 from varmor.dev.cluster import ControlPlane, free_port, stop_detached
-from varmor.dev.paths import REPO_ROOT, cache_dir
+from varmor.dev.paths import REPO_ROOT, demo_dir, dev_cluster_dir
 
 INSTALL_NAMESPACE = "varmor"
 NODE_NAME = "varmor-dev-node"
 EXAMPLES = REPO_ROOT / "examples"
 
 
-def dev_dir() -> Path:
-    return cache_dir() / "dev"
-
-
-def cluster_dir() -> Path:
-    return cache_dir() / "dev-cluster"
+dev_dir = demo_dir
+cluster_dir = dev_cluster_dir
 
 
 def host_has_apparmor() -> bool:
@@ -260,10 +254,7 @@ def down() -> int:
             ],
             check=False,
         )
-        for pid in json.loads(state_file.read_text())["pids"].values():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-        state_file.unlink()
+        stop_detached(dev_dir())  # SIGTERM, wait, then SIGKILL
     say("stopping the local control plane")
     stop_detached(cluster_dir())
     shutil.rmtree(cluster_dir(), ignore_errors=True)

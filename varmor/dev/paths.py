@@ -15,3 +15,17 @@ def cache_dir() -> Path:
 
 def control_plane_bin_dir() -> Path:
     return cache_dir() / "bin" / f"k8s-{K8S_VERSION}"
+
+
+def state_dir() -> Path:
+    """Where `varmor dev` keeps the running cluster and demo (VARMOR_STATE overrides, so
+    tests can run their own without touching a developer's)."""
+    return Path(os.environ.get("VARMOR_STATE", cache_dir()))
+
+
+def dev_cluster_dir() -> Path:
+    return state_dir() / "dev-cluster"
+
+
+def demo_dir() -> Path:
+    return state_dir() / "dev"
