@@ -108,11 +108,21 @@ def start(install: Install, name: str, args: list[str], kubeconfig: Path, extra:
     return process
 
 
-@pytest.fixture
-async def install(api_client: Any, kubeconfig: str, namespace: str, tmp_path: Path) -> AsyncIterator[Install]:
+def webhook_args() -> list[str]:
+    port = free_port()
+    return [f"--webhook-port={port}", f"--webhook-url=https://127.0.0.1:{port}", "--status-delay=0.2"]
+
+
+@pytest.fixture(params=["split", "allinone"])
+async def install(
+    request: pytest.FixtureRequest, api_client: Any, kubeconfig: str, namespace: str, tmp_path: Path
+) -> AsyncIterator[Install]:
+    """split: a manager process (webhook + leader) and three agents. allinone (the chart's
+    default): three processes running every role, one of them elected leader."""
+    topology = request.param
     release = f"varmor-{namespace}"  # contains the chart name, so fullname == release
     values = {
-        "topology": "split",
+        "topology": topology,
         "leaderElection": {"leaseDurationSeconds": 4, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1},
     }
     objects = render(values, namespace=namespace, release=release)
@@ -125,11 +135,10 @@ async def install(api_client: Any, kubeconfig: str, namespace: str, tmp_path: Pa
             await core.create_node({"metadata": {"name": node}})
     manager_cfg = await token_kubeconfig(api_client, inst, f"{release}-manager")
     agent_cfg = await token_kubeconfig(api_client, inst, f"{release}-agent")
-    webhook_port = free_port()
-    start(
-        inst, "manager", container_args(inst.rendered("Deployment")), manager_cfg,
-        [f"--webhook-port={webhook_port}", f"--webhook-url=https://127.0.0.1:{webhook_port}", "--status-delay=0.2"],
-    )  # fmt: skip
+    if topology == "split":
+        start(inst, "manager", container_args(inst.rendered("Deployment")), manager_cfg, webhook_args())
+    else:
+        agent_cfg = manager_cfg  # the DaemonSet runs every role under the manager's account
     for node in NODES:
         root = tmp_path / node
         root.mkdir()
@@ -140,7 +149,8 @@ async def install(api_client: Any, kubeconfig: str, namespace: str, tmp_path: Pa
             inst, node, container_args(inst.rendered("DaemonSet"), node), agent_cfg,
             [f"--profile-dir={root / 'apparmor.d'}", f"--securityfs={root / 'securityfs'}",
              f"--apparmor-enabled-file={root / 'enabled'}", f"--proc-partitions={root / 'partitions'}",
-             "--audit-log=", "--violation-log=", "--agent-status-debounce=0.2"],
+             "--audit-log=", "--violation-log=", "--agent-status-debounce=0.2",
+             *(webhook_args() if topology == "allinone" else [])],
         )  # fmt: skip
     try:
         async with aiohttp.ClientSession() as http:
@@ -305,9 +315,12 @@ async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custo
     assert await replicasets() == before_update, "a policy update must not restart the workload"
 
     # 3. metrics: every documented metric is exported by the manager or an agent.
-    manager = next(p for p in install.processes if p.name == "manager")
-    agent = next(p for p in install.processes if p.name == NODES[0])
-    exported = await scrape(manager.metrics_port) + await scrape(agent.metrics_port)
+    scrapes = [await scrape(p.metrics_port) for p in install.processes]
+    exported = "".join(scrapes)
+    leaders = [
+        p.name for p, text in zip(install.processes, scrapes, strict=True) if "varmor_leader_is_leader 1.0" in text
+    ]
+    assert len(leaders) == 1, f"exactly one leader expected, got {leaders}"
     missing = {m for m in documented_metrics() if m not in exported}
     assert not missing, f"documented but not exported: {sorted(missing)}"
 
