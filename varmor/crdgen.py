@@ -281,7 +281,7 @@ def policy_status_schema() -> JSON:
             "ready": _bool("True when every supported node with a ready agent has loaded the current profile."),
             "phase": _str("Pending, Protecting or Error.", enum=["Pending", "Protecting", "Error"]),
             "observedGeneration": _int("The generation the leader last processed.", "int64"),
-            "desiredNumberLoaded": _int("Supported nodes with a ready agent."),
+            "desiredNumberLoaded": _int("Supported nodes with a ready agent that still heartbeats."),
             "currentNumberLoaded": _int("Nodes that loaded the current profile content."),
             "unprotectedWorkloads": _int("Selected workloads admitted without the profile (webhook failed open)."),
             "conditions": _list(
@@ -320,10 +320,10 @@ def armor_profile_status_schema() -> JSON:
     return _obj(
         "Aggregated from ArmorNode objects by the leader.",
         {
-            "desiredNumberLoaded": _int("Supported nodes with a ready agent."),
+            "desiredNumberLoaded": _int("Supported nodes with a ready agent that still heartbeats."),
             "currentNumberLoaded": _int("Nodes reporting this profile loaded at spec.profile.sha256."),
             "conditions": _list(
-                "One entry per failed, unsupported or stale node.",
+                "One entry per failed, unsupported, stale or lost (AgentLost) node.",
                 condition_schema(node=True),
                 10000,
                 **{"x-kubernetes-list-type": "atomic"},
@@ -373,6 +373,12 @@ def armor_node_status_schema() -> JSON:
                 "x-kubernetes-map-type": "atomic",
             },
             "lastUpdateTime": _str("When the agent last wrote this status.", format="date-time"),
+            "heartbeatTime": _str(
+                "When the agent last said it is alive (renewed every --agent-heartbeat seconds, 60 by default). "
+                "The leader treats a node whose heartbeat is older than --agent-lost-after (180 s) as AgentLost: "
+                "not counted, not blocking Ready. Absent: an agent without heartbeats, always counted.",
+                format="date-time",
+            ),
         },
     )
 
@@ -502,6 +508,9 @@ def crds() -> list[JSON]:
                 _column("READY", ".status.ready", "boolean"),
                 _column("PARSER", ".status.parserVersion"),
                 _column("AGENT", ".status.agentVersion"),
+                _column(
+                    "HEARTBEAT", ".status.heartbeatTime", "date", description="Time since the agent's last heartbeat."
+                ),
                 _column("REASON", ".status.reason", priority=1),
                 _age(),
             ],

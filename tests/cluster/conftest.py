@@ -42,8 +42,11 @@ class NodeSim:
 
         return Kube.custom_path(api.ARMOR_NODE, None, name)
 
-    async def add(self, short: str, *, phase: str = "Supported", ready: bool = True, reason: str = "") -> str:
+    async def add(
+        self, short: str, *, phase: str = "Supported", ready: bool = True, reason: str = "", heartbeat: bool = False
+    ) -> str:
         from varmor import api
+        from varmor.reconcile.kubeio import now_rfc3339
 
         name = f"{self.prefix}-{short}"
         node = await self.kube.request("POST", "/api/v1/nodes", body={"metadata": {"name": name}})
@@ -62,8 +65,17 @@ class NodeSim:
             status["reason"] = reason
         status["profiles"] = {}
         status["failures"] = {}
+        if heartbeat:  # else: an agent from before heartbeats, alive forever
+            status["heartbeatTime"] = now_rfc3339()
         await self.write(name, status)
         return name
+
+    async def beat(self, name: str) -> None:
+        """Renew heartbeatTime alone, as an idle agent does."""
+        from varmor.reconcile.kubeio import JSON_PATCH, now_rfc3339
+
+        body = [{"op": "add", "path": "/status/heartbeatTime", "value": now_rfc3339()}]
+        await self.kube.request("PATCH", self._path(name) + "/status", body=body, content_type=JSON_PATCH)
 
     async def write(self, name: str, status: dict[str, Any]) -> None:
         """One status write replacing the whole status, as an agent's coalesced write."""

@@ -355,6 +355,35 @@ async def test_node_without_apparmor_reports_unsupported(api_client: Any, host: 
     assert host.kernel.ops == []
 
 
+async def test_idle_agent_renews_its_heartbeat_once_per_interval(
+    api_client: Any, namespace: str, host: Host, cleanup_node: None
+) -> None:
+    """The leader tells a gone agent by a stale heartbeatTime: an idle agent renews it
+    alone (profiles untouched, lastUpdateTime kept), one write per interval."""
+    await put(api_client, armor_profile(namespace, "beat"))
+    name = f"varmor-{namespace}-beat"
+    agent = Agent(host.config(heartbeat_seconds=1.0), api_client)
+    async with running(agent):
+        first = await node_status_when(api_client, host.node, lambda s: s.get("ready") and name in s["profiles"])
+        assert first["heartbeatTime"]
+        loop = asyncio.get_running_loop()
+        start, writes, beats = loop.time(), agent.status.writes, agent.status.heartbeats
+        later = await node_status_when(
+            api_client, host.node, lambda s: s["heartbeatTime"] > first["heartbeatTime"], timeout=5
+        )
+        await asyncio.sleep(2.5)
+        elapsed = loop.time() - start
+        now = await node_status_when(api_client, host.node, lambda s: s["heartbeatTime"] > later["heartbeatTime"])
+        assert agent.status.heartbeats - beats >= 2
+        # Other tests' ArmorProfiles may come and go meanwhile (a full write is a beat too),
+        # but never more than one write per interval.
+        assert agent.status.writes - writes <= int(elapsed) + 1
+        assert now["profiles"][name] == first["profiles"][name]
+        assert now["ready"] is True
+    if agent.status.writes - writes == agent.status.heartbeats - beats:  # idle throughout
+        assert now["lastUpdateTime"] == first["lastUpdateTime"]
+
+
 # -- the real process ----------------------------------------------------------------
 async def test_varmor_run_agent_process_ready_after_initial_sync(
     api_client: Any, kubeconfig: str, namespace: str, host: Host, cleanup_node: None

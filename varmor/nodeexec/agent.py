@@ -35,6 +35,7 @@ from varmor.nodeexec.state import Desired, Failed, Loaded, NodeState, choose, no
 from varmor.nodeexec.status import StatusWriter
 from varmor.parser import ParserNotFoundError
 from varmor.reconcile.kubeio import Kube
+from varmor.reconcile.status import DEFAULT_HEARTBEAT
 from varmor.tasks import cancel_and_wait
 from varmor.workqueue import WorkQueue
 
@@ -54,6 +55,7 @@ class AgentConfig:
     resync_seconds: float = 300.0
     retry_seconds: float = 60.0  # a profile that failed at one hash is retried after this
     status_debounce: float = 0.5
+    heartbeat_seconds: float = DEFAULT_HEARTBEAT  # renew ArmorNode heartbeatTime; 0 disables
     workers: int = 64
 
 
@@ -71,7 +73,13 @@ class Agent:
         self.parser_version = ""
         self.synced = False  # initial sync finished (reported in the ArmorNode)
         self.ready = False  # ... and reported (the readiness check)
-        self.status = StatusWriter(self.kube, config.node_name, self._status, debounce=config.status_debounce)
+        self.status = StatusWriter(
+            self.kube,
+            config.node_name,
+            self._status,
+            debounce=config.status_debounce,
+            heartbeat=config.heartbeat_seconds,
+        )
         self.loader: Loader | None = None
         self._index: dict[str, set[Key]] = {}
         self._force: set[str] = set()

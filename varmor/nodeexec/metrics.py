@@ -25,7 +25,7 @@ PROFILE_OPS = Counter(
 INITIAL_SYNC_SECONDS = Gauge("varmor_agent_initial_sync_seconds", "Time from start to ready.")
 STATUS_WRITES = Counter(
     "varmor_agent_status_writes_total", "ArmorNode writes.", ["result"]
-)  # result: ok | error | skipped
+)  # result: ok | error | skipped | heartbeat (a heartbeatTime-only write)
 VIOLATIONS = Counter(
     "varmor_violations_total", "AppArmor audit records attributed to varmor profiles.", ["action", "klass"]
 )  # action: DENIED | AUDIT | ALLOWED; klass: file | net | cap | ...

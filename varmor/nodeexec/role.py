@@ -13,6 +13,7 @@ from typing import Any
 from varmor.nodeexec.agent import Agent, AgentConfig
 from varmor.nodeexec.files import DEFAULT_PARTITIONS, DEFAULT_PROFILE_DIR
 from varmor.nodeexec.kernel import DEFAULT_ENABLED_FILE, DEFAULT_SECURITYFS
+from varmor.reconcile.status import DEFAULT_HEARTBEAT
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -38,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--violation-event-interval", type=float, default=60.0, help="seconds between Events per policy")
     g.add_argument("--agent-resync", type=float, default=300.0, help="seconds between agent resyncs")
     g.add_argument("--agent-status-debounce", type=float, default=0.5, help="seconds to coalesce ArmorNode writes")
+    g.add_argument(
+        "--agent-heartbeat",
+        type=float,
+        default=DEFAULT_HEARTBEAT,
+        help="seconds between ArmorNode heartbeatTime renewals, so the leader can tell a gone agent (0: off)",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> AgentConfig:
@@ -51,6 +58,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         parser_base_dir=args.apparmor_base_dir,
         resync_seconds=args.agent_resync,
         status_debounce=args.agent_status_debounce,
+        heartbeat_seconds=args.agent_heartbeat,
     )
 
 

@@ -5,6 +5,12 @@ writes its status through the status subresource. Writes are coalesced: callers 
 after every change, and the writer waits for a quiet `debounce` period (at most
 `max_delay` after the first change) and writes only if the status differs from the last
 one written, so one policy change costs one write per node.
+
+Heartbeat: `status.heartbeatTime` tells the leader this agent is still alive (an ArmorNode
+whose agent is gone would otherwise say `ready: true` forever). Every status write
+carries it; when nothing changed for `heartbeat` seconds, a one-field JSON patch renews
+it, so an idle agent costs one small write per interval and the maps are never resent
+just to say "still here".
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from varmor import api
 from varmor.kube import JSON, ApiException
 from varmor.nodeexec import metrics
 from varmor.reconcile.kubeio import JSON_PATCH, Kube, now_rfc3339
+from varmor.reconcile.status import DEFAULT_HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -32,15 +39,21 @@ class StatusWriter:
         *,
         debounce: float = 0.5,
         max_delay: float = 2.0,
+        heartbeat: float = DEFAULT_HEARTBEAT,
+        clock: Callable[[], str] = now_rfc3339,
     ) -> None:
         self.kube = kube
         self.node_name = node_name
         self.build = build
         self.debounce = debounce
         self.max_delay = max_delay
-        self.writes = 0
+        self.heartbeat = heartbeat  # seconds; 0 disables (no heartbeatTime is written)
+        self.clock = clock
+        self.writes = 0  # every successful write, heartbeats included
+        self.heartbeats = 0  # heartbeat-only writes
         self._dirty = asyncio.Event()
         self._last: JSON | None = None
+        self._last_write = 0.0  # loop time of the last successful write
         self._lock = asyncio.Lock()
 
     @property
@@ -84,7 +97,11 @@ class StatusWriter:
             if status == self._last:
                 metrics.STATUS_WRITES.labels("skipped").inc()
                 return False
-            body = [{"op": "add", "path": "/status", "value": {**status, "lastUpdateTime": now_rfc3339()}}]
+            now = self.clock()
+            value = {**status, "lastUpdateTime": now}
+            if self.heartbeat > 0:
+                value["heartbeatTime"] = now
+            body = [{"op": "add", "path": "/status", "value": value}]
             try:
                 await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=JSON_PATCH)
             except ApiException as exc:
@@ -93,16 +110,65 @@ class StatusWriter:
                     await self.ensure()
                 raise
             self._last = status
-            self.writes += 1
+            self._wrote()
             metrics.STATUS_WRITES.labels("ok").inc()
             return True
 
+    def _wrote(self) -> None:
+        self.writes += 1
+        self._last_write = asyncio.get_running_loop().time()
+
+    async def beat(self) -> None:
+        """Renew heartbeatTime alone (one small patch; the maps are not resent). Before the
+        first full write, or after a failed one, the full status goes instead."""
+        if self._last is None:
+            await self.flush()
+            return
+        async with self._lock:
+            if self.build() != self._last:  # a change is pending: the full write is the beat
+                self._dirty.set()
+                return
+            body = [{"op": "add", "path": "/status/heartbeatTime", "value": self.clock()}]
+            try:
+                await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=JSON_PATCH)
+            except ApiException as exc:
+                metrics.STATUS_WRITES.labels("error").inc()
+                # 404: deleted (recreate); 422: no status to patch. Either way the next
+                # write must be the full status.
+                self._last = None
+                self._dirty.set()
+                if exc.status == 404:
+                    await self.ensure()
+                raise
+            self._wrote()
+            self.heartbeats += 1
+            metrics.STATUS_WRITES.labels("heartbeat").inc()
+
+    def _until_beat(self) -> float | None:
+        """Seconds until the next heartbeat is due (None: heartbeats off or nothing written yet)."""
+        if self.heartbeat <= 0 or self._last is None:
+            return None
+        return max(0.0, self._last_write + self.heartbeat - asyncio.get_running_loop().time())
+
     async def run(self) -> None:
-        """Write coalesced changes until cancelled; retry failed writes with backoff."""
+        """Write coalesced changes and heartbeats until cancelled; retry failed writes with backoff."""
         backoff = 0.5
         loop = asyncio.get_running_loop()
         while True:
-            await self._dirty.wait()
+            if not self._dirty.is_set():  # (wait_for with a 0 timeout would not see a set event)
+                try:
+                    await asyncio.wait_for(self._dirty.wait(), self._until_beat())
+                except TimeoutError:
+                    try:
+                        await self.beat()
+                        backoff = 0.5
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:
+                        log.warning("ArmorNode %s heartbeat failed: %r; retrying", self.node_name, exc)
+                        await asyncio.sleep(backoff)
+                        backoff = min(backoff * 2, 30.0)
+                    continue
             first = loop.time()
             while True:  # wait for a quiet period, but not forever
                 self._dirty.clear()

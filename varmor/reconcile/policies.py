@@ -19,6 +19,8 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -33,10 +35,14 @@ from varmor.kube import JSON, ApiException
 from varmor.reconcile import metrics
 from varmor.reconcile.kubeio import MERGE_PATCH, Kube, now_rfc3339
 from varmor.reconcile.status import (
+    DEFAULT_LOST_AFTER,
+    Liveness,
     Outcome,
     ProfileStatus,
     aggregate,
     armor_profile_status,
+    lost_nodes,
+    next_expiry,
     policy_status,
     status_patch,
 )
@@ -57,6 +63,12 @@ class Settings:
     resync_seconds: float = 300.0
     status_delay: float = 0.5  # coalesce bursts of node reports into one status write
     use_apparmor_field: bool = True  # Kubernetes >= 1.30: securityContext.appArmorProfile
+    lost_after: float = DEFAULT_LOST_AFTER  # an ArmorNode heartbeat older than this: agent lost
+    liveness_margin: float = 1.0  # recheck this long after the first expiry (heartbeats have 1 s precision)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
 
 
 def policy_key(obj: Mapping[str, Any]) -> PolicyKey:
@@ -162,8 +174,10 @@ class PolicyController:
         *,
         kube: Kube | None = None,
         on_ready: Callable[[JSON, JSON], None] | None = None,
+        clock: Callable[[], dt.datetime] = utc_now,
     ) -> None:
         self.settings = settings
+        self.clock = clock
         self.kube = kube or Kube(api_client, component="reconcile")
         rs = settings.resync_seconds
         self.policies = Informer(api_client, api.VARMOR_POLICY, resync_seconds=rs)
@@ -183,6 +197,10 @@ class PolicyController:
         self._last_ap_status: dict[str, JSON] = {}
         self.on_ready = on_ready  # (policy, armor profile) when a policy is Ready: rollouts
         self.on_profile_deleting: Callable[[JSON], None] | None = None
+        # ArmorNodes whose agent was lost at the last liveness check; the watcher
+        # re-reconciles every policy when this set changes (time passing changes no object).
+        self._lost: frozenset[str] = frozenset()
+        self._liveness_changed = asyncio.Event()
         self.policies.add_handler(self._on_policy)
         self.cluster_policies.add_handler(self._on_policy)
         self.profiles.add_handler(self._on_profile)
@@ -249,6 +267,8 @@ class PolicyController:
             self._node_seen[name] = new
         if event == "RESYNC":
             return  # policy resyncs already cover periodic recomputation
+        if event == "ADDED" or (new is not None and (name in self._lost) != self.liveness().lost(new)):
+            self._liveness_changed.set()  # a lost agent is back, or a node arrived with an old heartbeat
         changed = _changed_profiles(old, new)
         if changed is not None and not changed:
             return
@@ -458,9 +478,12 @@ class PolicyController:
             if exc.status not in (404, 409):
                 raise
 
+    def liveness(self) -> Liveness:
+        return Liveness(self.clock(), self.settings.lost_after)
+
     async def _write_profile_status(self, ap: JSON) -> ProfileStatus:
         meta, spec = ap["metadata"], ap["spec"]
-        ps = aggregate(meta["name"], meta["namespace"], spec["profile"]["sha256"], self.nodes.list())
+        ps = aggregate(meta["name"], meta["namespace"], spec["profile"]["sha256"], self.nodes.list(), self.liveness())
         previous = self._last_ap_status.get(meta["uid"]) or ap.get("status") or {}
         body = armor_profile_status(ps, previous, now_rfc3339())
         self._last_ap_status[meta["uid"]] = body
@@ -496,11 +519,40 @@ class PolicyController:
             await self.sweep_orphans()
             tasks.append(asyncio.create_task(self.queue.run(), name="policy-queue"))
             tasks.append(asyncio.create_task(self._phase_gauge(), name="policy-gauge"))
+            tasks.append(asyncio.create_task(self._watch_liveness(), name="policy-liveness"))
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
             for task in done:
                 task.result()
         finally:
             await cancel_and_wait(tasks)
+
+    def check_liveness(self) -> float | None:
+        """Re-reconcile every policy when the set of lost ArmorNodes changed; returns the
+        seconds until the next alive node would turn lost (None: no heartbeats to watch)."""
+        nodes = self.nodes.list()
+        liveness = self.liveness()
+        lost = lost_nodes(nodes, liveness)
+        if lost != self._lost:
+            gone, back = sorted(lost - self._lost), sorted(self._lost - lost)
+            if gone:
+                log.warning("varmor agent lost (no heartbeat for %gs) on %s", self.settings.lost_after, ", ".join(gone))
+            if back:
+                log.info("varmor agent reporting again on %s", ", ".join(back))
+            self._lost = lost
+            for policy in self.all_policies():
+                self.queue.add(policy_key(policy))
+        return next_expiry(nodes, liveness)
+
+    async def _watch_liveness(self) -> None:
+        """Agents that stop heartbeating change no object: wake at the earliest expiry
+        (plus a margin for the heartbeat's 1 s precision), or when a node event may have
+        changed the lost set, and re-check. Capped by the resync period."""
+        while True:
+            self._liveness_changed.clear()
+            wait = self.check_liveness()
+            timeout = self.settings.resync_seconds if wait is None else wait + self.settings.liveness_margin
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._liveness_changed.wait(), min(timeout, self.settings.resync_seconds))
 
     async def _phase_gauge(self) -> None:
         while True:

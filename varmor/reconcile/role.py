@@ -17,6 +17,7 @@ from varmor.reconcile.election import ElectionConfig, KubeLeaseStore, LeaderElec
 from varmor.reconcile.kubeio import Kube
 from varmor.reconcile.policies import PolicyController, Settings
 from varmor.reconcile.rollout import Rollouts
+from varmor.reconcile.status import DEFAULT_LOST_AFTER
 from varmor.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -32,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--reconcile-workers", type=int, default=4, help="policies reconciled concurrently")
     g.add_argument("--resync-period", type=float, default=300.0, help="seconds between full resyncs")
     g.add_argument("--status-delay", type=float, default=0.5, help="seconds to coalesce node reports")
+    g.add_argument(
+        "--agent-lost-after",
+        type=float,
+        default=DEFAULT_LOST_AFTER,
+        help="seconds without an ArmorNode heartbeat until its agent is lost and stops blocking Ready (0: never)",
+    )
     g.add_argument("--rollout-qps", type=float, default=2.0, help="workload patches per second (updateExisting)")
     g.add_argument("--rollout-burst", type=int, default=5)
     g.add_argument(
@@ -59,6 +66,7 @@ async def lead(ctx: Any) -> None:
         workers=args.reconcile_workers,
         resync_seconds=args.resync_period,
         status_delay=args.status_delay,
+        lost_after=args.agent_lost_after,
         use_apparmor_field=await _use_apparmor_field(ctx.api_client),
     )
     controller = PolicyController(ctx.api_client, settings, kube=Kube(ctx.api_client, component="reconcile"))

@@ -11,20 +11,85 @@ would have (vArmor rebuilt its in-memory counters optimistically). Rules:
   is Stale (visible, never counted as current);
 * Unsupported nodes are listed with their reason but are not desired, so they do not
   block readiness on the others;
+* Lost nodes (the agent's `heartbeatTime` is older than `lost_after`: the DaemonSet no
+  longer runs there, the agent crash-loops, the node is NotReady) are listed as
+  AgentLost and are not desired either: a report nobody renews says nothing about the
+  node now. Nodes without a heartbeat (agents before heartbeats) count as alive;
 * ready = at least one desired node, all desired nodes current, none failed.
+
+Liveness is the only input that changes with time alone; the caller passes the clock
+reading (`Liveness.now`), so this module stays pure and tests use fixed times.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 JSON = dict[str, Any]
-NodeReason = Literal["LoadFailed", "Unsupported", "Stale"]
+NodeReason = Literal["LoadFailed", "Unsupported", "Stale", "AgentLost"]
 Phase = Literal["Pending", "Protecting", "Error"]
 
 MAX_NAMES_IN_MESSAGE = 10
+DEFAULT_HEARTBEAT = 60.0  # seconds between agent heartbeats (`--agent-heartbeat`)
+DEFAULT_LOST_AFTER = 3 * DEFAULT_HEARTBEAT  # `--agent-lost-after`: two missed beats tolerated
+
+
+def parse_time(value: Any) -> dt.datetime | None:
+    """An RFC3339 timestamp as the API server stores it, or None when absent or malformed
+    (a malformed heartbeat is treated like a missing one: alive, never a false loss)."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True)
+class Liveness:
+    """Which ArmorNodes still have a live agent, at one clock reading."""
+
+    now: dt.datetime
+    lost_after: float = DEFAULT_LOST_AFTER
+
+    def heartbeat(self, node: Mapping[str, Any]) -> dt.datetime | None:
+        return parse_time((node.get("status") or {}).get("heartbeatTime"))
+
+    def lost(self, node: Mapping[str, Any]) -> bool:
+        """The agent renews heartbeatTime every heartbeat; older than lost_after = gone.
+        No heartbeat at all (an older agent) is alive; a heartbeat ahead of our clock
+        (skew) is alive; lost_after <= 0 turns detection off."""
+        if self.lost_after <= 0:
+            return False  # detection disabled
+        beat = self.heartbeat(node)
+        return beat is not None and (self.now - beat).total_seconds() > self.lost_after
+
+    def expires_in(self, node: Mapping[str, Any]) -> float | None:
+        """Seconds until this alive node turns lost if its agent stays silent; None when
+        it has no heartbeat or is lost already."""
+        beat = self.heartbeat(node)
+        if beat is None or self.lost_after <= 0:
+            return None
+        left = self.lost_after - (self.now - beat).total_seconds()
+        return left if left >= 0 else None
+
+
+def node_name(node: Mapping[str, Any]) -> str:
+    return str(node.get("metadata", {}).get("name", ""))
+
+
+def lost_nodes(nodes: Iterable[Mapping[str, Any]], liveness: Liveness) -> frozenset[str]:
+    return frozenset(node_name(n) for n in nodes if liveness.lost(n))
+
+
+def next_expiry(nodes: Iterable[Mapping[str, Any]], liveness: Liveness) -> float | None:
+    """Seconds until the first alive node turns lost (when to look again), or None."""
+    times = [t for t in (liveness.expires_in(n) for n in nodes) if t is not None]
+    return min(times) if times else None
 
 
 @dataclass(frozen=True)
@@ -62,14 +127,33 @@ def _entry(entries: Any, profile: str, namespace: str) -> Mapping[str, Any] | No
     return None
 
 
-def aggregate(profile: str, namespace: str, sha256: str, nodes: Iterable[Mapping[str, Any]]) -> ProfileStatus:
-    """The status of one ArmorProfile (name, namespace, content hash) across ArmorNodes."""
+def _lost_message(status: Mapping[str, Any], liveness: Liveness) -> str:
+    # Stable while the node stays lost (no "N seconds ago"), so re-evaluating writes nothing.
+    return (
+        f"no heartbeat from the varmor agent since {status.get('heartbeatTime')} "
+        f"(lost after {liveness.lost_after:g}s): is the agent running on this node?"
+    )
+
+
+def aggregate(
+    profile: str,
+    namespace: str,
+    sha256: str,
+    nodes: Iterable[Mapping[str, Any]],
+    liveness: Liveness | None = None,
+) -> ProfileStatus:
+    """The status of one ArmorProfile (name, namespace, content hash) across ArmorNodes.
+    Without `liveness` every node counts as alive."""
     desired = current = 0
     conditions: list[NodeCondition] = []
     pending: list[str] = []
-    for node in sorted(nodes, key=lambda n: str(n.get("metadata", {}).get("name", ""))):
-        name = str(node.get("metadata", {}).get("name", ""))
+    for node in sorted(nodes, key=node_name):
+        name = node_name(node)
         status = node.get("status") or {}
+        if liveness is not None and liveness.lost(node):
+            # Before Unsupported: a report nobody renews says nothing about the node now.
+            conditions.append(NodeCondition(name, "AgentLost", _lost_message(status, liveness)))
+            continue
         if status.get("phase") == "Unsupported":
             reason = status.get("reason") or "AppArmor is not available on this node"
             conditions.append(NodeCondition(name, "Unsupported", str(reason)))
@@ -146,7 +230,10 @@ def _ready_condition(o: Outcome) -> tuple[str, str, str]:
             return "False", o.error_reason, o.error_message
         return "False", "Processing", "the profile is being created"
     unsupported = ps.nodes("Unsupported")
+    lost = ps.nodes("AgentLost")
     note = f"; {len(unsupported)} node(s) without AppArmor: {_names(unsupported)}" if unsupported else ""
+    if lost:
+        note += f"; {len(lost)} node(s) whose agent stopped reporting (AgentLost): {_names(lost)}"
     if ps.failed:
         msgs = [c for c in ps.conditions if c.reason == "LoadFailed"]
         first = msgs[0]
