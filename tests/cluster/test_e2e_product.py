@@ -258,6 +258,7 @@ async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custo
     ap = await custom.get_namespaced_custom_object(G, V, ns, "armorprofiles", profile)
     assert ap["status"]["desiredNumberLoaded"] == ap["status"]["currentNumberLoaded"] >= len(NODES)
     for kernel in install.kernels.values():
+        await asyncio.to_thread(kernel.settle)  # the stand-in applies writes a moment later
         assert kernel.top_level().get(profile) == "enforce"
 
     async def template_profile() -> str | None:
@@ -301,14 +302,24 @@ async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custo
     new_text = ""
 
     async def replaced_everywhere() -> bool:
+        """Every node reports the new text's hash, and the policy is Ready at the new generation."""
         nonlocal new_text
         ap = await custom.get_namespaced_custom_object(G, V, ns, "armorprofiles", profile)
-        new_text = ap["spec"]["profile"]["appArmor"]
-        st = ap.get("status") or {}
-        return "kallsyms" in new_text and st.get("currentNumberLoaded") == st.get("desiredNumberLoaded")
+        new_text, sha = ap["spec"]["profile"]["appArmor"], ap["spec"]["profile"]["sha256"]
+        pol = await custom.get_namespaced_custom_object(G, V, ns, "varmorpolicies", "web")
+        if "kallsyms" not in new_text or not (pol.get("status") or {}).get("ready"):
+            return False
+        if pol["status"].get("observedGeneration") != pol["metadata"]["generation"]:
+            return False
+        for node in NODES:
+            reported = await custom.get_cluster_custom_object(G, V, "armornodes", node)
+            if ((reported.get("status") or {}).get("profiles") or {}).get(profile, {}).get("sha256") != sha:
+                return False
+        return True
 
     await wait_for(replaced_everywhere, timeout=60)
     for node, kernel in install.kernels.items():
+        await asyncio.to_thread(kernel.settle)
         actions = {(op.action, op.name) for op in kernel.ops if op.name == profile}
         assert ("replace", profile) in actions, (node, kernel.ops)
         assert ("remove", profile) not in actions
@@ -379,6 +390,7 @@ async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custo
         left = await custom.list_cluster_custom_object(G, V, resource)
         assert not left["items"], f"{resource} left after uninstall: {[i['metadata']['name'] for i in left['items']]}"
     for node, kernel in install.kernels.items():
+        await asyncio.to_thread(kernel.settle)
         assert not [n for n in kernel.top_level() if n.startswith("varmor-")], node
 
 

@@ -124,9 +124,21 @@ async def test_pending_change_turns_the_beat_into_the_full_write() -> None:
     assert [p[0]["value"]["ready"] for p in node.kube.full()] == [True, False]
 
 
-@pytest.mark.parametrize("code", [404, 422])
-async def test_failed_heartbeat_falls_back_to_the_full_status(code: int) -> None:
-    """404: the ArmorNode was deleted; 422: its status is gone. The next write resends it all."""
+async def test_failed_heartbeat_on_missing_status_falls_back_to_the_full_status() -> None:
+    """422: the ArmorNode's status is gone. The next write resends it all."""
+    node = Node(heartbeat=60)
+    await node.writer.flush()
+    node.kube.fail = [422]
+    with pytest.raises(ApiException):
+        await node.writer.beat()
+    assert await node.writer.flush()  # unchanged status, yet written again in full
+    assert len(node.kube.full()) == 2
+
+
+@pytest.mark.parametrize("via", ["beat", "flush"])
+async def test_deleted_armornode_is_not_recreated_by_a_running_agent(via: str) -> None:
+    """404: deleted under us (the uninstall hook). Recreating it would leave it behind for
+    good, so writes stop until the agent restarts."""
     node = Node(heartbeat=60)
     ensured: list[bool] = []
 
@@ -135,12 +147,19 @@ async def test_failed_heartbeat_falls_back_to_the_full_status(code: int) -> None
 
     node.writer.ensure = ensure  # type: ignore[method-assign]
     await node.writer.flush()
-    node.kube.fail = [code]
-    with pytest.raises(ApiException):
+    node.kube.fail = [404]
+    if via == "beat":
         await node.writer.beat()
-    assert ensured == ([True] if code == 404 else [])
-    assert await node.writer.flush()  # unchanged status, yet written again in full
-    assert len(node.kube.full()) == 2
+    else:
+        node.status = {**node.status, "ready": False}
+        assert not await node.writer.flush()
+    assert node.writer.gone
+    assert ensured == []
+    node.status = {**node.status, "ready": True, "profiles": {}}
+    assert not await node.writer.flush()
+    await node.writer.beat()
+    assert len(node.kube.full()) == 1
+    assert node.writer._until_beat() is None  # no busy heartbeat loop once gone
 
 
 async def test_heartbeat_retries_after_an_error() -> None:

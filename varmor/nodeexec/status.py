@@ -55,6 +55,11 @@ class StatusWriter:
         self._last: JSON | None = None
         self._last_write = 0.0  # loop time of the last successful write
         self._lock = asyncio.Lock()
+        # Set when the ArmorNode is deleted under a running agent (the uninstall hook, or
+        # an operator resetting it). Writes stop instead of recreating it: recreating
+        # would leave an ArmorNode behind after every uninstall (owned by the Node, it
+        # never goes away). An agent restart creates it again through ensure().
+        self.gone = False
 
     @property
     def path(self) -> str:
@@ -93,6 +98,8 @@ class StatusWriter:
     async def flush(self) -> bool:
         """Write now if the status changed since the last write. Returns whether it wrote."""
         async with self._lock:
+            if self.gone:
+                return False
             status = self.build()
             if status == self._last:
                 metrics.STATUS_WRITES.labels("skipped").inc()
@@ -105,14 +112,25 @@ class StatusWriter:
             try:
                 await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=JSON_PATCH)
             except ApiException as exc:
+                if exc.status == 404:
+                    self._deleted()
+                    return False
                 metrics.STATUS_WRITES.labels("error").inc()
-                if exc.status == 404:  # deleted under us: recreate, then write
-                    await self.ensure()
                 raise
             self._last = status
             self._wrote()
             metrics.STATUS_WRITES.labels("ok").inc()
             return True
+
+    def _deleted(self) -> None:
+        if not self.gone:
+            log.warning(
+                "ArmorNode %s was deleted (uninstall, or reset by an operator): status writes stop "
+                "until the agent restarts",
+                self.node_name,
+            )
+        self.gone = True
+        metrics.STATUS_WRITES.labels("gone").inc()
 
     def _wrote(self) -> None:
         self.writes += 1
@@ -125,6 +143,8 @@ class StatusWriter:
             await self.flush()
             return
         async with self._lock:
+            if self.gone:
+                return
             if self.build() != self._last:  # a change is pending: the full write is the beat
                 self._dirty.set()
                 return
@@ -132,13 +152,13 @@ class StatusWriter:
             try:
                 await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=JSON_PATCH)
             except ApiException as exc:
+                if exc.status == 404:
+                    self._deleted()
+                    return
+                # 422: no status to patch; the next write must be the full status.
                 metrics.STATUS_WRITES.labels("error").inc()
-                # 404: deleted (recreate); 422: no status to patch. Either way the next
-                # write must be the full status.
                 self._last = None
                 self._dirty.set()
-                if exc.status == 404:
-                    await self.ensure()
                 raise
             self._wrote()
             self.heartbeats += 1
@@ -146,7 +166,7 @@ class StatusWriter:
 
     def _until_beat(self) -> float | None:
         """Seconds until the next heartbeat is due (None: heartbeats off or nothing written yet)."""
-        if self.heartbeat <= 0 or self._last is None:
+        if self.heartbeat <= 0 or self._last is None or self.gone:
             return None
         return max(0.0, self._last_write + self.heartbeat - asyncio.get_running_loop().time())
 
