@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import logging
 import os
 from typing import Any
 
 from varmor import api
 from varmor.kube import ApiException
+from varmor.reconcile.status import Liveness
 from varmor.webhook import rawapi
 
 log = logging.getLogger("varmor.cleanup")
@@ -72,7 +74,12 @@ async def _wait_unloaded(api_client: Any, limit: float) -> bool:
             if exc.status == 404:
                 return True
             raise
-        loaded = [n["metadata"]["name"] for n in nodes if (n.get("status") or {}).get("profiles")]
+        # A node whose agent is gone (heartbeat older than the leader's default) has nobody
+        # to unload: waiting for it would only stall the uninstall.
+        liveness = Liveness(now=dt.datetime.now(dt.UTC))
+        loaded = [
+            n["metadata"]["name"] for n in nodes if (n.get("status") or {}).get("profiles") and not liveness.lost(n)
+        ]
         if not loaded:
             return True
         if loop.time() > deadline:
