@@ -6,7 +6,7 @@ which the server answers with 400 and the reason, never a 500.
 
 from __future__ import annotations
 
-import base64
+from binascii import b2a_base64
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -73,18 +73,25 @@ def parse_review(body: bytes) -> AdmissionRequest:
     dry_run = req.get("dryRun", False)
     if not isinstance(dry_run, bool):
         raise ReviewError("request.dryRun must be a boolean")
-    return AdmissionRequest(
-        uid=_str(req, "uid", required=True),
-        kind=kind["kind"],
-        group=group,
-        operation=_str(req, "operation", required=True),
-        namespace=_str(req, "namespace"),
-        name=_str(req, "name"),
-        sub_resource=_str(req, "subResource"),
-        obj=_obj(req, "object"),
-        old_obj=_obj(req, "oldObject"),
-        dry_run=dry_run,
-    )
+    # Fast path for the common shape (all strings present and non-empty where required);
+    # anything else goes through _str for the exact error.
+    get = req.get
+    uid, operation = get("uid"), get("operation")
+    namespace, name, sub_resource = get("namespace"), get("name"), get("subResource")
+    if not (type(uid) is str and uid and type(operation) is str and operation):
+        uid, operation = _str(req, "uid", required=True), _str(req, "operation", required=True)
+    if type(namespace) is not str:
+        namespace = _str(req, "namespace")
+    if type(name) is not str:
+        name = _str(req, "name")
+    if type(sub_resource) is not str:
+        sub_resource = _str(req, "subResource")
+    obj, old_obj = get("object"), get("oldObject")
+    if obj is not None and type(obj) is not dict:
+        obj = _obj(req, "object")
+    if old_obj is not None and type(old_obj) is not dict:
+        old_obj = _obj(req, "oldObject")
+    return AdmissionRequest(uid, kind["kind"], group, operation, namespace, name, sub_resource, obj, old_obj, dry_run)
 
 
 def encode_response(
@@ -99,7 +106,7 @@ def encode_response(
     response: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = base64.b64encode(orjson.dumps(list(patch))).decode()
+        response["patch"] = b2a_base64(orjson.dumps(list(patch)), newline=False).decode()
     if warnings:
         response["warnings"] = list(warnings)
     if not allowed:
