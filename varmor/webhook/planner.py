@@ -23,6 +23,10 @@ JsonPatchOp = dict[str, Any]
 
 LOCALHOST = "Localhost"
 UNCONFINED_TYPE = "Unconfined"
+# Module-level copies for the per-container loop of `plan` (admission hot path).
+_K8S_PREFIX = api.K8S_APPARMOR_ANNOTATION_PREFIX
+_VARMOR_PREFIX = api.VARMOR_APPARMOR_ANNOTATION_PREFIX
+_UNCONFINED = api.UNCONFINED
 
 
 class PlanError(ValueError):
@@ -234,10 +238,11 @@ def _containers(pod_spec: Mapping[str, Any] | None) -> Sequence[Mapping[str, Any
     containers = pod_spec.get("containers") if pod_spec else None
     if containers is None:
         return ()
-    if not isinstance(containers, list) or not all(
-        isinstance(c, dict) and isinstance(c.get("name"), str) for c in containers
-    ):
+    if not isinstance(containers, list):
         raise PlanError("containers must be a list of objects with a name")
+    for c in containers:
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
+            raise PlanError("containers must be a list of objects with a name")
     return containers
 
 
@@ -310,12 +315,13 @@ def plan(
         name = container["name"]
         if wanted and name not in wanted:
             continue
-        k8s_key = api.K8S_APPARMOR_ANNOTATION_PREFIX + name
-        varmor_key = api.VARMOR_APPARMOR_ANNOTATION_PREFIX + name
+        k8s_key = _K8S_PREFIX + name
+        varmor_key = _VARMOR_PREFIX + name
         field_now = _apparmor_field(container)
+        varmor_now, k8s_now = ann.get(varmor_key), ann.get(k8s_key)
         if (
-            ann.get(varmor_key) == api.UNCONFINED
-            or ann.get(k8s_key) == api.UNCONFINED
+            varmor_now == _UNCONFINED
+            or k8s_now == _UNCONFINED
             or (field_now is not None and field_now.get("type") == UNCONFINED_TYPE)
             or (pod_unconfined and field_now is None)
         ):
@@ -323,10 +329,10 @@ def plan(
             continue
         confined.append(name)
         if use_field:
-            if ann.get(varmor_key) != localhost:
+            if varmor_now != localhost:
                 ann_changes[varmor_key] = localhost
             # The API server rejects a pod whose annotation and field disagree.
-            if k8s_key in ann and ann[k8s_key] != localhost:
+            if k8s_key in ann and k8s_now != localhost:
                 ann_changes[k8s_key] = localhost
             if field_now is None or dict(field_now) != desired_field:
                 base = f"{spec_path}/containers/{i}/securityContext"
@@ -334,7 +340,7 @@ def plan(
                     ops.append({"op": "add", "path": base, "value": {"appArmorProfile": dict(desired_field)}})
                 else:
                     ops.append({"op": "add", "path": f"{base}/appArmorProfile", "value": dict(desired_field)})
-        elif ann.get(k8s_key) != localhost:
+        elif k8s_now != localhost:
             ann_changes[k8s_key] = localhost
     return Plan(
         ops=tuple(_annotation_ops(meta_path, meta, ann_changes) + ops),
