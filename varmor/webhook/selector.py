@@ -60,6 +60,15 @@ def compile_selector(selector: Any) -> LabelPredicate:
     pairs = tuple(sorted(match_labels.items()))
     reqs = tuple(_requirement(e) for e in exprs)
 
+    if not reqs and len(pairs) == 1:  # the common `matchLabels: {app: x}`: no generators per call
+        key: str = pairs[0][0]
+        value: str = pairs[0][1]
+
+        def matches_one(labels: Mapping[str, str]) -> bool:
+            return labels.get(key) == value
+
+        return matches_one
+
     def matches(labels: Mapping[str, str]) -> bool:
         return all(labels.get(k) == v for k, v in pairs) and all(r(labels) for r in reqs)
 
