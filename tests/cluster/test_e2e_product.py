@@ -25,7 +25,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from tests.cluster.test_chart_rbac import apply
-from tests.cluster.test_smoke import wait_for
+from tests.cluster.test_smoke import deployment, wait_for
 from varmor import api
 from varmor.dev.chart import is_hook, render
 from varmor.dev.cluster import free_port
@@ -185,20 +185,6 @@ async def install(
                 await core.delete_node(node)
 
 
-def deployment(name: str) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {"metadata": {"labels": labels}, "spec": {"containers": [{"name": "app", "image": "nginx"}]}},
-        },
-    }
-
-
 def policy(rules: list[str]) -> dict[str, Any]:
     return {
         "apiVersion": api.API_VERSION,
@@ -244,7 +230,7 @@ async def test_policy_protects_updates_live_and_uninstalls_clean(api_client: Any
 
 async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custom: Any) -> None:
     profile = f"varmor-{ns}-web"
-    await apps.create_namespaced_deployment(ns, deployment("web"))
+    await apps.create_namespaced_deployment(ns, deployment("web", replicas=1))
 
     # 1. policy -> Ready on every node -> the existing Deployment is rolled with the profile.
     await custom.create_namespaced_custom_object(G, V, ns, "varmorpolicies", policy(["disallow-write-core-pattern"]))
@@ -280,7 +266,7 @@ async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custo
 
     # A Deployment created now comes out of admission (the API server calling the
     # webhook over TLS) with the profile already in its template.
-    fresh = deployment("web-new")
+    fresh = deployment("web-new", replicas=1)
     fresh["metadata"]["labels"] = fresh["spec"]["template"]["metadata"]["labels"] = {"app": "web", "tier": "new"}
     fresh["spec"]["selector"]["matchLabels"] = {"app": "web", "tier": "new"}
     created = await apps.create_namespaced_deployment(ns, fresh)

@@ -10,26 +10,10 @@ import pytest
 from kubernetes.aio import client
 
 from tests.cluster.test_reconcile import Api, condition, vpol, wait_for
+from tests.cluster.test_smoke import deployment
 from varmor import api
 
 pytestmark = pytest.mark.cluster
-
-
-def deployment(name: str) -> dict[str, Any]:
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "app", "image": "busybox"}, {"name": "side", "image": "busybox"}]},
-            },
-        },
-    }
 
 
 async def replicasets(apps: client.AppsV1Api, ns: str) -> list[Any]:
@@ -53,8 +37,8 @@ async def test_rollout_on_create_and_delete_stays_in_namespace(
     other = f"{namespace}-other"
     await core.create_namespace({"metadata": {"name": other, "labels": {"varmor-test": "true"}}})
     try:
-        await apps.create_namespaced_deployment(namespace, deployment("web"))
-        await apps.create_namespaced_deployment(other, deployment("web"))
+        await apps.create_namespaced_deployment(namespace, deployment("web", replicas=1, containers=("app", "side")))
+        await apps.create_namespaced_deployment(other, deployment("web", replicas=1, containers=("app", "side")))
         await wait_for(lambda: _count(replicasets(apps, namespace), 1))
         await wait_for(lambda: _count(replicasets(apps, other), 1))
         other_before = await template(apps, other)

@@ -96,7 +96,8 @@ async def test_crd_structural_schema_rejects_invalid_object(api_client: Any, nam
     assert wrong_type.value.status == 422
 
 
-def deployment(name: str, replicas: int = 2) -> dict[str, Any]:
+def deployment(name: str, replicas: int = 2, containers: tuple[str, ...] = ("app",)) -> dict[str, Any]:
+    """A Deployment whose workload, selector and template all carry `app: <name>`."""
     labels = {"app": name}
     return {
         "apiVersion": "apps/v1",
@@ -107,7 +108,7 @@ def deployment(name: str, replicas: int = 2) -> dict[str, Any]:
             "selector": {"matchLabels": labels},
             "template": {
                 "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "app", "image": "busybox"}]},
+                "spec": {"containers": [{"name": c, "image": "busybox"} for c in containers]},
             },
         },
     }
