@@ -322,6 +322,10 @@ def armor_profile_status_schema() -> JSON:
         {
             "desiredNumberLoaded": _int("Supported nodes with a ready agent that still heartbeats."),
             "currentNumberLoaded": _int("Nodes reporting this profile loaded at spec.profile.sha256."),
+            "observedSha256": _str(
+                "The spec.profile.sha256 the counts and conditions refer to; while it differs from "
+                "spec.profile.sha256 they describe the previous content."
+            ),
             "conditions": _list(
                 "One entry per failed, unsupported, stale or lost (AgentLost) node.",
                 condition_schema(node=True),

@@ -197,3 +197,10 @@ def test_status_patch_clears_fields_no_longer_set() -> None:
     patch = status_patch(rejected, accepted)
     assert patch is not None
     assert patch["profileName"] is None
+
+
+def test_armor_profile_status_names_the_content_its_counts_are_about() -> None:
+    """Spec and status are written separately: a reader compares observedSha256 with
+    spec.profile.sha256 before trusting the counts."""
+    ps = aggregate("varmor-demo-web", "demo", SHA, [node("n1", profiles=loaded())])
+    assert armor_profile_status(ps, None, NOW)["observedSha256"] == SHA

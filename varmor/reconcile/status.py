@@ -105,6 +105,7 @@ class ProfileStatus:
     current: int
     conditions: tuple[NodeCondition, ...] = ()
     pending: tuple[str, ...] = ()  # desired nodes that have not reported this hash yet
+    sha256: str = ""  # the profile content these counts are about
 
     def nodes(self, reason: NodeReason) -> list[str]:
         return [c.node for c in self.conditions if c.reason == reason]
@@ -172,7 +173,7 @@ def aggregate(
             conditions.append(NodeCondition(name, "Stale", f"loaded at sha256 {got}…, want {sha256[:12]}…"))
         else:
             pending.append(name)
-    return ProfileStatus(desired, current, tuple(conditions), tuple(pending))
+    return ProfileStatus(desired, current, tuple(conditions), tuple(pending), sha256)
 
 
 def _names(names: Sequence[str]) -> str:
@@ -206,7 +207,14 @@ def armor_profile_status(ps: ProfileStatus, previous: Mapping[str, Any] | None, 
                 "lastTransitionTime": prev.get("lastTransitionTime", now) if prev else now,
             }
         )
-    return {"desiredNumberLoaded": ps.desired, "currentNumberLoaded": ps.current, "conditions": conditions}
+    return {
+        "desiredNumberLoaded": ps.desired,
+        "currentNumberLoaded": ps.current,
+        # Spec and status are separate writes: this says which content the counts are about,
+        # so a reader never takes the previous content's counts for the new one's.
+        "observedSha256": ps.sha256,
+        "conditions": conditions,
+    }
 
 
 # -- policy status -----------------------------------------------------------------
