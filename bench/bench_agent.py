@@ -37,10 +37,10 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.cluster.conftest import install_crds  # noqa: E402
 from tests.unit.test_policy import policy_doc  # noqa: E402
 from varmor import api  # noqa: E402
 from varmor.dev.cluster import ControlPlane, free_port  # noqa: E402
+from varmor.dev.install import install_crds  # noqa: E402
 from varmor.kube import ApiException, new_api_client  # noqa: E402
 from varmor.nodeexec.files import ProfileDir  # noqa: E402
 from varmor.nodeexec.parser_runner import LOAD_FLAGS  # noqa: E402

@@ -37,9 +37,9 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.cluster.conftest import install_crds  # noqa: E402
 from varmor import api  # noqa: E402
 from varmor.dev.cluster import ControlPlane, free_port  # noqa: E402
+from varmor.dev.install import install_crds  # noqa: E402
 from varmor.informer import Informer  # noqa: E402
 from varmor.kube import ApiException, new_api_client  # noqa: E402
 from varmor.reconcile.kubeio import JSON_PATCH, Kube  # noqa: E402

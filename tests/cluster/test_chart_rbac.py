@@ -102,13 +102,24 @@ async def can(
     return bool(result.status.allowed)
 
 
+Access = tuple[str, str, str, str, str, str]  # verb, resource, group, namespace, name, subresource
+
+
+async def assert_access(api_client: Any, sa: str, allowed: list[Access], denied: list[Access]) -> None:
+    """Every `allowed` request is authorized for `sa`, every `denied` one is refused."""
+    for expected, requests in ((True, allowed), (False, denied)):
+        for verb, res, group, ns, name, sub in requests:
+            got = await can(api_client, sa, verb, res, group=group, namespace=ns, name=name, subresource=sub)
+            assert got is expected, (sa, verb, res, group, ns, name, sub)
+
+
 async def test_manager_can_do_its_job_and_nothing_more(
     api_client: Any, namespace: str, installed: tuple[str, list[dict[str, Any]]]
 ) -> None:
     release, _ = installed
     sa = f"system:serviceaccount:{namespace}:{release}-manager"
     crd = "crd.varmor.org"
-    allowed = [
+    allowed: list[Access] = [
         ("watch", "varmorpolicies", crd, "other-ns", "", ""),
         ("patch", "varmorpolicies", crd, "other-ns", "p", "status"),
         ("create", "armorprofiles", crd, "other-ns", "", ""),
@@ -120,7 +131,7 @@ async def test_manager_can_do_its_job_and_nothing_more(
         ("update", "leases", "coordination.k8s.io", namespace, f"{release}-leader", ""),
         ("get", "secrets", "", namespace, f"{release}-webhook-tls", ""),
     ]
-    denied = [
+    denied: list[Access] = [
         ("update", "varmorpolicies", crd, "other-ns", "p", ""),  # never the user's spec
         ("patch", "armornodes", crd, "", "node-1", "status"),  # the agents' job
         ("delete", "pods", "", "other-ns", "p", ""),  # rollouts never delete pods
@@ -131,22 +142,7 @@ async def test_manager_can_do_its_job_and_nothing_more(
         ("update", "leases", "coordination.k8s.io", namespace, "other-lease", ""),
         ("create", "clusterrolebindings", "rbac.authorization.k8s.io", "", "", ""),
     ]
-    for verb, res, group, ns, name, sub in allowed:
-        assert await can(api_client, sa, verb, res, group=group, namespace=ns, name=name, subresource=sub), (
-            verb,
-            res,
-            ns,
-            name,
-            sub,
-        )
-    for verb, res, group, ns, name, sub in denied:
-        assert not await can(api_client, sa, verb, res, group=group, namespace=ns, name=name, subresource=sub), (
-            verb,
-            res,
-            ns,
-            name,
-            sub,
-        )
+    await assert_access(api_client, sa, allowed, denied)
 
 
 async def test_agent_can_do_its_job_and_nothing_more(
@@ -155,14 +151,14 @@ async def test_agent_can_do_its_job_and_nothing_more(
     release, _ = installed
     sa = f"system:serviceaccount:{namespace}:{release}-agent"
     crd = "crd.varmor.org"
-    allowed = [
+    allowed: list[Access] = [
         ("watch", "armorprofiles", crd, "", "", ""),
         ("create", "armornodes", crd, "", "", ""),
         ("patch", "armornodes", crd, "", "node-1", "status"),
         ("get", "nodes", "", "", "node-1", ""),
         ("create", "events", "", "other-ns", "", ""),
     ]
-    denied = [
+    denied: list[Access] = [
         ("create", "armorprofiles", crd, "other-ns", "", ""),
         ("list", "varmorpolicies", crd, "", "", ""),
         ("list", "secrets", "", namespace, "", ""),
@@ -171,13 +167,7 @@ async def test_agent_can_do_its_job_and_nothing_more(
         ("create", "mutatingwebhookconfigurations", "admissionregistration.k8s.io", "", "", ""),
         ("list", "pods", "", "", "", ""),
     ]
-    for verb, res, group, ns, name, sub in allowed:
-        assert await can(api_client, sa, verb, res, group=group, namespace=ns, name=name, subresource=sub), (verb, res)
-    for verb, res, group, ns, name, sub in denied:
-        assert not await can(api_client, sa, verb, res, group=group, namespace=ns, name=name, subresource=sub), (
-            verb,
-            res,
-        )
+    await assert_access(api_client, sa, allowed, denied)
 
 
 async def test_impersonated_manager_is_refused_by_the_real_api(
