@@ -213,7 +213,7 @@ def test_unselected_excluded_and_pending(http_client: Client, server: Server) ->
     ("body", "reason"),
     [
         (b"not json", "not JSON"),
-        (b"[]", "JSON object"),
+        (b"[]", "Expected `object`, got `array`"),
         (orjson.dumps({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview"}), "expected apiVersion"),
         (orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}), "request must be"),
         (review(pod()).replace(b'"abc-123"', b"7"), "request.uid"),

@@ -16,39 +16,42 @@ from kubernetes.aio import client
 
 from varmor import api
 from varmor.webhook import rawapi
-from varmor.webhook.planner import LOCALHOST, PlanError, PolicyIndex, plan
+from varmor.webhook.objects import ObjectView, apparmor_of, view_of
+from varmor.webhook.planner import LOCALHOST, PlanError, PolicyIndex, plan, pod_parts
 from varmor.webhook.registration import scopes
 
 PolicyKey = tuple[str, str]  # (namespace or "" for cluster policies, name)
 
 
-def _effective(kind: str, obj: Mapping[str, Any], container: str) -> str | None:
+def _effective(kind: str, obj: ObjectView, container: str) -> str | None:
     """The Localhost profile a container of `obj` will run under, if any."""
-    holder: Mapping[str, Any] = obj if kind == "Pod" else (obj.get("spec") or {}).get("template") or {}
-    spec, meta = holder.get("spec") or {}, holder.get("metadata") or {}
-    for c in spec.get("containers") or []:
-        if c.get("name") != container:
+    meta, spec = pod_parts(kind, obj)
+    for c in (spec.containers if spec is not None else None) or ():
+        if c.name != container:
             continue
-        prof = (c.get("securityContext") or {}).get("appArmorProfile")
-        if prof:
-            return str(prof.get("localhostProfile")) if prof.get("type") == LOCALHOST else None
-        value = (meta.get("annotations") or {}).get(api.K8S_APPARMOR_ANNOTATION_PREFIX + container, "")
-        if isinstance(value, str) and value.startswith("localhost/"):
+        prof = apparmor_of(c.security_context)
+        if prof is not None and prof.type:
+            return prof.localhost_profile if prof.type == LOCALHOST else None
+        annotations = (meta.annotations if meta is not None else None) or {}
+        value = annotations.get(api.K8S_APPARMOR_ANNOTATION_PREFIX + container, "")
+        if value.startswith("localhost/"):
             return value.removeprefix("localhost/")
-        pod_prof = (spec.get("securityContext") or {}).get("appArmorProfile") or {}
-        return str(pod_prof.get("localhostProfile")) if pod_prof.get("type") == LOCALHOST else None
+        assert spec is not None
+        pod_prof = apparmor_of(spec.security_context)
+        return pod_prof.localhost_profile if pod_prof is not None and pod_prof.type == LOCALHOST else None
     return None
 
 
-def is_protected(kind: str, obj: Mapping[str, Any], profile: str, containers: Sequence[str] = ()) -> bool:
+def is_protected(kind: str, obj: Mapping[str, Any] | ObjectView, profile: str, containers: Sequence[str] = ()) -> bool:
     """Every container the policy confines (minus opt-outs) runs under `profile`."""
     try:
-        result = plan(kind, obj, profile, containers, use_field=True)
+        view = view_of(obj)
+        result = plan(kind, view, profile, containers, use_field=True)
     except PlanError:
         return False
     if result.unsupported:
         return False
-    return all(_effective(kind, obj, c) == profile for c in result.confined)
+    return all(_effective(kind, view, c) == profile for c in result.confined)
 
 
 def _live(kind: str, obj: Mapping[str, Any]) -> bool:
@@ -83,11 +86,15 @@ def audit(
             namespace = meta.get("namespace") or ""
             if namespace in excluded or not _live(kind, obj):
                 continue
-            sel = index.select(kind, obj, namespace)
+            try:
+                view = view_of(obj)
+            except PlanError:
+                continue  # not a workload the API server could have stored; nothing to protect
+            sel = index.select(kind, view, namespace)
             if sel.winner is not None:
                 cand = sel.winner.candidate
                 assert cand.profile_name is not None
-                if is_protected(kind, obj, cand.profile_name, cand.containers):
+                if is_protected(kind, view, cand.profile_name, cand.containers):
                     continue
             elif sel.pending:
                 cand = sel.pending[0].candidate

@@ -19,7 +19,7 @@ from kubernetes.aio import client
 from varmor import api
 from varmor.webhook import metrics
 from varmor.webhook.planner import Candidate, Selection
-from varmor.webhook.review import AdmissionRequest
+from varmor.webhook.review import MutationRequest
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def _ref(c: Candidate) -> str:
     return f"{c.namespace}/{c.name}" if c.namespace else c.name
 
 
-def conflict_event(loser: Candidate, winner: Candidate, req: AdmissionRequest, now: dt.datetime) -> dict[str, Any]:
+def conflict_event(loser: Candidate, winner: Candidate, req: MutationRequest, now: dt.datetime) -> dict[str, Any]:
     """A core/v1 Event on the losing policy (cluster policies' Events live in `default`)."""
     kind = api.VARMOR_CLUSTER_POLICY.kind if loser.cluster else api.VARMOR_POLICY.kind
     namespace = loser.namespace or "default"
@@ -66,7 +66,7 @@ class ConflictReporter:
         self.queue: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
         self._last: dict[tuple[str, str], float] = {}
 
-    def report(self, sel: Selection, req: AdmissionRequest) -> None:
+    def report(self, sel: Selection, req: MutationRequest) -> None:
         if sel.winner is None:
             return
         now = time.monotonic()

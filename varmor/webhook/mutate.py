@@ -12,10 +12,10 @@ from dataclasses import dataclass, field
 from varmor import api
 from varmor.webhook import metrics
 from varmor.webhook.planner import JsonPatchOp, PolicyIndex, Selection, plan
-from varmor.webhook.review import AdmissionRequest
+from varmor.webhook.review import MutationRequest
 
 MUTATED_KINDS = {"Pod": "", "Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps"}
-ConflictSink = Callable[[Selection, AdmissionRequest], None]
+ConflictSink = Callable[[Selection, MutationRequest], None]
 
 
 @dataclass
@@ -45,7 +45,7 @@ def _policy_ref(sel_key: tuple[str, str]) -> str:
     return f"{ns}/{name}" if ns else name
 
 
-def decide(state: MutationState, req: AdmissionRequest) -> Decision:
+def decide(state: MutationState, req: MutationRequest) -> Decision:
     """Raises PlanError when the object is not shaped like its kind (answered as 400)."""
     kind = req.kind
     if MUTATED_KINDS.get(kind) != req.group or req.sub_resource or req.obj is None:

@@ -17,7 +17,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from varmor import api
+from varmor.webhook.objects import Container, ObjectMeta, ObjectView, PlanError, SpecView, apparmor_of, view_of
 from varmor.webhook.selector import LabelPredicate, SelectorError, compile_selector
+
+__all__ = ["PlanError"]  # re-exported: callers of the planner catch it from here
 
 JsonPatchOp = dict[str, Any]
 
@@ -27,10 +30,9 @@ UNCONFINED_TYPE = "Unconfined"
 _K8S_PREFIX = api.K8S_APPARMOR_ANNOTATION_PREFIX
 _VARMOR_PREFIX = api.VARMOR_APPARMOR_ANNOTATION_PREFIX
 _UNCONFINED = api.UNCONFINED
-
-
-class PlanError(ValueError):
-    """The object is not shaped like the kind it claims to be."""
+_NO_LABELS: dict[str, str] = {}
+_NO_ANNOTATIONS: dict[str, str] = {}
+_NO_CONTAINERS: list[Container] = []
 
 
 # -- policy selection ---------------------------------------------------------------
@@ -56,17 +58,13 @@ class Candidate:
     def key(self) -> tuple[str, str]:
         return self.namespace, self.name
 
-    def matches(self, kind: str, obj: Mapping[str, Any], namespace: str) -> bool | None:
+    def matches(self, kind: str, meta: ObjectMeta | None, namespace: str) -> bool | None:
         """None if it does not match, else True for a name match and False for a selector match."""
         if kind != self.kind or (not self.cluster and namespace != self.namespace):
             return None
-        meta = obj.get("metadata")
-        meta = meta if isinstance(meta, dict) else {}
         if self.target_name is not None:
-            return True if meta.get("name") == self.target_name else None
-        labels = meta.get("labels")
-        labels = labels if isinstance(labels, dict) else {}
-        if self.selector is not None and self.selector(labels):
+            return True if meta is not None and meta.name == self.target_name else None
+        if self.selector is not None and self.selector(meta.labels or _NO_LABELS if meta is not None else _NO_LABELS):
             return False
         return None
 
@@ -136,11 +134,12 @@ class Selection:
         return self.winner is not None or bool(self.pending)
 
 
-def _select(candidates: Iterable[Candidate], kind: str, obj: Mapping[str, Any], namespace: str) -> Selection:
+def _select(candidates: Iterable[Candidate], kind: str, obj: ObjectView, namespace: str) -> Selection:
     eligible: list[Match] = []
     pending: list[Match] = []
+    meta = obj.metadata
     for cand in candidates:
-        by_name = cand.matches(kind, obj, namespace)
+        by_name = cand.matches(kind, meta, namespace)
         if by_name is None:
             continue
         (eligible if cand.profile_name else pending).append(Match(cand, by_name))
@@ -154,11 +153,11 @@ def _select(candidates: Iterable[Candidate], kind: str, obj: Mapping[str, Any], 
 
 
 def select_policy(
-    policies: Iterable[Mapping[str, Any]], kind: str, obj: Mapping[str, Any], namespace: str
+    policies: Iterable[Mapping[str, Any]], kind: str, obj: Mapping[str, Any] | ObjectView, namespace: str
 ) -> Selection:
     """Pick the policy for `obj` (of `kind`, in `namespace`) from raw policy objects."""
     cands = (c for c in map(candidate_from, policies) if c is not None)
-    return _select(cands, kind, obj, namespace)
+    return _select(cands, kind, view_of(obj), namespace)
 
 
 class PolicyIndex:
@@ -180,8 +179,8 @@ class PolicyIndex:
         cluster = self._groups.get((kind, ""), ())
         return cluster + self._groups.get((kind, namespace), ()) if namespace else cluster
 
-    def select(self, kind: str, obj: Mapping[str, Any], namespace: str) -> Selection:
-        return _select(self.candidates(kind, namespace), kind, obj, namespace)
+    def select(self, kind: str, obj: Mapping[str, Any] | ObjectView, namespace: str) -> Selection:
+        return _select(self.candidates(kind, namespace), kind, view_of(obj), namespace)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._groups.values())
@@ -204,58 +203,14 @@ def _paths(kind: str) -> tuple[str, str]:
     raise PlanError(f"unsupported kind {kind!r}")
 
 
-def _pod_parts(kind: str, obj: Mapping[str, Any]) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
-    """(pod metadata or None, pod spec or None), type-checked."""
+def pod_parts(kind: str, obj: ObjectView) -> tuple[ObjectMeta | None, SpecView | None]:
+    """(pod metadata, pod spec) of a Pod, or of a workload's pod template; None where absent."""
     if kind == "Pod":
-        holder: Any = obj
-    else:
-        spec = obj.get("spec")
-        if not isinstance(spec, dict):
-            raise PlanError(f"{kind} has no spec")
-        holder = spec.get("template")
-        if holder is None:
-            return None, None
-        if not isinstance(holder, dict):
-            raise PlanError(f"{kind} spec.template is not an object")
-    meta, pod_spec = holder.get("metadata"), holder.get("spec")
-    if meta is not None and not isinstance(meta, dict):
-        raise PlanError("metadata is not an object")
-    if pod_spec is not None and not isinstance(pod_spec, dict):
-        raise PlanError("pod spec is not an object")
-    return meta, pod_spec
-
-
-def _annotations(meta: Mapping[str, Any] | None) -> Mapping[str, Any]:
-    ann = meta.get("annotations") if meta else None
-    if ann is None:
-        return {}
-    if not isinstance(ann, dict):
-        raise PlanError("annotations is not an object")
-    return ann
-
-
-def _containers(pod_spec: Mapping[str, Any] | None) -> Sequence[Mapping[str, Any]]:
-    containers = pod_spec.get("containers") if pod_spec else None
-    if containers is None:
-        return ()
-    if not isinstance(containers, list):
-        raise PlanError("containers must be a list of objects with a name")
-    for c in containers:
-        if not isinstance(c, dict) or not isinstance(c.get("name"), str):
-            raise PlanError("containers must be a list of objects with a name")
-    return containers
-
-
-def _apparmor_field(holder: Mapping[str, Any] | None) -> Mapping[str, Any] | None:
-    sc = holder.get("securityContext") if holder else None
-    if sc is None:
-        return None
-    if not isinstance(sc, dict):
-        raise PlanError("securityContext is not an object")
-    prof = sc.get("appArmorProfile")
-    if prof is not None and not isinstance(prof, dict):
-        raise PlanError("appArmorProfile is not an object")
-    return prof
+        return obj.metadata, obj.spec
+    if obj.spec is None:
+        raise PlanError(f"{kind} has no spec")
+    template = obj.spec.template
+    return (None, None) if template is None else (template.metadata, template.spec)
 
 
 @dataclass(slots=True)
@@ -268,13 +223,13 @@ class Plan:
     unsupported: str | None = None  # why nothing can be confined (e.g. Windows pods)
 
 
-def _annotation_ops(meta_path: str, meta: Mapping[str, Any] | None, changes: Mapping[str, str]) -> list[JsonPatchOp]:
+def _annotation_ops(meta_path: str, meta: ObjectMeta | None, changes: Mapping[str, str]) -> list[JsonPatchOp]:
     """`add` ops setting `changes` in the annotations, creating missing maps as needed."""
     if not changes:
         return []
     if meta is None:
         return [{"op": "add", "path": meta_path, "value": {"annotations": dict(changes)}}]
-    if meta.get("annotations") is None:
+    if meta.annotations is None:
         return [{"op": "add", "path": f"{meta_path}/annotations", "value": dict(changes)}]
     return [
         {"op": "add", "path": f"{meta_path}/annotations/{escape(k)}", "value": v} for k, v in sorted(changes.items())
@@ -283,7 +238,7 @@ def _annotation_ops(meta_path: str, meta: Mapping[str, Any] | None, changes: Map
 
 def plan(
     kind: str,
-    obj: Mapping[str, Any],
+    obj: Mapping[str, Any] | ObjectView,
     profile_name: str,
     containers: Sequence[str] = (),
     use_field: bool = True,
@@ -295,34 +250,32 @@ def plan(
     `obj` is not shaped like a `kind`.
     """
     meta_path, spec_path = _paths(kind)
-    meta, pod_spec = _pod_parts(kind, obj)
+    meta, pod_spec = pod_parts(kind, view_of(obj))
     if pod_spec is None:
         return Plan(unsupported="no pod template")
-    os_spec = pod_spec.get("os")
-    if isinstance(os_spec, dict) and os_spec.get("name") == "windows":
+    if pod_spec.os is not None and pod_spec.os.name == "windows":
         return Plan(unsupported="Windows pods cannot use AppArmor")
-    ann = _annotations(meta)
-    pod_field = _apparmor_field(pod_spec)
-    pod_unconfined = bool(pod_field and pod_field.get("type") == UNCONFINED_TYPE)
-    wanted = set(containers)
+    ann = (meta.annotations if meta is not None else None) or _NO_ANNOTATIONS
+    pod_field = apparmor_of(pod_spec.security_context)
+    pod_unconfined = pod_field is not None and pod_field.type == UNCONFINED_TYPE
     localhost = f"localhost/{profile_name}"
-    desired_field = {"type": LOCALHOST, "localhostProfile": profile_name}
     ops: list[JsonPatchOp] = []
     ann_changes: dict[str, str] = {}
     confined: list[str] = []
     opted_out: list[str] = []
-    for i, container in enumerate(_containers(pod_spec)):
-        name = container["name"]
-        if wanted and name not in wanted:
+    for i, container in enumerate(pod_spec.containers or _NO_CONTAINERS):
+        name = container.name
+        if containers and name not in containers:
             continue
         k8s_key = _K8S_PREFIX + name
         varmor_key = _VARMOR_PREFIX + name
-        field_now = _apparmor_field(container)
+        context = container.security_context
+        field_now = apparmor_of(context)
         varmor_now, k8s_now = ann.get(varmor_key), ann.get(k8s_key)
         if (
             varmor_now == _UNCONFINED
             or k8s_now == _UNCONFINED
-            or (field_now is not None and field_now.get("type") == UNCONFINED_TYPE)
+            or (field_now is not None and field_now.type == UNCONFINED_TYPE)
             or (pod_unconfined and field_now is None)
         ):
             opted_out.append(name)
@@ -332,26 +285,25 @@ def plan(
             if varmor_now != localhost:
                 ann_changes[varmor_key] = localhost
             # The API server rejects a pod whose annotation and field disagree.
-            if k8s_key in ann and k8s_now != localhost:
+            if k8s_now is not None and k8s_now != localhost:
                 ann_changes[k8s_key] = localhost
-            if field_now is None or dict(field_now) != desired_field:
+            if field_now is None or field_now.type != LOCALHOST or field_now.localhost_profile != profile_name:
+                desired = {"type": LOCALHOST, "localhostProfile": profile_name}
                 base = f"{spec_path}/containers/{i}/securityContext"
-                if container.get("securityContext") is None:
-                    ops.append({"op": "add", "path": base, "value": {"appArmorProfile": dict(desired_field)}})
+                if context is None:
+                    ops.append({"op": "add", "path": base, "value": {"appArmorProfile": desired}})
                 else:
-                    ops.append({"op": "add", "path": f"{base}/appArmorProfile", "value": dict(desired_field)})
+                    ops.append({"op": "add", "path": f"{base}/appArmorProfile", "value": desired})
         elif k8s_now != localhost:
             ann_changes[k8s_key] = localhost
-    return Plan(
-        ops=tuple(_annotation_ops(meta_path, meta, ann_changes) + ops),
-        confined=tuple(confined),
-        opted_out=tuple(opted_out),
-    )
+    if ann_changes:
+        ops[:0] = _annotation_ops(meta_path, meta, ann_changes)
+    return Plan(ops=tuple(ops), confined=tuple(confined), opted_out=tuple(opted_out))
 
 
 def plan_patch(
     obj_kind: str,
-    obj: Mapping[str, Any],
+    obj: Mapping[str, Any] | ObjectView,
     profile_name: str,
     containers: Sequence[str] = (),
     use_field: bool = True,
@@ -369,21 +321,25 @@ def _ours(value: Any, profile_name: str | None) -> bool:
     return name == profile_name if profile_name else name.startswith(api.PROFILE_PREFIX)
 
 
-def remove_patch(obj_kind: str, obj: Mapping[str, Any], profile_name: str | None = None) -> list[JsonPatchOp]:
+def remove_patch(
+    obj_kind: str, obj: Mapping[str, Any] | ObjectView, profile_name: str | None = None
+) -> list[JsonPatchOp]:
     """Ops removing what varmor attached (`profile_name`, or any `varmor-*` profile).
 
     For rollbacks of workload templates: Pods are immutable here. Opt-out annotations
     (`unconfined`) are the user's and stay.
     """
     meta_path, spec_path = _paths(obj_kind)
-    meta, pod_spec = _pod_parts(obj_kind, obj)
+    meta, pod_spec = pod_parts(obj_kind, view_of(obj))
     ops: list[JsonPatchOp] = []
-    for key, value in sorted(_annotations(meta).items()):
+    annotations = (meta.annotations if meta is not None else None) or _NO_ANNOTATIONS
+    for key, value in sorted(annotations.items()):
         prefixed = key.startswith((api.K8S_APPARMOR_ANNOTATION_PREFIX, api.VARMOR_APPARMOR_ANNOTATION_PREFIX))
         if prefixed and _ours(value, profile_name):
             ops.append({"op": "remove", "path": f"{meta_path}/annotations/{escape(key)}"})
-    for i, container in enumerate(_containers(pod_spec)):
-        prof = _apparmor_field(container)
-        if prof and prof.get("type") == LOCALHOST and _ours(f"localhost/{prof.get('localhostProfile')}", profile_name):
+    containers: list[Container] = (pod_spec.containers if pod_spec is not None else None) or []
+    for i, container in enumerate(containers):
+        prof = apparmor_of(container.security_context)
+        if prof and prof.type == LOCALHOST and _ours(f"localhost/{prof.localhost_profile}", profile_name):
             ops.append({"op": "remove", "path": f"{spec_path}/containers/{i}/securityContext/appArmorProfile"})
     return ops

@@ -8,90 +8,87 @@ from __future__ import annotations
 
 from binascii import b2a_base64
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any, Generic, TypeVar
 
+import msgspec
 import orjson
 
+from varmor.webhook.objects import ObjectView
+
 API_VERSION = "admission.k8s.io/v1"
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+ObjectT = TypeVar("ObjectT")
 
 
 class ReviewError(ValueError):
     pass
 
 
-@dataclass(slots=True)
-class AdmissionRequest:
-    uid: str
-    kind: str  # request.kind.kind
-    group: str
-    operation: str
-    namespace: str
-    name: str
-    sub_resource: str
-    obj: Mapping[str, Any] | None
-    old_obj: Mapping[str, Any] | None
-    dry_run: bool
+class GroupVersionKind(msgspec.Struct):
+    kind: NonEmpty
+    group: str = ""
+    version: str = ""
 
 
-def _str(req: Mapping[str, Any], key: str, *, required: bool = False) -> str:
-    value = req.get(key)
-    if value is None and not required:
-        return ""
-    if not isinstance(value, str) or (required and not value):
-        raise ReviewError(
-            f"request.{key} must be a non-empty string" if required else f"request.{key} must be a string"
-        )
-    return value
+class AdmissionRequest(msgspec.Struct, Generic[ObjectT], rename="camel", kw_only=True):
+    """`request` of an AdmissionReview; `obj` is typed per endpoint (see the decoders)."""
+
+    uid: NonEmpty
+    gvk: GroupVersionKind = msgspec.field(name="kind")
+    operation: NonEmpty
+    namespace: str = ""
+    name: str = ""
+    sub_resource: str = ""
+    obj: ObjectT | None = msgspec.field(default=None, name="object")
+    old_obj: ObjectT | None = msgspec.field(default=None, name="oldObject")
+    dry_run: bool = False
+
+    @property
+    def kind(self) -> str:
+        return self.gvk.kind
+
+    @property
+    def group(self) -> str:
+        return self.gvk.group
 
 
-def _obj(req: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
-    value = req.get(key)
-    if value is not None and not isinstance(value, dict):
-        raise ReviewError(f"request.{key} must be an object")
-    return value
+class AdmissionReview(msgspec.Struct, Generic[ObjectT], rename="camel"):
+    api_version: str = ""
+    kind: str = ""
+    request: AdmissionRequest[ObjectT] | None = None
 
 
-def parse_review(body: bytes) -> AdmissionRequest:
+MutationRequest = AdmissionRequest[ObjectView]
+ValidationRequest = AdmissionRequest[dict[str, Any]]
+# /mutate reads a typed view of the object and skips the rest; /validate needs the policy whole.
+_MUTATION = msgspec.json.Decoder(AdmissionReview[ObjectView])
+_VALIDATION = msgspec.json.Decoder(AdmissionReview[dict[str, Any]])
+
+
+def _parse(decoder: msgspec.json.Decoder[AdmissionReview[Any]], body: bytes) -> AdmissionRequest[Any]:
     try:
-        doc = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ReviewError(f"body is not JSON: {exc.msg}") from None
-    if not isinstance(doc, dict):
-        raise ReviewError("body must be a JSON object")
-    if doc.get("apiVersion") != API_VERSION or doc.get("kind") != "AdmissionReview":
+        review = decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ReviewError(f"not an AdmissionReview: {exc}") from None
+    except msgspec.DecodeError as exc:
+        raise ReviewError(f"body is not JSON: {exc}") from None
+    if review.api_version != API_VERSION or review.kind != "AdmissionReview":
         raise ReviewError(f"expected apiVersion {API_VERSION} kind AdmissionReview")
-    req = doc.get("request")
-    if not isinstance(req, dict):
+    if review.request is None:
         raise ReviewError("request must be an object")
-    kind = req.get("kind")
-    if not isinstance(kind, dict) or not isinstance(kind.get("kind"), str) or not kind["kind"]:
-        raise ReviewError("request.kind.kind must be a non-empty string")
-    group = kind.get("group", "")
-    if not isinstance(group, str):
-        raise ReviewError("request.kind.group must be a string")
-    dry_run = req.get("dryRun", False)
-    if not isinstance(dry_run, bool):
-        raise ReviewError("request.dryRun must be a boolean")
-    # Fast path for the common shape (all strings present and non-empty where required);
-    # anything else goes through _str for the exact error.
-    get = req.get
-    uid, operation = get("uid"), get("operation")
-    namespace, name, sub_resource = get("namespace"), get("name"), get("subResource")
-    if not (type(uid) is str and uid and type(operation) is str and operation):
-        uid, operation = _str(req, "uid", required=True), _str(req, "operation", required=True)
-    if type(namespace) is not str:
-        namespace = _str(req, "namespace")
-    if type(name) is not str:
-        name = _str(req, "name")
-    if type(sub_resource) is not str:
-        sub_resource = _str(req, "subResource")
-    obj, old_obj = get("object"), get("oldObject")
-    if obj is not None and type(obj) is not dict:
-        obj = _obj(req, "object")
-    if old_obj is not None and type(old_obj) is not dict:
-        old_obj = _obj(req, "oldObject")
-    return AdmissionRequest(uid, kind["kind"], group, operation, namespace, name, sub_resource, obj, old_obj, dry_run)
+    return review.request
+
+
+def parse_mutation_review(body: bytes) -> MutationRequest:
+    """The request of a review sent to /mutate; ReviewError if anything is misshapen."""
+    request: MutationRequest = _parse(_MUTATION, body)
+    return request
+
+
+def parse_validation_review(body: bytes) -> ValidationRequest:
+    request: ValidationRequest = _parse(_VALIDATION, body)
+    return request
 
 
 def encode_response(

@@ -17,7 +17,13 @@ from aiohttp import web
 from varmor.webhook import metrics
 from varmor.webhook.mutate import Decision, MutationState, decide
 from varmor.webhook.planner import PlanError
-from varmor.webhook.review import AdmissionRequest, ReviewError, encode_response, parse_review
+from varmor.webhook.review import (
+    ReviewError,
+    ValidationRequest,
+    encode_response,
+    parse_mutation_review,
+    parse_validation_review,
+)
 from varmor.webhook.validate import PolicyValidator, Verdict
 
 log = logging.getLogger(__name__)
@@ -42,13 +48,13 @@ def _too_large(endpoint: str, exc: web.HTTPRequestEntityTooLarge) -> web.Respons
     return web.json_response({"error": exc.text or "request body too large"}, status=413)
 
 
-async def _read(request: web.Request, endpoint: str) -> AdmissionRequest | web.Response:
+async def _read_validation(request: web.Request, endpoint: str) -> ValidationRequest | web.Response:
     try:
         body = await request.read()
     except web.HTTPRequestEntityTooLarge as exc:
         return _too_large(endpoint, exc)
     try:
-        return parse_review(body)
+        return parse_validation_review(body)
     except ReviewError as exc:
         return _bad_request(endpoint, str(exc))
 
@@ -72,7 +78,7 @@ def build_app(
         except web.HTTPRequestEntityTooLarge as exc:
             return _too_large("mutate", exc)
         try:
-            req = parse_review(raw)
+            req = parse_mutation_review(raw)
         except ReviewError as exc:
             return _bad_request("mutate", str(exc))
         if synced is not None and not state.synced:
@@ -99,7 +105,7 @@ def build_app(
 
     async def validate(request: web.Request) -> web.Response:
         start = perf_counter()
-        parsed = await _read(request, "validate")
+        parsed = await _read_validation(request, "validate")
         if isinstance(parsed, web.Response):
             return parsed
         req = parsed

@@ -17,7 +17,7 @@ from varmor import api
 from varmor.parser import ParserNotFoundError, compile_check
 from varmor.policy import Policy, PolicyError, parse_policy
 from varmor.profile.builder import build_profile
-from varmor.webhook.review import AdmissionRequest
+from varmor.webhook.review import ValidationRequest
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ class PolicyValidator:
         self._cache_size = cache_size
         self._compiles = asyncio.Semaphore(2)
 
-    async def validate(self, req: AdmissionRequest) -> Verdict:
+    async def validate(self, req: ValidationRequest) -> Verdict:
         if req.kind not in POLICY_KINDS or req.group != api.GROUP or req.operation not in ("CREATE", "UPDATE"):
             return Verdict(True, result="ignored")
         if req.obj is None:
