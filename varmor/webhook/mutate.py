@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 from varmor import api
 from varmor.webhook import metrics
-from varmor.webhook.planner import JsonPatchOp, PolicyIndex, Selection, plan
+from varmor.webhook.planner import JsonPatchOp, Plan, PolicyIndex, Selection, plan
 from varmor.webhook.review import MutationRequest
 
 MUTATED_KINDS = {"Pod": "", "Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps"}
@@ -47,17 +47,18 @@ def _policy_ref(sel_key: tuple[str, str]) -> str:
 
 def decide(state: MutationState, req: MutationRequest) -> Decision:
     """Raises PlanError when the object is not shaped like its kind (answered as 400)."""
-    kind = req.kind
-    if MUTATED_KINDS.get(kind) != req.group or req.sub_resource or req.obj is None:
+    gvk, obj, operation = req.gvk, req.obj, req.operation
+    kind = gvk.kind
+    if MUTATED_KINDS.get(kind) != gvk.group or req.sub_resource or obj is None:
         return Decision("ignored")
-    if req.operation != "CREATE" and not (req.operation == "UPDATE" and kind != "Pod"):
+    if operation != "CREATE" and (operation != "UPDATE" or kind == "Pod"):
         return Decision("ignored")
     if req.namespace in state.excluded_namespaces:
         return Decision("excluded")
     if not state.synced:
         _unconfined(kind, "not_synced")
         return Decision("not_synced", warnings=("varmor: policies not loaded yet; admitted without AppArmor",))
-    sel = state.index.select(kind, req.obj, req.namespace)
+    sel = state.index.select(kind, obj, req.namespace)
     if sel.winner is None:
         if not sel.pending:
             return Decision("not_selected")
@@ -66,7 +67,18 @@ def decide(state: MutationState, req: MutationRequest) -> Decision:
         return Decision("policy_pending", warnings=(f"varmor: policy {ref} is not ready; admitted without AppArmor",))
     cand = sel.winner.candidate
     assert cand.profile_name is not None
-    result = plan(kind, req.obj, cand.profile_name, cand.containers, state.use_field)
+    result = plan(kind, obj, cand.profile_name, cand.containers, state.use_field)
+    if sel.losers or result.unsupported or result.opted_out or not result.confined:
+        return _qualified(state, req, sel, result)
+    metrics.count_mutation(kind)
+    return Decision("mutated", result.ops)
+
+
+def _qualified(state: MutationState, req: MutationRequest, sel: Selection, result: Plan) -> Decision:
+    """The less common answers: conflicts, opt-outs and what cannot be confined, with warnings."""
+    kind = req.kind
+    assert sel.winner is not None
+    cand = sel.winner.candidate
     warnings: list[str] = []
     if sel.losers:
         metrics.CONFLICTS.labels(kind).inc()

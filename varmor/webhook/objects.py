@@ -10,6 +10,9 @@ review takes a third of the time of a generic one, and frees almost nothing).
 The same types validate: an object that is not shaped like its kind (a container without
 a name, annotations that are not a string map) fails to decode with the JSON path of the
 problem, which the webhook answers with 400.
+
+Views are not tracked by the garbage collector (`gc=False`): decoding never builds
+reference cycles, and the admission path allocates a dozen of them per request.
 """
 
 from __future__ import annotations
@@ -20,32 +23,31 @@ from typing import Any
 import msgspec
 
 
-class AppArmorProfile(msgspec.Struct, rename="camel", omit_defaults=True):
+class AppArmorProfile(msgspec.Struct, rename="camel", omit_defaults=True, gc=False):
     type: str = ""
     localhost_profile: str | None = None
 
 
-class SecurityContext(msgspec.Struct, rename="camel"):
+class SecurityContext(msgspec.Struct, rename="camel", gc=False):
     app_armor_profile: AppArmorProfile | None = None
 
 
-class Container(msgspec.Struct, rename="camel"):
+class Container(msgspec.Struct, rename="camel", gc=False):
     name: str
     security_context: SecurityContext | None = None
 
 
-class PodOS(msgspec.Struct):
+class PodOS(msgspec.Struct, gc=False):
     name: str = ""
 
 
-class ObjectMeta(msgspec.Struct):
+class ObjectMeta(msgspec.Struct, gc=False):
     name: str = ""
-    namespace: str = ""
     labels: dict[str, str] | None = None
     annotations: dict[str, str] | None = None
 
 
-class SpecView(msgspec.Struct, rename="camel"):
+class SpecView(msgspec.Struct, rename="camel", gc=False):
     """A PodSpec's fields varmor reads, plus a workload spec's `template`."""
 
     containers: list[Container] | None = None
@@ -54,12 +56,12 @@ class SpecView(msgspec.Struct, rename="camel"):
     template: PodTemplateView | None = None
 
 
-class PodTemplateView(msgspec.Struct):
+class PodTemplateView(msgspec.Struct, gc=False):
     metadata: ObjectMeta | None = None
     spec: SpecView | None = None
 
 
-class ObjectView(msgspec.Struct):
+class ObjectView(msgspec.Struct, gc=False):
     """A Pod, Deployment, StatefulSet or DaemonSet, as far as admission is concerned."""
 
     metadata: ObjectMeta | None = None

@@ -143,6 +143,8 @@ def _select(candidates: Iterable[Candidate], kind: str, obj: ObjectView, namespa
         if by_name is None:
             continue
         (eligible if cand.profile_name else pending).append(Match(cand, by_name))
+    if not pending and len(eligible) == 1:  # the common case
+        return Selection(eligible[0])
     if len(pending) > 1:
         pending.sort(key=lambda m: m.rank)
     if not eligible:
@@ -194,13 +196,17 @@ def escape(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
 
 
+_POD_POINTERS = ("/metadata", "/spec")
+_TEMPLATE_POINTERS = ("/spec/template/metadata", "/spec/template/spec")
+# (metadata pointer, pod spec pointer) of the pod (template) inside an object of each kind.
+POINTERS = {kind: _POD_POINTERS if kind == "Pod" else _TEMPLATE_POINTERS for kind in api.TARGET_KINDS}
+
+
 def _paths(kind: str) -> tuple[str, str]:
-    """(metadata pointer, pod spec pointer) of the pod (template) inside an object of `kind`."""
-    if kind == "Pod":
-        return "/metadata", "/spec"
-    if kind in api.TARGET_KINDS:
-        return "/spec/template/metadata", "/spec/template/spec"
-    raise PlanError(f"unsupported kind {kind!r}")
+    pointers = POINTERS.get(kind)
+    if pointers is None:
+        raise PlanError(f"unsupported kind {kind!r}")
+    return pointers
 
 
 def pod_parts(kind: str, obj: ObjectView) -> tuple[ObjectMeta | None, SpecView | None]:
@@ -223,17 +229,14 @@ class Plan:
     unsupported: str | None = None  # why nothing can be confined (e.g. Windows pods)
 
 
-def _annotation_ops(meta_path: str, meta: ObjectMeta | None, changes: Mapping[str, str]) -> list[JsonPatchOp]:
+def _annotation_ops(meta_path: str, meta: ObjectMeta | None, changes: dict[str, str]) -> list[JsonPatchOp]:
     """`add` ops setting `changes` in the annotations, creating missing maps as needed."""
-    if not changes:
-        return []
     if meta is None:
-        return [{"op": "add", "path": meta_path, "value": {"annotations": dict(changes)}}]
+        return [{"op": "add", "path": meta_path, "value": {"annotations": changes}}]
     if meta.annotations is None:
-        return [{"op": "add", "path": f"{meta_path}/annotations", "value": dict(changes)}]
-    return [
-        {"op": "add", "path": f"{meta_path}/annotations/{escape(k)}", "value": v} for k, v in sorted(changes.items())
-    ]
+        return [{"op": "add", "path": meta_path + "/annotations", "value": changes}]
+    prefix = meta_path + "/annotations/"
+    return [{"op": "add", "path": prefix + escape(k), "value": v} for k, v in sorted(changes.items())]
 
 
 def plan(
@@ -249,56 +252,66 @@ def plan(
     beta annotation. Init and ephemeral containers are left alone. Raises PlanError when
     `obj` is not shaped like a `kind`.
     """
+    # The admission hot path: written for few Python operations per container.
     meta_path, spec_path = _paths(kind)
-    meta, pod_spec = pod_parts(kind, view_of(obj))
+    meta, pod_spec = pod_parts(kind, obj if type(obj) is ObjectView else view_of(obj))
     if pod_spec is None:
         return Plan(unsupported="no pod template")
     if pod_spec.os is not None and pod_spec.os.name == "windows":
         return Plan(unsupported="Windows pods cannot use AppArmor")
-    ann = (meta.annotations if meta is not None else None) or _NO_ANNOTATIONS
+    ann = (None if meta is None else meta.annotations) or _NO_ANNOTATIONS
     pod_field = apparmor_of(pod_spec.security_context)
     pod_unconfined = pod_field is not None and pod_field.type == UNCONFINED_TYPE
-    localhost = f"localhost/{profile_name}"
+    localhost = "localhost/" + profile_name
     ops: list[JsonPatchOp] = []
     ann_changes: dict[str, str] = {}
     confined: list[str] = []
     opted_out: list[str] = []
+    containers_path = spec_path + "/containers/"
     for i, container in enumerate(pod_spec.containers or _NO_CONTAINERS):
         name = container.name
         if containers and name not in containers:
             continue
-        k8s_key = _K8S_PREFIX + name
-        varmor_key = _VARMOR_PREFIX + name
         context = container.security_context
-        field_now = apparmor_of(context)
-        varmor_now, k8s_now = ann.get(varmor_key), ann.get(k8s_key)
-        if (
-            varmor_now == _UNCONFINED
-            or k8s_now == _UNCONFINED
-            or (field_now is not None and field_now.type == UNCONFINED_TYPE)
-            or (pod_unconfined and field_now is None)
-        ):
+        field_now = None if context is None else context.app_armor_profile
+        varmor_key = _VARMOR_PREFIX + name
+        k8s_key = _K8S_PREFIX + name
+        varmor_now = ann.get(varmor_key)
+        k8s_now = ann.get(k8s_key)
+        if field_now is None:
+            if pod_unconfined or varmor_now == _UNCONFINED or k8s_now == _UNCONFINED:
+                opted_out.append(name)
+                continue
+        elif field_now.type == UNCONFINED_TYPE or varmor_now == _UNCONFINED or k8s_now == _UNCONFINED:
             opted_out.append(name)
             continue
         confined.append(name)
-        if use_field:
-            if varmor_now != localhost:
-                ann_changes[varmor_key] = localhost
-            # The API server rejects a pod whose annotation and field disagree.
-            if k8s_now is not None and k8s_now != localhost:
+        if not use_field:
+            if k8s_now != localhost:
                 ann_changes[k8s_key] = localhost
-            if field_now is None or field_now.type != LOCALHOST or field_now.localhost_profile != profile_name:
-                desired = {"type": LOCALHOST, "localhostProfile": profile_name}
-                base = f"{spec_path}/containers/{i}/securityContext"
-                if context is None:
-                    ops.append({"op": "add", "path": base, "value": {"appArmorProfile": desired}})
-                else:
-                    ops.append({"op": "add", "path": f"{base}/appArmorProfile", "value": desired})
-        elif k8s_now != localhost:
+            continue
+        if varmor_now != localhost:
+            ann_changes[varmor_key] = localhost
+        # The API server rejects a pod whose annotation and field disagree.
+        if k8s_now is not None and k8s_now != localhost:
             ann_changes[k8s_key] = localhost
+        if field_now is None or field_now.type != LOCALHOST or field_now.localhost_profile != profile_name:
+            desired = {"type": LOCALHOST, "localhostProfile": profile_name}
+            if context is None:
+                ops.append(
+                    {
+                        "op": "add",
+                        "path": f"{containers_path}{i}/securityContext",
+                        "value": {"appArmorProfile": desired},
+                    }
+                )
+            else:
+                ops.append(
+                    {"op": "add", "path": f"{containers_path}{i}/securityContext/appArmorProfile", "value": desired}
+                )
     if ann_changes:
         ops[:0] = _annotation_ops(meta_path, meta, ann_changes)
-    return Plan(ops=tuple(ops), confined=tuple(confined), opted_out=tuple(opted_out))
+    return Plan(tuple(ops), tuple(confined), tuple(opted_out))
 
 
 def plan_patch(

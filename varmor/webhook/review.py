@@ -25,13 +25,13 @@ class ReviewError(ValueError):
     pass
 
 
-class GroupVersionKind(msgspec.Struct):
+class GroupVersionKind(msgspec.Struct, gc=False):
     kind: NonEmpty
     group: str = ""
     version: str = ""
 
 
-class AdmissionRequest(msgspec.Struct, Generic[ObjectT], rename="camel", kw_only=True):
+class AdmissionRequest(msgspec.Struct, Generic[ObjectT], rename="camel", kw_only=True, gc=False):
     """`request` of an AdmissionReview; `obj` is typed per endpoint (see the decoders)."""
 
     uid: NonEmpty
@@ -53,7 +53,7 @@ class AdmissionRequest(msgspec.Struct, Generic[ObjectT], rename="camel", kw_only
         return self.gvk.group
 
 
-class AdmissionReview(msgspec.Struct, Generic[ObjectT], rename="camel"):
+class AdmissionReview(msgspec.Struct, Generic[ObjectT], rename="camel", gc=False):
     api_version: str = ""
     kind: str = ""
     request: AdmissionRequest[ObjectT] | None = None
@@ -91,6 +91,9 @@ def parse_validation_review(body: bytes) -> ValidationRequest:
     return request
 
 
+_ENVELOPE = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":'
+
+
 def encode_response(
     uid: str,
     *,
@@ -103,9 +106,9 @@ def encode_response(
     response: dict[str, Any] = {"uid": uid, "allowed": allowed}
     if patch:
         response["patchType"] = "JSONPatch"
-        response["patch"] = b2a_base64(orjson.dumps(list(patch)), newline=False).decode()
+        response["patch"] = b2a_base64(orjson.dumps(patch), newline=False).decode()
     if warnings:
-        response["warnings"] = list(warnings)
+        response["warnings"] = warnings
     if not allowed:
         response["status"] = {"code": code, "message": message, "reason": "Invalid" if code == 422 else "Forbidden"}
-    return orjson.dumps({"apiVersion": API_VERSION, "kind": "AdmissionReview", "response": response})
+    return _ENVELOPE + orjson.dumps(response) + b"}"

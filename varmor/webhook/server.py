@@ -27,15 +27,10 @@ from varmor.webhook.review import (
 from varmor.webhook.validate import PolicyValidator, Verdict
 
 log = logging.getLogger(__name__)
-observe_latency = metrics.observe_latency
+record = metrics.record
 
 DEFAULT_MAX_BODY = 6 * 1024 * 1024  # object + oldObject of the largest (1.5 MiB) objects, with room
 JSON = "application/json"
-OPERATIONS = frozenset({"CREATE", "UPDATE", "DELETE", "CONNECT"})
-
-
-def _op(operation: str) -> str:
-    return operation if operation in OPERATIONS else "other"
 
 
 def _bad_request(endpoint: str, reason: str) -> web.Response:
@@ -93,14 +88,7 @@ def build_app(
             metrics.UNCONFINED.labels(metrics.kind_label(req.kind), "error").inc()
             decision = Decision("error")
         body = encode_response(req.uid, patch=decision.patch, warnings=decision.warnings)
-        operation = req.operation
-        metrics.count_request(
-            "mutate",
-            metrics.kind_label(req.kind),
-            operation if operation in OPERATIONS else "other",
-            decision.result,
-        )
-        observe_latency("mutate", perf_counter() - start)
+        record("mutate", req.gvk.kind, req.operation, decision.result, perf_counter() - start)
         return web.Response(body=body, content_type=JSON)
 
     async def validate(request: web.Request) -> web.Response:
@@ -117,8 +105,7 @@ def build_app(
         body = encode_response(
             req.uid, allowed=verdict.allowed, warnings=verdict.warnings, message=verdict.message, code=422
         )
-        metrics.count_request("validate", metrics.kind_label(req.kind), _op(req.operation), verdict.result)
-        observe_latency("validate", perf_counter() - start)
+        record("validate", req.kind, req.operation, verdict.result, perf_counter() - start)
         return web.Response(body=body, content_type=JSON)
 
     async def healthz(_request: web.Request) -> web.Response:
