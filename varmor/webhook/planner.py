@@ -38,7 +38,7 @@ _NO_CONTAINERS: list[Container] = []
 # -- policy selection ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Candidate:
     """A policy reduced to what matching needs; built once per policy version."""
 
@@ -182,7 +182,8 @@ class PolicyIndex:
         return cluster + self._groups.get((kind, namespace), ()) if namespace else cluster
 
     def select(self, kind: str, obj: Mapping[str, Any] | ObjectView, namespace: str) -> Selection:
-        return _select(self.candidates(kind, namespace), kind, view_of(obj), namespace)
+        view = obj if type(obj) is ObjectView else view_of(obj)
+        return _select(self.candidates(kind, namespace), kind, view, namespace)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._groups.values())

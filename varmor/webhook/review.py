@@ -82,13 +82,11 @@ def _parse(decoder: msgspec.json.Decoder[AdmissionReview[Any]], body: bytes) -> 
 
 def parse_mutation_review(body: bytes) -> MutationRequest:
     """The request of a review sent to /mutate; ReviewError if anything is misshapen."""
-    request: MutationRequest = _parse(_MUTATION, body)
-    return request
+    return _parse(_MUTATION, body)
 
 
 def parse_validation_review(body: bytes) -> ValidationRequest:
-    request: ValidationRequest = _parse(_VALIDATION, body)
-    return request
+    return _parse(_VALIDATION, body)
 
 
 _ENVELOPE = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":'
