@@ -1,0 +1,3 @@
+module varmor.org/bench/echowebhook
+
+go 1.22
