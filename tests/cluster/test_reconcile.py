@@ -333,13 +333,25 @@ async def test_new_leader_deletes_profiles_orphaned_while_down(k: Api, namespace
     run = await leader()
     await k.create(namespace, vpol("orphan"))
     profile = f"varmor-{namespace}-orphan"
-    ap = await wait_for(lambda: k.armor_profile(namespace, profile))
+    await wait_for(lambda: k.armor_profile(namespace, profile))
     await run.stop()
-    # Re-point the owner reference at a policy uid that never existed (as if deleted).
-    ap["metadata"]["ownerReferences"][0]["uid"] = "00000000-0000-0000-0000-000000000000"
-    await k.custom.replace_namespaced_custom_object(
-        api.GROUP, api.VERSION, namespace, api.ARMOR_PROFILE.plural, profile, ap
-    )
+
+    async def orphaned() -> bool:
+        """Re-point the owner reference at a policy uid that never existed (as if deleted).
+        Re-read each try: a status write the stopped leader had in flight may still land."""
+        ap = await k.armor_profile(namespace, profile)
+        ap["metadata"]["ownerReferences"][0]["uid"] = "00000000-0000-0000-0000-000000000000"
+        try:
+            await k.custom.replace_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.ARMOR_PROFILE.plural, profile, ap
+            )
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            return False
+        return True
+
+    await wait_for(orphaned)
     await leader()
     # The stale profile goes, and the live policy gets a fresh one owned by it.
     policy = await k.get_policy(namespace, "orphan")

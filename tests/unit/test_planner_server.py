@@ -170,9 +170,14 @@ def test_pod_is_mutated_and_uid_echoed(http_client: Client) -> None:
         "localhostProfile": "varmor-cluster-varmor-all-pods",
     }
     assert "securityContext" not in patched["spec"]["initContainers"][0]
-    # Re-admission of the mutated object changes nothing.
+    # Re-admission of the mutated object changes nothing, and is counted as such.
+    labels = {"endpoint": "mutate", "kind": "Pod", "operation": "CREATE"}
+    unchanged = metric("varmor_admission_requests_total", **labels, result="unchanged")
+    mutated = metric("varmor_admission_requests_total", **labels, result="mutated")
     status, data = http_client.post("/mutate", review(patched))
     assert "patch" not in answer(data)
+    assert metric("varmor_admission_requests_total", **labels, result="unchanged") == unchanged + 1
+    assert metric("varmor_admission_requests_total", **labels, result="mutated") == mutated
 
 
 def test_deployment_name_match_wins_and_conflict_is_reported(http_client: Client) -> None:

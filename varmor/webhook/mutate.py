@@ -68,7 +68,7 @@ def decide(state: MutationState, req: MutationRequest) -> Decision:
     cand = sel.winner.candidate
     assert cand.profile_name is not None
     result = plan(kind, obj, cand.profile_name, cand.containers, state.use_field)
-    if sel.losers or result.unsupported or result.opted_out or not result.confined:
+    if not result.ops or sel.losers or result.unsupported or result.opted_out or not result.confined:
         return _qualified(state, req, sel, result)
     metrics.count_mutation(kind)
     return Decision("mutated", result.ops)
