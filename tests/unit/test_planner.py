@@ -6,6 +6,7 @@ import copy
 import random
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,9 @@ from hypothesis import strategies as st
 from varmor import api
 from varmor.webhook import planner
 from varmor.webhook.jsonpatch import PatchError, apply_patch
+from varmor.webhook.objects import view_of
 from varmor.webhook.planner import PolicyIndex, plan, plan_patch, remove_patch, select_policy
+from varmor.webhook.review import parse_mutation_review
 
 
 def policy(
@@ -364,3 +367,26 @@ def test_patches_apply_strictly_and_are_idempotent(
     # Rollback removes exactly what was added for the profile.
     back = apply_patch(out, remove_patch("Deployment", out, profile))
     assert plan("Deployment", back, profile, pick, use_field).confined == result.confined
+
+
+@settings(max_examples=200, deadline=None)
+@given(obj=pod_templates(), use_field=st.booleans(), profile=st.sampled_from(["varmor-x", "varmor-y"]))
+def test_the_webhook_decoding_plans_like_the_leader_conversion(
+    obj: dict[str, Any], use_field: bool, profile: str
+) -> None:
+    """The webhook decodes reviews from bytes; the leader converts API dicts. Same plan."""
+    body = orjson.dumps(
+        {
+            "apiVersion": "admission.k8s.io/v1",
+            "kind": "AdmissionReview",
+            "request": {
+                "uid": "u",
+                "kind": {"group": "apps", "kind": "Deployment"},
+                "operation": "CREATE",
+                "object": obj,
+            },
+        }
+    )
+    decoded = parse_mutation_review(body).obj
+    assert decoded == view_of(obj)
+    assert plan("Deployment", decoded, profile, (), use_field) == plan("Deployment", obj, profile, (), use_field)
