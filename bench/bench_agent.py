@@ -39,6 +39,7 @@ sys.path.insert(0, str(REPO))
 
 from tests.unit.test_policy import policy_doc  # noqa: E402
 from varmor import api  # noqa: E402
+from varmor.app import EVENT_LOOPS  # noqa: E402
 from varmor.dev.cluster import ControlPlane, free_port  # noqa: E402
 from varmor.dev.install import install_crds  # noqa: E402
 from varmor.kube import ApiException, new_api_client  # noqa: E402
@@ -133,7 +134,9 @@ def bare_parser(files: list[Path], include: Path, kernel: StandInSecurityfs) -> 
     return elapsed, children_cpu() - cpu
 
 
-def agent_cold_start(kubeconfig: str, root: Path, kernel: StandInSecurityfs, n: int, idle: float) -> dict[str, float]:
+def agent_cold_start(
+    kubeconfig: str, root: Path, kernel: StandInSecurityfs, n: int, idle: float, event_loop: str
+) -> dict[str, float]:
     profile_dir = root / "agent-apparmor.d"
     shutil.rmtree(profile_dir, ignore_errors=True)
     kernel.set_loaded({})
@@ -141,7 +144,7 @@ def agent_cold_start(kubeconfig: str, root: Path, kernel: StandInSecurityfs, n: 
     cmd = [sys.executable, "-m", "varmor.cli", "run", "--roles=agent", f"--kubeconfig={kubeconfig}"]
     cmd += ["--bind-address=127.0.0.1", f"--health-port={health}", f"--metrics-port={metrics_port}"]
     cmd += [f"--node-name={NODE}", f"--profile-dir={profile_dir}", f"--securityfs={kernel.root}"]
-    cmd += [f"--apparmor-enabled-file={root / 'enabled'}", "--log-level=warning"]
+    cmd += [f"--apparmor-enabled-file={root / 'enabled'}", "--log-level=warning", f"--event-loop={event_loop}"]
     started = time.monotonic()
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL)
     try:
@@ -183,7 +186,7 @@ async def setup(kubeconfig: str, n: int) -> dict[str, str]:
         await api_client.close()
 
 
-def bench(kubeconfig: str, n: int, rounds: int, idle: float) -> None:
+def bench(kubeconfig: str, n: int, rounds: int, idle: float, event_loop: str) -> None:
     texts = asyncio.run(setup(kubeconfig, n))
     root = Path(tempfile.mkdtemp(prefix="varmor-bench-agent-"))
     write_enabled_file(root / "enabled")
@@ -195,7 +198,7 @@ def bench(kubeconfig: str, n: int, rounds: int, idle: float) -> None:
     with StandInSecurityfs(root / "securityfs") as kernel:
         for i in range(rounds):
             bare.append(bare_parser(files, bare_dir.root, kernel))
-            agent.append(agent_cold_start(kubeconfig, root, kernel, n, idle if i == rounds - 1 else 0))
+            agent.append(agent_cold_start(kubeconfig, root, kernel, n, idle if i == rounds - 1 else 0, event_loop))
             print(
                 f"round {i + 1}: bare parser {bare[-1][0]:.2f}s (cpu {bare[-1][1]:.2f}s), agent ready "
                 f"{agent[-1]['ready']:.2f}s (own {agent[-1]['own']:.2f}s, cpu {agent[-1]['cpu']:.2f}s), "
@@ -227,15 +230,16 @@ def main() -> None:
     parser.add_argument("--profiles", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--idle", type=float, default=5.0, help="seconds idle before reading RSS")
+    parser.add_argument("--event-loop", choices=EVENT_LOOPS, default="uvloop", help="the agent's (as `varmor run`)")
     args = parser.parse_args()
     if args.kubeconfig:
-        bench(args.kubeconfig, args.profiles, args.rounds, args.idle)
+        bench(args.kubeconfig, args.profiles, args.rounds, args.idle, args.event_loop)
         return
     workdir = Path(tempfile.mkdtemp(prefix="varmor-bench-cp-"))
     plane = ControlPlane(workdir)
     try:
         state = plane.start()
-        bench(state.kubeconfig, args.profiles, args.rounds, args.idle)
+        bench(state.kubeconfig, args.profiles, args.rounds, args.idle, args.event_loop)
     finally:
         plane.stop()
         shutil.rmtree(workdir, ignore_errors=True)
