@@ -7,10 +7,10 @@ What it measures (against the project's real kube-apiserver + etcd on loopback):
   rules change; count the agents' ArmorNode writes and the leader's writes (from its
   `varmor_api_writes_total` metric) until that policy is Ready again.
 
-The simulated agents behave as the contract says a real one does: each watches
-ArmorProfiles (one shared watch here, to spare the 2-core machine 100 watches), and
-after a change waits a 0.5 s debounce and writes its whole ArmorNode status once,
-reporting every profile loaded at its current hash.
+The simulated agents write their ArmorNodes with the agent's own StatusWriter (its
+debounce, coalescing and pacing): each watches ArmorProfiles (one shared watch here, to
+spare the 2-core machine 100 watches) and reports every profile loaded at its current
+hash; only the parser is left out.
 
 Run: .venv/bin/python bench/bench_leader.py [--kubeconfig K] [--nodes 100] [--policies 200]
 Without --kubeconfig it starts its own control plane in a temporary directory.
@@ -42,6 +42,7 @@ from varmor.dev.cluster import ControlPlane, free_port  # noqa: E402
 from varmor.dev.install import install_crds  # noqa: E402
 from varmor.informer import Informer  # noqa: E402
 from varmor.kube import ApiException, new_api_client  # noqa: E402
+from varmor.nodeexec.status import StatusWriter  # noqa: E402
 from varmor.reconcile.kubeio import JSON_PATCH, Kube  # noqa: E402
 
 INSTALL_NS = "varmor-bench"
@@ -69,14 +70,18 @@ def leader_writes(metrics_port: int) -> float:
 class Agents:
     """N simulated agents sharing one ArmorProfile watch; each writes its own ArmorNode."""
 
-    def __init__(self, api_client: Any, names: list[str]) -> None:
+    def __init__(self, api_client: Any, names: list[str], pace: float) -> None:
         self.kube = Kube(api_client)
         self.names = names
         self.profiles = Informer(api_client, api.ARMOR_PROFILE, resync_seconds=3600)
-        self.dirty = {n: asyncio.Event() for n in names}
-        self.writes = 0
+        # The agent's own status writer (coalescing, pacing), minus heartbeats (not measured).
+        self.writers = [StatusWriter(self.kube, n, self.status, heartbeat=0, pace=pace) for n in names]
         self.seen: dict[tuple[str, str], str | None] = {}
         self.profiles.add_handler(self._changed)
+
+    @property
+    def writes(self) -> int:
+        return sum(w.writes for w in self.writers)
 
     async def _changed(self, event: str, obj: Any) -> None:
         """Only content changes matter to an agent (status writes by the leader do not)."""
@@ -85,8 +90,8 @@ class Agents:
         if self.seen.get(key) == sha:
             return
         self.seen[key] = sha
-        for ev in self.dirty.values():
-            ev.set()
+        for writer in self.writers:
+            writer.mark()
 
     def status(self) -> dict[str, Any]:
         loaded = {
@@ -107,18 +112,8 @@ class Agents:
             "failures": {},
         }
 
-    async def agent(self, name: str) -> None:
-        path = Kube.custom_path(api.ARMOR_NODE, None, name) + "/status"
-        while True:
-            await self.dirty[name].wait()
-            await asyncio.sleep(DEBOUNCE)  # coalesce, as the real agent does
-            self.dirty[name].clear()
-            body = [{"op": "add", "path": "/status", "value": self.status()}]
-            await self.kube.request("PATCH", path, body=body, content_type=JSON_PATCH)
-            self.writes += 1
-
     async def run(self) -> None:
-        await asyncio.gather(self.profiles.run(), *(self.agent(n) for n in self.names))
+        await asyncio.gather(self.profiles.run(), *(w.run() for w in self.writers))
 
 
 async def setup_nodes(kube: Kube, count: int) -> list[str]:
@@ -176,7 +171,7 @@ def pct(values: list[float], p: float) -> float:
     return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
 
 
-async def bench(kubeconfig: str, n_nodes: int, n_policies: int, n_single: int) -> None:
+async def bench(kubeconfig: str, n_nodes: int, n_policies: int, n_single: int, pace: float) -> None:
     api_client = await new_api_client(kubeconfig)
     kube = Kube(api_client)
     await install_crds(api_client)
@@ -205,7 +200,7 @@ async def bench(kubeconfig: str, n_nodes: int, n_policies: int, n_single: int) -
         stderr=subprocess.STDOUT,
         cwd=REPO,
     )
-    agents = Agents(api_client, names)
+    agents = Agents(api_client, names, pace)
     policies = Informer(api_client, api.VARMOR_POLICY, namespace=POLICY_NS, resync_seconds=3600)
     created: dict[str, float] = {}
     ready_at: dict[str, float] = {}
@@ -311,15 +306,16 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--policies", type=int, default=200)
     parser.add_argument("--single", type=int, default=20, help="policies created one at a time afterwards")
+    parser.add_argument("--pace", type=float, default=2.0, help="the agents' StatusWriter pace (0: no pacing)")
     args = parser.parse_args()
     if args.kubeconfig:
-        asyncio.run(bench(args.kubeconfig, args.nodes, args.policies, args.single))
+        asyncio.run(bench(args.kubeconfig, args.nodes, args.policies, args.single, args.pace))
         return
     workdir = Path(tempfile.mkdtemp(prefix="varmor-bench-cp-"))
     plane = ControlPlane(workdir)
     try:
         state = plane.start()
-        asyncio.run(bench(state.kubeconfig, args.nodes, args.policies, args.single))
+        asyncio.run(bench(state.kubeconfig, args.nodes, args.policies, args.single, args.pace))
     finally:
         plane.stop()
         shutil.rmtree(workdir, ignore_errors=True)

@@ -12,6 +12,7 @@ from typing import Any
 
 import orjson
 import pytest
+from prometheus_client import REGISTRY
 
 from varmor.kube import ApiException
 from varmor.nodeexec.status import StatusWriter
@@ -25,6 +26,8 @@ class RecordingKube(Kube):
         self.patches: list[list[dict[str, Any]]] = []
         self.fail: list[int] = []
         self.writes = 0
+        self.latency = 0.0  # seconds each PATCH takes (a busy API server)
+        self.started: list[float] = []  # loop time each full-status PATCH began
 
     async def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         if method == "PATCH":
@@ -32,6 +35,9 @@ class RecordingKube(Kube):
             assert kwargs["content_type"] == JSON_PATCH
             if self.fail:
                 raise ApiException(status=self.fail.pop(0), reason="test")
+            if kwargs["body"][0]["path"] == "/status":
+                self.started.append(asyncio.get_running_loop().time())
+            await asyncio.sleep(self.latency)
             self.patches.append(kwargs["body"])
         return {}
 
@@ -170,3 +176,31 @@ async def test_heartbeat_retries_after_an_error() -> None:
         await asyncio.sleep(0.75)  # beat fails at ~0.06, full write after the 0.5 s backoff
     assert len(node.kube.full()) == 2
     assert len(node.kube.heartbeats()) >= 2
+
+
+async def test_writes_pace_themselves_to_a_slow_api_server() -> None:
+    """Each full write waits `pace` x the previous write's duration after it: a queueing
+    API server gets fewer, larger writes; a quick one sees only the debounce."""
+    async with running(heartbeat=0) as node:
+        node.kube.latency = 0.1  # answers in 100 ms: the next write waits >= 200 ms after it
+        for i in range(12):
+            node.status["profiles"] = profiles(i + 1)
+            node.writer.mark()
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(0.6)
+        starts = node.kube.started
+        gaps = [b - a for a, b in itertools.pairwise(starts)]
+        assert all(gap >= 0.1 + 0.2 - 0.02 for gap in gaps), gaps  # latency + pace x latency
+        assert len(starts) <= 4  # 0.6 s of changes, not one write per change
+        assert node.kube.full()[-1][0]["value"]["profiles"] == profiles(12)  # nothing lost
+        assert node.writer.writes == len(starts)
+
+    paused = REGISTRY.get_sample_value("varmor_agent_status_pacing_seconds_total") or 0.0
+    assert paused > 0
+    async with running(heartbeat=0) as node:  # a quick API server: debounce only, no pause
+        for i in range(3):
+            node.status["profiles"] = profiles(i + 1)
+            node.writer.mark()
+            await asyncio.sleep(0.1)
+        assert len(node.kube.started) == 3
+    assert REGISTRY.get_sample_value("varmor_agent_status_pacing_seconds_total") == paused

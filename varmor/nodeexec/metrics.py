@@ -26,6 +26,10 @@ INITIAL_SYNC_SECONDS = Gauge("varmor_agent_initial_sync_seconds", "Time from sta
 STATUS_WRITES = Counter(
     "varmor_agent_status_writes_total", "ArmorNode writes.", ["result"]
 )  # result: ok | error | skipped | heartbeat (a heartbeatTime-only write)
+STATUS_PACING = Counter(
+    "varmor_agent_status_pacing_seconds_total",
+    "Time ArmorNode writes were held back because the API server answered the previous one slowly.",
+)
 VIOLATIONS = Counter(
     "varmor_violations_total", "AppArmor audit records attributed to varmor profiles.", ["action", "klass"]
 )  # action: DENIED | AUDIT | ALLOWED; klass: file | net | cap | ...

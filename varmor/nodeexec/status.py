@@ -6,6 +6,13 @@ after every change, and the writer waits for a quiet `debounce` period (at most
 `max_delay` after the first change) and writes only if the status differs from the last
 one written, so one policy change costs one write per node.
 
+Pacing: a full write is also held until `pace` times the duration of the previous one has
+passed since it. An idle API server answers in milliseconds and nothing changes; one that is
+queueing (a burst of policies makes every agent rewrite a status of ~30 kB per round)
+answers slowly, and every agent then writes less often, each write covering more changes.
+The API server's own latency is the signal, so the load it sees adapts to what it can take
+without any coordination between nodes.
+
 Heartbeat: `status.heartbeatTime` tells the leader this agent is still alive (an ArmorNode
 whose agent is gone would otherwise say `ready: true` forever). Every status write
 carries it; when nothing changed for `heartbeat` seconds, a one-field JSON patch renews
@@ -39,6 +46,8 @@ class StatusWriter:
         *,
         debounce: float = 0.5,
         max_delay: float = 2.0,
+        pace: float = 2.0,
+        max_pause: float = 10.0,
         heartbeat: float = DEFAULT_HEARTBEAT,
         clock: Callable[[], str] = now_rfc3339,
     ) -> None:
@@ -47,6 +56,8 @@ class StatusWriter:
         self.build = build
         self.debounce = debounce
         self.max_delay = max_delay
+        self.pace = pace  # hold the next full write `pace` x the last one's duration (0: off)
+        self.max_pause = max_pause
         self.heartbeat = heartbeat  # seconds; 0 disables (no heartbeatTime is written)
         self.clock = clock
         self.writes = 0  # every successful write, heartbeats included
@@ -54,6 +65,7 @@ class StatusWriter:
         self._dirty = asyncio.Event()
         self._last: JSON | None = None
         self._last_write = 0.0  # loop time of the last successful write
+        self._last_duration = 0.0  # seconds the last full write took
         self._lock = asyncio.Lock()
         # Set when the ArmorNode is deleted under a running agent (the uninstall hook, or
         # an operator resetting it). Writes stop instead of recreating it: recreating
@@ -109,6 +121,7 @@ class StatusWriter:
             if self.heartbeat > 0:
                 value["heartbeatTime"] = now
             body = [{"op": "add", "path": "/status", "value": value}]
+            started = asyncio.get_running_loop().time()
             try:
                 await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=JSON_PATCH)
             except ApiException as exc:
@@ -119,6 +132,7 @@ class StatusWriter:
                 raise
             self._last = status
             self._wrote()
+            self._last_duration = self._last_write - started
             metrics.STATUS_WRITES.labels("ok").inc()
             return True
 
@@ -164,6 +178,13 @@ class StatusWriter:
             self.heartbeats += 1
             metrics.STATUS_WRITES.labels("heartbeat").inc()
 
+    def _pause(self) -> float:
+        """Seconds to hold the next full write so writes pace themselves to the API server."""
+        if self.pace <= 0 or self._last is None:
+            return 0.0
+        gap = min(self.max_pause, self.pace * self._last_duration)
+        return max(0.0, self._last_write + gap - asyncio.get_running_loop().time())
+
     def _until_beat(self) -> float | None:
         """Seconds until the next heartbeat is due (None: heartbeats off or nothing written yet)."""
         if self.heartbeat <= 0 or self._last is None or self.gone:
@@ -199,6 +220,11 @@ class StatusWriter:
                     await asyncio.wait_for(self._dirty.wait(), min(self.debounce, remaining))
                     continue
                 break
+            pause = self._pause()
+            if pause > 0:
+                metrics.STATUS_PACING.inc(pause)
+                await asyncio.sleep(pause)  # changes marked meanwhile go into this write
+                self._dirty.clear()
             try:
                 await self.flush()
                 backoff = 0.5
