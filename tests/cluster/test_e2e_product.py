@@ -355,15 +355,6 @@ async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custo
         capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert result.returncode == 0, result.stdout + result.stderr
-    # Then Helm deletes the release's objects: the processes stop, the ClusterRole goes,
-    # and the garbage collector removes anything the still-running leader re-registered
-    # in the meantime (the configurations are owned by that ClusterRole).
-    for process in install.processes:
-        process.stop()
-    rbac = client.RbacAuthorizationV1Api(api_client)
-    for obj in install.objects:
-        if obj["kind"] == "ClusterRole" and not is_hook(obj):
-            await rbac.delete_cluster_role(obj["metadata"]["name"])
     admission = client.AdmissionregistrationV1Api(api_client)
 
     async def no_webhook_configuration() -> bool:
@@ -371,6 +362,17 @@ async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custo
         names |= {c.metadata.name for c in (await admission.list_validating_webhook_configuration()).items}
         return install.release not in names
 
+    # The hook ends by removing what the still-running leader re-registered as policies went.
+    assert await no_webhook_configuration()
+    # Then Helm deletes the release's objects: the processes stop, the ClusterRole goes,
+    # and the garbage collector removes anything the leader re-registers in the meantime
+    # (the configurations are owned by that ClusterRole).
+    for process in install.processes:
+        process.stop()
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    for obj in install.objects:
+        if obj["kind"] == "ClusterRole" and not is_hook(obj):
+            await rbac.delete_cluster_role(obj["metadata"]["name"])
     await wait_for(no_webhook_configuration, timeout=30)
     for resource in ("varmorpolicies", "varmorclusterpolicies", "armorprofiles", "armornodes"):
         left = await custom.list_cluster_custom_object(G, V, resource)

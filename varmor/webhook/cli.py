@@ -97,6 +97,11 @@ async def cleanup(api_client: Any, config_name: str, *, resources: bool = True, 
         log.info("deleted %d %s", await _delete_all(api_client, resource), resource.plural)
     await _wait_unloaded(api_client, unload_timeout)
     log.info("deleted %d %s", await _delete_all(api_client, api.ARMOR_NODE), api.ARMOR_NODE.plural)
+    # The leader, still running during the hook, re-registers when the policies go: take
+    # that down too, so only what it writes after this point waits for the garbage
+    # collector (the configurations are owned by the chart's ClusterRole).
+    for ref in await delete_webhook_configurations(api_client, config_name):
+        log.info("deleted %s (re-registered during the cleanup)", ref)
 
 
 async def _main(args: argparse.Namespace) -> int:
