@@ -153,6 +153,23 @@ def test_transition_times_move_only_on_change_and_foreign_conditions_survive() -
     assert any(c["type"] == "Unprotected" for c in worse["conditions"])
 
 
+def test_the_audits_condition_comes_from_the_api_not_the_leaders_memory() -> None:
+    """The leader remembers what it wrote; the audit writes Unprotected in between. A later
+    leader write must keep the audit's condition as the API has it (it used to drop it
+    until the next audit)."""
+    ps = ProfileStatus(1, 1)
+    written = policy_status(Outcome(1, "p", profile_created=True, profile=ps), None, NOW)
+    unprotected = {"type": "Unprotected", "status": "True", "reason": "AdmittedWithoutProfile", "message": "1"}
+    current = {**written, "conditions": [*written["conditions"], unprotected], "unprotectedWorkloads": 1}
+    worse = policy_status(Outcome(1, "p", profile_created=True, profile=ProfileStatus(2, 1)), written, LATER, current)
+    assert unprotected in worse["conditions"]
+    # ...and once the audit says all is protected, that is what the leader carries.
+    fixed = {**unprotected, "status": "False", "reason": "AllProtected"}
+    current = {**current, "conditions": [*written["conditions"], fixed]}
+    again = policy_status(Outcome(1, "p", profile_created=True, profile=ps), worse, LATER, current)
+    assert [c for c in again["conditions"] if c["type"] == "Unprotected"] == [fixed]
+
+
 def test_armor_profile_condition_times_are_stable() -> None:
     ps = aggregate("varmor-demo-web", "demo", SHA, [node("n1", phase="Unsupported", reason="r")])
     first = armor_profile_status(ps, None, NOW)

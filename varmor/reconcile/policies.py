@@ -370,7 +370,7 @@ class PolicyController:
             profile=ps,
             extra_conditions=(extra,) if extra else (),
         )
-        new_status = policy_status(outcome, previous, now_rfc3339())
+        new_status = policy_status(outcome, previous, now_rfc3339(), current=policy.get("status") or {})
         events += _transition_events(previous, new_status)
         patch = status_patch(new_status, previous)
         if patch is not None:

@@ -277,11 +277,26 @@ def phase(o: Outcome) -> Phase:
     return "Pending"
 
 
-def policy_status(o: Outcome, previous: Mapping[str, Any] | None, now: str) -> JSON:
+# Condition types the webhook's unprotected-workload audit writes into a policy's status.
+AUDIT_CONDITIONS = frozenset({"Unprotected"})
+
+
+def _by_type(status: Mapping[str, Any]) -> dict[Any, JSON]:
+    return {c.get("type"): c for c in status.get("conditions") or [] if isinstance(c, dict)}
+
+
+def policy_status(
+    o: Outcome, previous: Mapping[str, Any] | None, now: str, current: Mapping[str, Any] | None = None
+) -> JSON:
     """The policy `.status`, keeping lastTransitionTime for unchanged conditions and
-    leaving condition types written by others (Conflict, Unprotected) alone."""
+    leaving condition types written by others (Unprotected) alone.
+
+    `previous` is what the leader last wrote (its own conditions); `current`, the status as
+    last read from the API, is where the audit's conditions come from: the leader's memory
+    never holds them, and carrying them from it would drop one the audit wrote since."""
     previous = previous or {}
-    old = {c.get("type"): c for c in previous.get("conditions") or [] if isinstance(c, dict)}
+    old = _by_type(previous)
+    audit = _by_type(current) if current is not None else old
     mine: dict[str, tuple[str, str, str]] = {}
     if o.profile_created:
         mine["Created"] = ("True", "ProfileCreated", f"ArmorProfile {o.profile_name} created")
@@ -316,7 +331,12 @@ def policy_status(o: Outcome, previous: Mapping[str, Any] | None, now: str) -> J
         cond["lastTransitionTime"] = _keep_time(old.get(cond["type"]), cond["status"], now)
         conditions.append(cond)
     written = {c["type"] for c in conditions}
-    conditions.extend(c for t, c in old.items() if t not in written and t not in ("Created", "Updated", "Ready"))
+    conditions.extend(
+        c
+        for t, c in old.items()
+        if t not in written and t not in ("Created", "Updated", "Ready") and t not in AUDIT_CONDITIONS
+    )
+    conditions.extend(c for t, c in audit.items() if t in AUDIT_CONDITIONS)
     ps = o.profile
     out: JSON = {
         "ready": ps is not None and ps.ready,
