@@ -281,8 +281,13 @@ async def test_api_server_admits_pods_and_deployments_through_varmor(
 
     p = await wait_for(pod_mutated, timeout=30, interval=0.3)
     assert profile_of(p.spec.containers[0]) == f"varmor-{namespace}-pods"
+    # A pod no policy selects is not even sent to varmor: the objectSelector keeps it away.
+    pod_reviews = {"endpoint": "mutate", "kind": "Pod", "operation": "CREATE"}
+    seen = sum(metric("varmor_admission_requests_total", **pod_reviews, result=r) for r in ("not_selected", "mutated"))
     untouched = await core.create_namespaced_pod(namespace, pod("untouched", {"app": "q"}))
     assert profile_of(untouched.spec.containers[0]) is None
+    after = sum(metric("varmor_admission_requests_total", **pod_reviews, result=r) for r in ("not_selected", "mutated"))
+    assert after == seen
 
     # The Deployment's pods inherit the profile from the mutated template.
     async def rs_pod() -> Any:

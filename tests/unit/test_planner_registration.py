@@ -6,18 +6,23 @@ import base64
 import copy
 from typing import Any
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from varmor import api
 from varmor.webhook.audit import audit, is_protected
 from varmor.webhook.jsonpatch import apply_patch
 from varmor.webhook.leader import unprotected_patch
-from varmor.webhook.planner import plan_patch
+from varmor.webhook.planner import plan_patch, select_policy
 from varmor.webhook.registration import (
+    NAMESPACE_LABEL,
     Registration,
     differs,
     mutating_configuration,
     scopes,
     validating_configuration,
 )
+from varmor.webhook.selector import compile_selector
 
 REG = Registration(name="varmor", namespace="varmor", excluded_namespaces=("kube-system", "varmor"))
 
@@ -145,3 +150,114 @@ def test_unprotected_patch_is_guarded_and_minimal() -> None:
     assert fixed is not None
     assert fixed["status"]["conditions"][-1]["status"] == "False"
     assert unprotected_patch(pol("clean", "Pod", "a"), 0, (), "t") is None
+
+
+def sel_pol(policy_name: str, kind: str, namespace: str | None, **target: Any) -> dict[str, Any]:
+    doc = pol(policy_name, kind, namespace)
+    doc["spec"]["target"] = {"kind": kind, **target}
+    return doc
+
+
+def hooks_for(policies: list[dict[str, Any]]) -> list[tuple[Any, list[dict[str, Any]]]]:
+    """(objectSelector, namespace expressions) per webhook entry."""
+    return [
+        (w["objectSelector"], w["namespaceSelector"]["matchExpressions"])
+        for w in mutating_configuration(REG, policies, b"CA")["webhooks"]
+    ]
+
+
+NOT_EXCLUDED = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "varmor"]}
+
+
+def ns_in(*names: str) -> dict[str, Any]:
+    return {"key": "kubernetes.io/metadata.name", "operator": "In", "values": list(names)}
+
+
+def test_object_selectors_narrow_to_the_policies_selectors() -> None:
+    web = {"matchLabels": {"app": "web"}}
+    db = {"matchExpressions": [{"key": "tier", "operator": "In", "values": ["db"]}, {"key": "x", "operator": "Exists"}]}
+    policies = [
+        sel_pol("a", "Pod", "team-a", selector=web),
+        sel_pol("b", "Pod", "team-b", selector=web),
+        sel_pol("c", "Pod", "team-b", selector=db),
+    ]
+    assert hooks_for(policies) == [
+        (db, [NOT_EXCLUDED, ns_in("team-b")]),  # entries in the order of their selectors' JSON
+        (web, [NOT_EXCLUDED, ns_in("team-a", "team-b")]),
+    ]
+    names = [w["name"] for w in mutating_configuration(REG, policies, b"CA")["webhooks"]]
+    assert names == ["pods.mutate.varmor.org", "pods-1.mutate.varmor.org"]
+
+
+def test_name_targets_take_their_namespaces_whole_and_cluster_ones_everything() -> None:
+    web = {"matchLabels": {"app": "web"}}
+    policies = [
+        sel_pol("byname", "Deployment", "team-a", name="web"),
+        sel_pol("a", "Deployment", "team-a", selector=web),  # covered by the name target's entry
+        sel_pol("b", "Deployment", "team-b", selector=web),
+    ]
+    assert hooks_for(policies) == [({}, [NOT_EXCLUDED, ns_in("team-a")]), (web, [NOT_EXCLUDED, ns_in("team-b")])]
+    cluster_selector = sel_pol("cs", "Deployment", None, selector=web)
+    covered = {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "team-a", "varmor"]}
+    assert hooks_for([*policies, cluster_selector]) == [({}, [NOT_EXCLUDED, ns_in("team-a")]), (web, [covered])]
+    assert hooks_for([*policies, sel_pol("all", "Deployment", None, selector={})]) == [({}, [NOT_EXCLUDED])]
+
+
+def test_too_many_distinct_selectors_fall_back_to_one_entry_per_kind() -> None:
+    policies = [sel_pol(f"p{i}", "Pod", f"ns-{i % 3}", selector={"matchLabels": {"app": f"a{i}"}}) for i in range(9)]
+    assert hooks_for(policies) == [({}, [NOT_EXCLUDED, ns_in("ns-0", "ns-1", "ns-2")])]
+    assert len(hooks_for(policies[:8])) == 8
+
+
+labels_st = st.dictionaries(st.sampled_from(["app", "tier", "x"]), st.sampled_from(["web", "db"]), max_size=3)
+selectors_st = st.one_of(
+    st.just({}),
+    st.builds(lambda m: {"matchLabels": m}, labels_st),
+    st.builds(
+        lambda key, op, values: {
+            "matchExpressions": [{"key": key, "operator": op, **({"values": values} if values else {})}]
+        },
+        st.sampled_from(["app", "tier"]),
+        st.sampled_from(["In", "NotIn"]),
+        st.lists(st.sampled_from(["web", "db"]), min_size=1, max_size=2, unique=True),
+    ),
+    st.builds(
+        lambda key, op: {"matchExpressions": [{"key": key, "operator": op}]},
+        st.sampled_from(["app", "x"]),
+        st.sampled_from(["Exists", "DoesNotExist"]),
+    ),
+)
+namespaces_st = st.sampled_from(["team-a", "team-b", "varmor", None])
+
+
+@st.composite
+def policy_sets(draw: st.DrawFn) -> list[dict[str, Any]]:
+    out = []
+    for i in range(draw(st.integers(0, 11))):
+        ns = draw(namespaces_st)
+        if draw(st.integers(0, 4)) == 0:
+            out.append(sel_pol(f"p{i}", "Pod", ns, name=draw(st.sampled_from(["web", "db"]))))
+        else:
+            out.append(sel_pol(f"p{i}", "Pod", ns, selector=draw(selectors_st)))
+    return out
+
+
+def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return compile_selector(selector)(labels)
+
+
+@settings(max_examples=300, deadline=None)
+@given(policies=policy_sets(), labels=labels_st, namespace=st.sampled_from(["team-a", "team-b", "other"]))
+def test_every_object_a_policy_selects_is_sent_to_the_webhook(
+    policies: list[dict[str, Any]], labels: dict[str, str], namespace: str
+) -> None:
+    """The safety property of narrowing: the API server's selectors never hide an object
+    from varmor that a policy would select (a hidden one would run unconfined)."""
+    obj = {"metadata": {"name": "web", "labels": labels}, "spec": {"containers": [{"name": "c"}]}}
+    selection = select_policy(policies, "Pod", obj, namespace)
+    sent = any(
+        _matches(object_selector, labels) and _matches({"matchExpressions": ns_exprs}, {NAMESPACE_LABEL: namespace})
+        for object_selector, ns_exprs in hooks_for(policies)
+    )
+    if selection.selected:
+        assert sent, (policies, labels, namespace)

@@ -1,10 +1,17 @@
 """Desired webhook configurations as a pure function of the policies (no I/O).
 
-One mutating webhook entry per target kind that has a policy, each with a
+Mutating webhook entries exist only for the target kinds that have a policy, with a
 namespaceSelector narrowed to the namespaces that have one (all namespaces once a
-cluster policy targets the kind). With no policies the configuration has no entries,
-so the API server sends varmor nothing. kube-system and the install namespace are
-always excluded, so varmor can never block its own recovery.
+cluster policy targets the kind) and an objectSelector narrowed to the policies' label
+selectors, so the API server calls varmor only for objects some policy can select:
+creating any other Pod costs nothing. Policies that select by name (or with an empty
+selector) need every object of the kind in their namespaces; selector policies in those
+namespaces add nothing. Distinct selectors get an entry each, up to
+MAX_SELECTOR_ENTRIES per kind; beyond that one entry per kind takes every object (an
+object two entries match is sent twice; the second answer is an idempotent no-op). With
+no policies the configuration has no entries, so the API server sends varmor nothing.
+kube-system and the install namespace are always excluded, so varmor can never block
+its own recovery.
 """
 
 from __future__ import annotations
@@ -14,10 +21,13 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from varmor import api
-from varmor.webhook.planner import candidate_from
+from varmor.webhook.planner import Candidate, candidate_from
 
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
+MAX_SELECTOR_ENTRIES = 8
 MANAGED_LABELS = {api.MANAGED_BY_LABEL: "varmor"}
 
 _RULES = {
@@ -67,6 +77,73 @@ def scopes(policies: Iterable[Mapping[str, Any]]) -> dict[str, frozenset[str] | 
     return {k: (None if v is None else frozenset(v)) for k, v in out.items()}
 
 
+@dataclass(frozen=True)
+class Entry:
+    """Objects of `kind` whose labels match `selector` (a metav1.LabelSelector; {} matches
+    every object), in `namespaces` (None: every namespace) except `also_excluded`."""
+
+    kind: str
+    selector: Mapping[str, Any]
+    namespaces: frozenset[str] | None
+    also_excluded: frozenset[str] = frozenset()
+
+
+def _object_selector(cand: Candidate) -> dict[str, Any]:
+    """The policy's target as an objectSelector: {} when it selects by name."""
+    if cand.target_name is not None:
+        return {}
+    target = cand.policy["spec"]["target"]
+    selector = target.get("selector") or {}
+    out: dict[str, Any] = {}
+    if selector.get("matchLabels"):
+        out["matchLabels"] = dict(sorted(selector["matchLabels"].items()))
+    if selector.get("matchExpressions"):  # as the API server stores them (no empty `values`)
+        out["matchExpressions"] = [
+            {"key": e["key"], "operator": e["operator"], **({"values": list(e["values"])} if e.get("values") else {})}
+            for e in selector["matchExpressions"]
+        ]
+    return out
+
+
+def entries(policies: Iterable[Mapping[str, Any]]) -> list[Entry]:
+    """The mutating webhook entries the policies need, per kind (see the module docstring)."""
+    groups: dict[str, dict[bytes, tuple[dict[str, Any], set[str] | None]]] = {}
+    for policy in policies:
+        cand = candidate_from(policy)
+        if cand is None:
+            continue
+        selector = _object_selector(cand)
+        by_selector = groups.setdefault(cand.kind, {})
+        key = orjson.dumps(selector, option=orjson.OPT_SORT_KEYS)
+        _, namespaces = by_selector.setdefault(key, (selector, set()))
+        if cand.cluster or namespaces is None:
+            by_selector[key] = (selector, None)
+        else:
+            namespaces.add(cand.namespace)
+    out: list[Entry] = []
+    for kind, by_selector in sorted(groups.items()):
+        out += _kind_entries(kind, by_selector)
+    return out
+
+
+def _kind_entries(kind: str, by_selector: dict[bytes, tuple[dict[str, Any], set[str] | None]]) -> list[Entry]:
+    catch_all = by_selector.pop(b"{}", None)
+    if catch_all is not None and catch_all[1] is None:
+        return [Entry(kind, {}, None)]
+    covered = frozenset(catch_all[1] or ()) if catch_all is not None else frozenset()
+    out = [Entry(kind, {}, covered)] if catch_all is not None else []
+    for _key, (selector, namespaces) in sorted(by_selector.items()):
+        if namespaces is None:
+            out.append(Entry(kind, selector, None, also_excluded=covered))
+        elif namespaces - covered:
+            out.append(Entry(kind, selector, frozenset(namespaces - covered)))
+    if len(out) <= MAX_SELECTOR_ENTRIES:
+        return out
+    if any(e.namespaces is None for e in out):
+        return [Entry(kind, {}, None)]
+    return [Entry(kind, {}, frozenset().union(*(e.namespaces or () for e in out)))]
+
+
 def _metadata(reg: Registration, owner: Mapping[str, Any] | None) -> dict[str, Any]:
     meta: dict[str, Any] = {"name": reg.name, "labels": dict(MANAGED_LABELS)}
     if owner is not None:
@@ -81,18 +158,22 @@ def mutating_configuration(
     owner: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     webhooks = []
-    excluded = sorted(set(reg.excluded_namespaces))
-    for kind, namespaces in sorted(scopes(policies).items()):
-        group, resource, operations = _RULES[kind]
-        exprs: list[dict[str, Any]] = [{"key": NAMESPACE_LABEL, "operator": "NotIn", "values": excluded}]
-        if namespaces is not None:
-            allowed = sorted(namespaces - set(excluded))
+    excluded = set(reg.excluded_namespaces)
+    names: dict[str, int] = {}
+    for entry in entries(policies):
+        group, resource, operations = _RULES[entry.kind]
+        exprs: list[dict[str, Any]] = [
+            {"key": NAMESPACE_LABEL, "operator": "NotIn", "values": sorted(excluded | entry.also_excluded)}
+        ]
+        if entry.namespaces is not None:
+            allowed = sorted(entry.namespaces - excluded)
             if not allowed:
                 continue
             exprs.append({"key": NAMESPACE_LABEL, "operator": "In", "values": allowed})
+        index = names[resource] = names.get(resource, -1) + 1
         webhooks.append(
             {
-                "name": f"{resource}.mutate.varmor.org",
+                "name": f"{resource}.mutate.varmor.org" if index == 0 else f"{resource}-{index}.mutate.varmor.org",
                 "admissionReviewVersions": ["v1"],
                 "sideEffects": "None",
                 "failurePolicy": reg.failure_policy,
@@ -101,7 +182,7 @@ def mutating_configuration(
                 "reinvocationPolicy": "IfNeeded",
                 "clientConfig": reg.client_config("/mutate", ca_bundle),
                 "namespaceSelector": {"matchExpressions": exprs},
-                "objectSelector": {},
+                "objectSelector": dict(entry.selector),
                 "rules": [
                     {
                         "apiGroups": [group],
