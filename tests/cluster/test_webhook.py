@@ -300,9 +300,11 @@ async def test_api_server_admits_pods_and_deployments_through_varmor(
     # Re-applying the mutated Deployment (UPDATE) is a no-op for varmor.
     labels = {"endpoint": "mutate", "kind": "Deployment", "operation": "UPDATE", "result": "unchanged"}
     before = metric("varmor_admission_requests_total", **labels)
+    attempts = 0
     for _ in range(10):
         latest = await apps.read_namespaced_deployment(dep.metadata.name, namespace)
         latest.metadata.labels["touched"] = "yes"
+        attempts += 1  # a write that loses to the controller's status update was admitted too
         try:
             updated = await apps.replace_namespaced_deployment(dep.metadata.name, namespace, latest)
             break
@@ -310,7 +312,7 @@ async def test_api_server_admits_pods_and_deployments_through_varmor(
             if exc.status != 409:
                 raise
     assert updated.metadata.generation == latest.metadata.generation  # the template did not change
-    assert metric("varmor_admission_requests_total", **labels) == before + 1
+    assert metric("varmor_admission_requests_total", **labels) == before + attempts
 
 
 async def _has(kinds: Awaitable[set[str]], wanted: set[str]) -> bool:
