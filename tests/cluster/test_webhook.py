@@ -324,10 +324,12 @@ async def _ready(health: Health) -> bool:
 
 
 async def test_conflict_is_reported_on_the_losing_policy(api_client: Any, namespace: str, varmor: Varmor) -> None:
+    """An Event at admission, and a `Conflict` condition from the leader's audit that
+    stays as long as the targets overlap (Events expire; the condition does not)."""
     apps = client.AppsV1Api(api_client)
     core = client.CoreV1Api(api_client)
     varmor.start_webhook()
-    varmor.start_leader()
+    leader_ctx = varmor.start_leader()
     await create_policy(
         api_client, policy_body("by-name", namespace, "Deployment", target_name="web"), install_ns=varmor.install_ns
     )
@@ -353,6 +355,25 @@ async def test_conflict_is_reported_on_the_losing_policy(api_client: Any, namesp
 
     event = (await wait_for(conflict_event))[0]
     assert "by-name" in event.message
+
+    cache = leader.PolicyCache(api_client)
+    cache_task = asyncio.create_task(cache.run())
+    try:
+        await cache.synced_event.wait()
+        excluded = leader.webhook_settings.from_args(leader_ctx.args).excluded_namespaces
+        await leader.audit_once(api_client, cache, excluded, None)
+    finally:
+        cache_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cache_task
+    custom = client.CustomObjectsApi(api_client)
+    plural = api.VARMOR_POLICY.plural
+    loser = await custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, plural, "by-label")
+    (cond,) = [c for c in loser["status"]["conditions"] if c["type"] == "Conflict"]
+    assert (cond["status"], cond["reason"]) == ("True", "LostToPolicy")
+    assert f"Deployment {namespace}/web" in cond["message"]
+    winner = await custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, plural, "by-name")
+    assert not [c for c in winner["status"].get("conditions", []) if c["type"] == "Conflict"]
 
 
 async def test_validating_webhook_rejects_uncompilable_raw_rules(

@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from varmor import api
-from varmor.webhook.audit import audit, is_protected
+from varmor.webhook.audit import AuditResult, audit, is_protected
 from varmor.webhook.jsonpatch import apply_patch
-from varmor.webhook.leader import unprotected_patch
+from varmor.webhook.leader import audit_patch
 from varmor.webhook.planner import plan_patch, select_policy
 from varmor.webhook.registration import (
     NAMESPACE_LABEL,
@@ -133,23 +133,54 @@ def test_audit_counts_selected_but_unprotected_workloads() -> None:
     assert not is_protected("Deployment", bare, "varmor-team-a-web")
 
 
+KEY = ("team-a", "web")
+
+
+def unprotected(count: int, *examples: str) -> AuditResult:
+    return AuditResult(per_policy={KEY: count}, examples={KEY: examples})
+
+
 def test_unprotected_patch_is_guarded_and_minimal() -> None:
     policy = pol("web", "Deployment", "team-a")
     policy["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
-    patch = unprotected_patch(policy, 2, ("Deployment team-a/x",), "2026-01-01T00:00:00Z")
+    patch = audit_patch(policy, unprotected(2, "Deployment team-a/x"), KEY, "2026-01-01T00:00:00Z")
     assert patch is not None
     assert patch["metadata"] == {"resourceVersion": "7"}
     assert patch["status"]["unprotectedWorkloads"] == 2
-    ready, unprotected = patch["status"]["conditions"]
+    ready, condition = patch["status"]["conditions"]
     assert ready == {"type": "Ready", "status": "True"}
-    assert unprotected["status"] == "True"
-    assert "team-a/x" in unprotected["message"]
+    assert condition["status"] == "True"
+    assert "team-a/x" in condition["message"]
     policy["status"] |= patch["status"]
-    assert unprotected_patch(policy, 2, ("Deployment team-a/x",), "later") is None
-    fixed = unprotected_patch(policy, 0, (), "2026-01-02T00:00:00Z")
+    assert audit_patch(policy, unprotected(2, "Deployment team-a/x"), KEY, "later") is None
+    fixed = audit_patch(policy, unprotected(0), KEY, "2026-01-02T00:00:00Z")
     assert fixed is not None
     assert fixed["status"]["conditions"][-1]["status"] == "False"
-    assert unprotected_patch(pol("clean", "Pod", "a"), 0, (), "t") is None
+    assert audit_patch(pol("clean", "Pod", "a"), AuditResult(), ("a", "clean"), "t") is None
+
+
+def test_a_policy_that_loses_workloads_to_another_gets_a_conflict_condition() -> None:
+    by_name = sel_pol("by-name", "Deployment", "team-a", name="web")  # a name match takes precedence
+    by_label = sel_pol("by-label", "Deployment", "team-a", selector={"matchLabels": {"app": "web"}})
+    result = audit([by_name, by_label], {"Deployment": [dep("web", "team-a", {"app": "web"})]})
+    assert result.lost == {("team-a", "by-name"): 0, ("team-a", "by-label"): 1}
+    assert result.lost_examples[("team-a", "by-label")] == ("Deployment team-a/web",)
+    patch = audit_patch(by_label, result, ("team-a", "by-label"), "2026-01-01T00:00:00Z")
+    assert patch is not None
+    (conflict,) = [c for c in patch["status"]["conditions"] if c["type"] == "Conflict"]
+    assert conflict["status"] == "True"
+    assert conflict["reason"] == "LostToPolicy"
+    assert "team-a/web" in conflict["message"]
+    winner_patch = audit_patch(by_name, result, ("team-a", "by-name"), "2026-01-01T00:00:00Z")
+    assert winner_patch is not None  # the winner only learns it left its workload unprotected
+    assert [c["type"] for c in winner_patch["status"]["conditions"]] == ["Unprotected"]
+    # Once the targets are disjoint the condition turns False (it does not just vanish).
+    by_label["status"] |= patch["status"]
+    resolved = audit([by_name, by_label], {"Deployment": [dep("api", "team-a", {"app": "api"})]})
+    later = audit_patch(by_label, resolved, ("team-a", "by-label"), "2026-01-02T00:00:00Z")
+    assert later is not None
+    (conflict,) = [c for c in later["status"]["conditions"] if c["type"] == "Conflict"]
+    assert (conflict["status"], conflict["reason"]) == ("False", "NoConflict")
 
 
 def sel_pol(policy_name: str, kind: str, namespace: str | None, **target: Any) -> dict[str, Any]:

@@ -277,8 +277,8 @@ def phase(o: Outcome) -> Phase:
     return "Pending"
 
 
-# Condition types the webhook's unprotected-workload audit writes into a policy's status.
-AUDIT_CONDITIONS = frozenset({"Unprotected"})
+# Condition types the webhook's audit writes into a policy's status (varmor/webhook/leader.py).
+AUDIT_CONDITIONS = frozenset({"Unprotected", "Conflict"})
 
 
 def _by_type(status: Mapping[str, Any]) -> dict[Any, JSON]:
@@ -289,7 +289,7 @@ def policy_status(
     o: Outcome, previous: Mapping[str, Any] | None, now: str, current: Mapping[str, Any] | None = None
 ) -> JSON:
     """The policy `.status`, keeping lastTransitionTime for unchanged conditions and
-    leaving condition types written by others (Unprotected) alone.
+    leaving condition types written by others (Unprotected, Conflict) alone.
 
     `previous` is what the leader last wrote (its own conditions); `current`, the status as
     last read from the API, is where the audit's conditions come from: the leader's memory

@@ -66,6 +66,16 @@ class AuditResult:
     per_policy: dict[PolicyKey, int] = field(default_factory=dict)
     per_kind: dict[str, int] = field(default_factory=dict)
     examples: dict[PolicyKey, tuple[str, ...]] = field(default_factory=dict)
+    # Per policy: live workloads it selects that another policy wins (precedence), with examples.
+    lost: dict[PolicyKey, int] = field(default_factory=dict)
+    lost_examples: dict[PolicyKey, tuple[str, ...]] = field(default_factory=dict)
+
+
+def _note(counts: dict[PolicyKey, int], examples: dict[PolicyKey, list[str]], key: PolicyKey, ref: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
+    refs = examples.setdefault(key, [])
+    if len(refs) < 5:
+        refs.append(ref)
 
 
 def audit(
@@ -73,13 +83,16 @@ def audit(
     workloads: Mapping[str, Iterable[Mapping[str, Any]]],
     excluded_namespaces: Iterable[str] = ("kube-system",),
 ) -> AuditResult:
-    """Count, per policy, the live workloads it wins that do not carry its profile."""
+    """Count, per policy, the live workloads it wins that do not carry its profile, and
+    the ones it selects but loses to a policy that takes precedence."""
     policies = list(policies)
     index = PolicyIndex(policies)
     excluded = set(excluded_namespaces)
     per_policy: dict[PolicyKey, int] = {}
     per_kind: dict[str, int] = {k: 0 for k in api.TARGET_KINDS}
     examples: dict[PolicyKey, list[str]] = {}
+    lost: dict[PolicyKey, int] = {}
+    lost_examples: dict[PolicyKey, list[str]] = {}
     for kind, objs in workloads.items():
         for obj in objs:
             meta = obj.get("metadata") or {}
@@ -91,6 +104,9 @@ def audit(
             except PlanError:
                 continue  # not a workload the API server could have stored; nothing to protect
             sel = index.select(kind, view, namespace)
+            ref = f"{kind} {namespace}/{meta.get('name')}"
+            for loser in sel.losers:
+                _note(lost, lost_examples, loser.candidate.key, ref)
             if sel.winner is not None:
                 cand = sel.winner.candidate
                 assert cand.profile_name is not None
@@ -100,17 +116,21 @@ def audit(
                 cand = sel.pending[0].candidate
             else:
                 continue
-            per_policy[cand.key] = per_policy.get(cand.key, 0) + 1
+            _note(per_policy, examples, cand.key, ref)
             per_kind[kind] += 1
-            refs = examples.setdefault(cand.key, [])
-            if len(refs) < 5:
-                refs.append(f"{kind} {namespace}/{meta.get('name')}")
     for policy in policies:  # zero counts too, so a fixed gap is reported as fixed
         meta = policy.get("metadata") or {}
         cluster = policy.get("kind") == api.VARMOR_CLUSTER_POLICY.kind
         key = ("" if cluster else str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         per_policy.setdefault(key, 0)
-    return AuditResult(per_policy, per_kind, {k: tuple(v) for k, v in examples.items()})
+        lost.setdefault(key, 0)
+    return AuditResult(
+        per_policy,
+        per_kind,
+        {k: tuple(v) for k, v in examples.items()},
+        lost,
+        {k: tuple(v) for k, v in lost_examples.items()},
+    )
 
 
 async def collect(

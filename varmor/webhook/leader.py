@@ -230,22 +230,17 @@ async def external_certs(api_client: client.ApiClient, cfg: webhook_settings.Web
     await watch_secret(api_client, cfg.namespace, cfg.cert_secret, on_secret)
 
 
-def unprotected_condition(count: int, examples: tuple[str, ...], previous: JSON | None, now: str) -> JSON | None:
-    """The `Unprotected` condition for `count` (None: leave it absent)."""
-    if count == 0 and previous is None:
+def _audit_condition(
+    ctype: str, when_true: tuple[str, str] | None, when_false: tuple[str, str], previous: JSON | None, now: str
+) -> JSON | None:
+    """A condition the audit owns: True with `when_true` (reason, message), else False with
+    `when_false` once it has ever been True (None: leave it absent)."""
+    if when_true is None and previous is None:
         return None
-    if count:
-        status, reason = "True", "AdmittedWithoutProfile"
-        message = (
-            f"{count} selected workload(s) run without the profile ({', '.join(examples)}): the webhook was "
-            "unavailable when they were admitted, or they predate the policy; recreate them or set "
-            "updateExistingWorkloads"
-        )
-    else:
-        status, reason, message = "False", "AllProtected", "every selected workload carries the profile"
+    status, (reason, message) = ("True", when_true) if when_true is not None else ("False", when_false)
     same = previous is not None and previous.get("status") == status
     return {
-        "type": "Unprotected",
+        "type": ctype,
         "status": status,
         "reason": reason,
         "message": message[:1024],
@@ -253,36 +248,76 @@ def unprotected_condition(count: int, examples: tuple[str, ...], previous: JSON 
     }
 
 
-def unprotected_patch(policy: JSON, count: int, examples: tuple[str, ...], now: str) -> JSON | None:
+def unprotected_condition(count: int, examples: tuple[str, ...], previous: JSON | None, now: str) -> JSON | None:
+    """The `Unprotected` condition for `count` (None: leave it absent)."""
+    when_true = None
+    if count:
+        when_true = (
+            "AdmittedWithoutProfile",
+            f"{count} selected workload(s) run without the profile ({', '.join(examples)}): the webhook was "
+            "unavailable when they were admitted, or they predate the policy; recreate them or set "
+            "updateExistingWorkloads",
+        )
+    return _audit_condition(
+        "Unprotected", when_true, ("AllProtected", "every selected workload carries the profile"), previous, now
+    )
+
+
+def conflict_condition(count: int, examples: tuple[str, ...], previous: JSON | None, now: str) -> JSON | None:
+    """The `Conflict` condition on a policy that loses workloads to one taking precedence."""
+    when_true = None
+    if count:
+        when_true = (
+            "LostToPolicy",
+            f"{count} workload(s) this policy selects get another policy's profile, which takes precedence "
+            f"({', '.join(examples)}; see the Conflict events for which one): make the targets disjoint",
+        )
+    return _audit_condition(
+        "Conflict", when_true, ("NoConflict", "no other policy takes precedence over this one"), previous, now
+    )
+
+
+def audit_patch(policy: JSON, result: AuditResult, key: PolicyKey, now: str) -> JSON | None:
     """A merge patch (guarded by resourceVersion) setting unprotectedWorkloads and the
-    Unprotected condition, or None if both are current. Other conditions are carried over
-    as read; the resourceVersion precondition makes a concurrent leader write win."""
+    audit's conditions (Unprotected, Conflict), or None if all are current. Other
+    conditions are carried over as read; the resourceVersion precondition makes a
+    concurrent leader write win."""
     status = policy.get("status") or {}
     conditions = [c for c in status.get("conditions") or [] if isinstance(c, dict)]
-    previous = next((c for c in conditions if c.get("type") == "Unprotected"), None)
-    wanted = unprotected_condition(count, examples, previous, now)
-    unchanged_condition = (wanted is None and previous is None) or (
-        wanted is not None
-        and previous is not None
-        and all(previous.get(k) == wanted[k] for k in ("status", "reason", "message"))
-    )
-    if status.get("unprotectedWorkloads", 0) == count and unchanged_condition:
+    previous = {c.get("type"): c for c in conditions}
+    count = result.per_policy.get(key, 0)
+    wanted = {
+        "Unprotected": unprotected_condition(count, result.examples.get(key, ()), previous.get("Unprotected"), now),
+        "Conflict": conflict_condition(
+            result.lost.get(key, 0), result.lost_examples.get(key, ()), previous.get("Conflict"), now
+        ),
+    }
+
+    def unchanged(ctype: str) -> bool:
+        want, have = wanted[ctype], previous.get(ctype)
+        if want is None or have is None:
+            return want is None and have is None
+        return all(have.get(k) == want[k] for k in ("status", "reason", "message"))
+
+    conditions_current = all(unchanged(t) for t in wanted)
+    if status.get("unprotectedWorkloads", 0) == count and conditions_current:
         return None
     patch_status: JSON = {"unprotectedWorkloads": count}
-    if not unchanged_condition:
-        others = [c for c in conditions if c.get("type") != "Unprotected"]
-        patch_status["conditions"] = others + ([wanted] if wanted is not None else [])
+    if not conditions_current:
+        others = [c for c in conditions if c.get("type") not in wanted]
+        patch_status["conditions"] = others + [c for c in wanted.values() if c is not None]
     return {"metadata": {"resourceVersion": policy["metadata"]["resourceVersion"]}, "status": patch_status}
 
 
-async def write_unprotected_status(api_client: client.ApiClient, result: AuditResult, policies: list[JSON]) -> None:
-    """Record each policy's gap in its status (`unprotectedWorkloads`, `Unprotected`)."""
+async def write_audit_status(api_client: client.ApiClient, result: AuditResult, policies: list[JSON]) -> None:
+    """Record each policy's gap (`unprotectedWorkloads`, `Unprotected`) and lost workloads
+    (`Conflict`) in its status."""
     now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
     for policy in policies:
         meta = policy.get("metadata") or {}
         cluster = policy.get("kind") == api.VARMOR_CLUSTER_POLICY.kind
         key: PolicyKey = ("" if cluster else str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        patch = unprotected_patch(policy, result.per_policy.get(key, 0), result.examples.get(key, ()), now)
+        patch = audit_patch(policy, result, key, now)
         if patch is None:
             continue
         resource = api.VARMOR_CLUSTER_POLICY if cluster else api.VARMOR_POLICY
@@ -308,7 +343,7 @@ async def audit_once(
     if sink is not None:
         await sink(result, policies)
     else:
-        await write_unprotected_status(api_client, result, policies)
+        await write_audit_status(api_client, result, policies)
     return result
 
 
