@@ -64,7 +64,8 @@ class Candidate:
             return None
         if self.target_name is not None:
             return True if meta is not None and meta.name == self.target_name else None
-        if self.selector is not None and self.selector(meta.labels or _NO_LABELS if meta is not None else _NO_LABELS):
+        labels = meta.labels if meta is not None else None
+        if self.selector is not None and self.selector(labels or _NO_LABELS):
             return False
         return None
 
@@ -182,8 +183,7 @@ class PolicyIndex:
         return cluster + self._groups.get((kind, namespace), ()) if namespace else cluster
 
     def select(self, kind: str, obj: Mapping[str, Any] | ObjectView, namespace: str) -> Selection:
-        view = obj if type(obj) is ObjectView else view_of(obj)
-        return _select(self.candidates(kind, namespace), kind, view, namespace)
+        return _select(self.candidates(kind, namespace), kind, view_of(obj), namespace)
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._groups.values())
@@ -255,7 +255,7 @@ def plan(
     """
     # The admission hot path: written for few Python operations per container.
     meta_path, spec_path = _paths(kind)
-    meta, pod_spec = pod_parts(kind, obj if type(obj) is ObjectView else view_of(obj))
+    meta, pod_spec = pod_parts(kind, view_of(obj))
     if pod_spec is None:
         return Plan(unsupported="no pod template")
     if pod_spec.os is not None and pod_spec.os.name == "windows":
