@@ -8,15 +8,16 @@ host's own AppArmor service).
 
 Steady state: informer events enqueue profile names; a worker per name compares the
 desired profile with what it loaded and loads, replaces or unloads through the batching
-Loader. A new profile text is loaded from a staging file and moved into the profile dir
-only once the kernel took it, so the profile dir never holds a text that failed.
+Loader. A profile text is loaded from a file named by its content (`varmor/loads/`, with
+the parser's compiled-policy cache beside it, so unchanged profiles reload in
+milliseconds after a restart or a reboot) and copied into the profile dir only once the
+kernel took it, so the profile dir never holds a text that failed.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,6 @@ from varmor.tasks import cancel_and_wait
 from varmor.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
-STAGING = "varmor/staging"
 
 
 @dataclass(frozen=True)
@@ -126,6 +126,7 @@ class Agent:
                     subdomainfs=kernel.apparmor_dir(cfg.securityfs),
                     include_dirs=tuple(dict.fromkeys([*base, cfg.profile_dir])),
                     parser=cfg.parser,
+                    cache_dir=self.files.cache_dir,
                 )
             )
             self.parser_version = await runner.version()
@@ -162,6 +163,8 @@ class Agent:
         stale = [n for n in await asyncio.to_thread(self.files.names) if n not in self.desired]
         stale += [n for n in await asyncio.to_thread(self.files.complain_markers) if n not in self.desired]
         await asyncio.to_thread(self.files.remove_all, sorted(set(stale)))
+        loaded = [self.files.load_path(n, d.sha256) for n, d in self.desired.items() if n in self.state.loaded]
+        await asyncio.to_thread(self.files.prune_loads, loaded)
         self._phase("orphans")
 
     def _write_node_local(self) -> str:
@@ -291,14 +294,14 @@ class Agent:
         if failed and recent and failed[:2] == (desired.sha256, desired.mode) and name not in self._force:
             return
         self._force.discard(name)
-        staged = self.config.profile_dir / STAGING / name
+        staged = self.files.load_path(name, desired.sha256)
         complain = desired.mode == "complain"
         # The force-complain marker first: when the profile dir is the parser's base dir
         # (agent on the host), a stale marker would turn an enforce load into complain.
         await asyncio.to_thread(self._stage, name, staged, desired.text, complain)
         outcome = await self.loader.load(name, staged, complain=complain)
         if outcome.ok:
-            await asyncio.to_thread(os.replace, staged, self.files.path(name))
+            await asyncio.to_thread(self._keep, name, staged, desired.text)
             self.state.loaded[name] = Loaded(desired.namespace, desired.sha256, desired.mode)
             self._failed_at.pop(name, None)
             self._set_failure(name, conflict)
@@ -315,8 +318,14 @@ class Agent:
         self._set_failure(name, Failed(desired.namespace, desired.sha256, message))
 
     def _stage(self, name: str, staged: Path, text: str, complain: bool) -> None:
-        atomic_write(staged, text)
+        atomic_write(staged, text)  # unchanged text keeps its mtime, so the parser cache stays valid
         self.files.set_force_complain(name, complain)
+
+    def _keep(self, name: str, loaded: Path, text: str) -> None:
+        """After a load: the profile dir holds what the kernel has (for the host's own boot
+        loading), and only this version's load file and cache entry are kept."""
+        self.files.write(name, text)
+        self.files.prune_versions(name, keep=loaded)
 
     def _unstage(self, name: str, staged: Path, previous: Loaded | None) -> None:
         """After a failed load: the profile dir goes back to what the kernel has."""
@@ -336,6 +345,7 @@ class Agent:
                 raise RuntimeError(f"cannot unload {name}: {outcome.message}")
             log.info("unloaded profile %s", name)
         await asyncio.to_thread(self.files.remove, name)
+        await asyncio.to_thread(self.files.prune_versions, name, None)
         if self.state.loaded.pop(name, None) is not None:
             self._changed()
 

@@ -19,6 +19,8 @@ from varmor.profile import NODE_LOCAL_INCLUDE, DiskDeviceError, node_local_inclu
 DEFAULT_PROFILE_DIR = Path("/etc/apparmor.d")
 DEFAULT_PARTITIONS = Path("/proc/partitions")
 FORCE_COMPLAIN = "force-complain"
+LOADS = "varmor/loads"  # what the parser loads from: one file per profile version
+PARSER_CACHE = "varmor/cache"  # apparmor_parser's compiled-policy cache for those files
 _VARMOR_NAME = re.compile(r"^varmor-[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
@@ -118,3 +120,42 @@ class ProfileDir:
     def remove_all(self, names: Iterable[str]) -> None:
         for name in names:
             self.remove(name)
+
+    # -- load files and the parser cache --------------------------------------------
+    # The parser loads each profile from `loads/<name>@<sha256 prefix>`, a file named by
+    # its content, and keeps the compiled policy in `cache/` under that file name. A cache
+    # entry therefore only ever holds the compilation of that exact text (the parser
+    # itself notices changed includes by their mtimes), so a restart or a reboot loads
+    # unchanged profiles from the cache in milliseconds instead of recompiling them, and
+    # no cached binary can stand in for other content.
+
+    def load_path(self, name: str, sha256: str) -> Path:
+        return self.root / LOADS / f"{self.path(name).name}@{sha256[:16]}"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.root / PARSER_CACHE
+
+    def prune_loads(self, keep: Iterable[Path]) -> None:
+        """Delete load files (and their cache entries) other than `keep`."""
+        kept = {p.name for p in keep}
+        loads = self.root / LOADS
+        if loads.is_dir():
+            for path in loads.iterdir():
+                if "@" in path.name and path.name not in kept:
+                    path.unlink(missing_ok=True)
+        if self.cache_dir.is_dir():
+            for features in self.cache_dir.iterdir():
+                if features.is_dir():
+                    for entry in features.iterdir():
+                        if "@" in entry.name and entry.name not in kept:
+                            entry.unlink(missing_ok=True)
+
+    def prune_versions(self, name: str, keep: Path | None) -> None:
+        """Delete the load files and cache entries of `name`'s other versions."""
+        prefix = f"{self.path(name).name}@"
+        stale = [p for p in (self.root / LOADS).glob(f"{prefix}*") if p != keep]
+        if self.cache_dir.is_dir():
+            stale += [p for p in self.cache_dir.glob(f"*/{prefix}*") if keep is None or p.name != keep.name]
+        for path in stale:
+            path.unlink(missing_ok=True)

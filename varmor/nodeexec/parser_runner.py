@@ -56,6 +56,7 @@ class ParserConfig:
     parser: str = ""  # default: found on PATH
     features: Path | None = None  # default: varmor's pinned features file
     timeout: float = 300.0
+    cache_dir: Path | None = None  # compiled-policy cache for enforce-mode loads (None: no cache)
 
 
 def _trim(message: str) -> str:
@@ -144,7 +145,11 @@ class ParserRunner:
         if not files:
             return {}
         flags = ["-r", "-v", *(["-C"] if complain else [])]
-        run = await self._exec("replace", [*self._base(), *flags, *(str(p) for p in files.values())])
+        base = self._base()
+        if self.config.cache_dir is not None and not complain:  # the parser never caches complain mode
+            base.remove("-K")
+            flags += ["-W", "-L", str(self.config.cache_dir)]
+        run = await self._exec("replace", [*base, *flags, *(str(p) for p in files.values())])
         done = succeeded(run.out)
         results = {name: Outcome(True) for name in files if name in done or run.rc == 0}
         failed = {name: path for name, path in files.items() if name not in results}
