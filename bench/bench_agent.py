@@ -134,11 +134,14 @@ def bare_parser(files: list[Path], include: Path, kernel: StandInSecurityfs) -> 
     return elapsed, children_cpu() - cpu
 
 
-def agent_cold_start(
-    kubeconfig: str, root: Path, kernel: StandInSecurityfs, n: int, idle: float, event_loop: str
+def agent_start(
+    kubeconfig: str, root: Path, kernel: StandInSecurityfs, n: int, idle: float, event_loop: str, *, cold: bool = True
 ) -> dict[str, float]:
+    """An agent start on an empty kernel: a new node (`cold`: empty profile dir, so no
+    parser cache either) or a reboot (the profile dir and its parser cache kept)."""
     profile_dir = root / "agent-apparmor.d"
-    shutil.rmtree(profile_dir, ignore_errors=True)
+    if cold:
+        shutil.rmtree(profile_dir, ignore_errors=True)
     kernel.set_loaded({})
     health, metrics_port = free_port(), free_port()
     cmd = [sys.executable, "-m", "varmor.cli", "run", "--roles=agent", f"--kubeconfig={kubeconfig}"]
@@ -195,13 +198,16 @@ def bench(kubeconfig: str, n: int, rounds: int, idle: float, event_loop: str) ->
     files = [bare_dir.write(name, text) for name, text in sorted(texts.items())]
     bare: list[tuple[float, float]] = []
     agent: list[dict[str, float]] = []
+    reboot: list[dict[str, float]] = []
     with StandInSecurityfs(root / "securityfs") as kernel:
         for i in range(rounds):
             bare.append(bare_parser(files, bare_dir.root, kernel))
-            agent.append(agent_cold_start(kubeconfig, root, kernel, n, idle if i == rounds - 1 else 0, event_loop))
+            agent.append(agent_start(kubeconfig, root, kernel, n, idle if i == rounds - 1 else 0, event_loop))
+            reboot.append(agent_start(kubeconfig, root, kernel, n, 0, event_loop, cold=False))
             print(
                 f"round {i + 1}: bare parser {bare[-1][0]:.2f}s (cpu {bare[-1][1]:.2f}s), agent ready "
                 f"{agent[-1]['ready']:.2f}s (own {agent[-1]['own']:.2f}s, cpu {agent[-1]['cpu']:.2f}s), "
+                f"after a reboot {reboot[-1]['ready']:.2f}s (own {reboot[-1]['own']:.2f}s), "
                 f"loadavg {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
@@ -217,6 +223,12 @@ def bench(kubeconfig: str, n: int, rounds: int, idle: float, event_loop: str) ->
     print(f"one batched apparmor_parser -r over the same files: {b:.2f} s")
     print(f"agent process spawn -> /readyz 200:                  {r:.2f} s  ({r / b:.2f}x)")
     print(f"agent role start -> ready (own metric):              {o:.2f} s  ({o / b:.2f}x)")
+    rr = statistics.median(a["ready"] for a in reboot)
+    ro = statistics.median(a["own"] for a in reboot)
+    print(
+        f"after a reboot (parser cache kept): spawn -> ready   {rr:.2f} s  ({rr / b:.2f}x), "
+        f"role start -> ready {ro:.2f} s"
+    )
     print(f"per-round ratio spawn->ready / bare: {', '.join(f'{p:.2f}' for p in pairs)}")
     print(f"CPU time (incl. parser children): agent {c:.2f} s vs bare parser {bc:.2f} s ({c / bc:.2f}x)")
     print(f"  of which the agent's own Python process (interpreter start included): {cs:.2f} s")

@@ -301,7 +301,8 @@ class Agent:
         await asyncio.to_thread(self._stage, name, staged, desired.text, complain)
         outcome = await self.loader.load(name, staged, complain=complain)
         if outcome.ok:
-            await asyncio.to_thread(self._keep, name, staged, desired.text)
+            previous = self.state.loaded.get(name)
+            await asyncio.to_thread(self._keep, name, desired.text, previous, desired.sha256)
             self.state.loaded[name] = Loaded(desired.namespace, desired.sha256, desired.mode)
             self._failed_at.pop(name, None)
             self._set_failure(name, conflict)
@@ -321,11 +322,12 @@ class Agent:
         atomic_write(staged, text)  # unchanged text keeps its mtime, so the parser cache stays valid
         self.files.set_force_complain(name, complain)
 
-    def _keep(self, name: str, loaded: Path, text: str) -> None:
+    def _keep(self, name: str, text: str, previous: Loaded | None, sha256: str) -> None:
         """After a load: the profile dir holds what the kernel has (for the host's own boot
-        loading), and only this version's load file and cache entry are kept."""
+        loading), and the replaced version's load file and cache entry go."""
         self.files.write(name, text)
-        self.files.prune_versions(name, keep=loaded)
+        if previous is not None and previous.sha256 != sha256:
+            self.files.forget_version(name, previous.sha256)
 
     def _unstage(self, name: str, staged: Path, previous: Loaded | None) -> None:
         """After a failed load: the profile dir goes back to what the kernel has."""
@@ -345,8 +347,9 @@ class Agent:
                 raise RuntimeError(f"cannot unload {name}: {outcome.message}")
             log.info("unloaded profile %s", name)
         await asyncio.to_thread(self.files.remove, name)
-        await asyncio.to_thread(self.files.prune_versions, name, None)
-        if self.state.loaded.pop(name, None) is not None:
+        gone = self.state.loaded.pop(name, None)
+        if gone is not None:
+            await asyncio.to_thread(self.files.forget_version, name, gone.sha256)
             self._changed()
 
     def _set_failure(self, name: str, failure: Failed | None) -> None:

@@ -151,11 +151,8 @@ class ProfileDir:
                         if "@" in entry.name and entry.name not in kept:
                             entry.unlink(missing_ok=True)
 
-    def prune_versions(self, name: str, keep: Path | None) -> None:
-        """Delete the load files and cache entries of `name`'s other versions."""
-        prefix = f"{self.path(name).name}@"
-        stale = [p for p in (self.root / LOADS).glob(f"{prefix}*") if p != keep]
-        if self.cache_dir.is_dir():
-            stale += [p for p in self.cache_dir.glob(f"*/{prefix}*") if keep is None or p.name != keep.name]
-        for path in stale:
+    def forget_version(self, name: str, sha256: str) -> None:
+        """Delete one version's load file and cache entries (when another replaced it)."""
+        load = self.load_path(name, sha256)
+        for path in [load, *self.cache_dir.glob(f"*/{load.name}")]:
             path.unlink(missing_ok=True)
