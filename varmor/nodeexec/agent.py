@@ -17,7 +17,9 @@ kernel took it, so the profile dir never holds a text that failed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -126,10 +128,14 @@ class Agent:
                     subdomainfs=kernel.apparmor_dir(cfg.securityfs),
                     include_dirs=tuple(dict.fromkeys([*base, cfg.profile_dir])),
                     parser=cfg.parser,
-                    cache_dir=self.files.cache_dir,
                 )
             )
             self.parser_version = await runner.version()
+            self.files.cache_key = re.sub(r"[^A-Za-z0-9._-]", "_", f"parser-{self.parser_version}-varmor-{__version__}")
+            await asyncio.to_thread(
+                self.files.cache_dir.mkdir, parents=True, exist_ok=True
+            )  # the parser makes one level
+            runner.config = dataclasses.replace(runner.config, cache_dir=self.files.cache_dir)
         except (ParserNotFoundError, FileNotFoundError, PermissionError) as exc:
             if self.detection.supported:
                 self.detection = Detection(False, f"cannot run apparmor_parser: {exc}")

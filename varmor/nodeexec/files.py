@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
@@ -65,6 +66,10 @@ class ProfileDir:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # The parser cache lives under a key naming what produced it (parser and varmor
+        # versions): the includes it compiled in (the image's abstractions) keep their
+        # package mtimes across upgrades, so the parser could not tell a cache is stale.
+        self.cache_key = "default"
 
     def path(self, name: str) -> Path:
         if not is_varmor_name(name):
@@ -133,17 +138,25 @@ class ProfileDir:
         return self.root / LOADS / f"{self.path(name).name}@{sha256[:16]}"
 
     @property
-    def cache_dir(self) -> Path:
+    def cache_root(self) -> Path:
         return self.root / PARSER_CACHE
 
+    @property
+    def cache_dir(self) -> Path:
+        return self.cache_root / self.cache_key
+
     def prune_loads(self, keep: Iterable[Path]) -> None:
-        """Delete load files (and their cache entries) other than `keep`."""
+        """Delete load files and cache entries other than `keep`'s, and caches of other keys."""
         kept = {p.name for p in keep}
         loads = self.root / LOADS
         if loads.is_dir():
             for path in loads.iterdir():
                 if "@" in path.name and path.name not in kept:
                     path.unlink(missing_ok=True)
+        if self.cache_root.is_dir():
+            for other in self.cache_root.iterdir():
+                if other.is_dir() and other != self.cache_dir:
+                    shutil.rmtree(other, ignore_errors=True)
         if self.cache_dir.is_dir():
             for features in self.cache_dir.iterdir():
                 if features.is_dir():
