@@ -1,11 +1,14 @@
-"""`varmor cleanup` (the chart's pre-delete hook) does not stall on nodes whose agent is gone."""
+"""`varmor cleanup` (the chart's pre-delete hook): it does not stall on nodes whose agent
+is gone, and it leaves no webhook configuration even while a leader is still running."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import pytest
+from kubernetes.aio import client
 
 from varmor.kube import ApiException
 from varmor.webhook.cli import cleanup
@@ -26,3 +29,51 @@ async def test_uninstall_does_not_wait_for_nodes_whose_agent_is_gone(api_client:
         with pytest.raises(ApiException) as missing:
             await nodes.status(name)
         assert missing.value.status == 404
+
+
+async def test_cleanup_removes_configurations_a_running_leader_re_registered(
+    api_client: Any, namespace: str, nodes: Any
+) -> None:
+    """The leader keeps running during the hook and re-registers when the policies go;
+    the hook ends by deleting what it wrote, so nothing waits for the garbage collector."""
+    from tests.cluster.test_webhook import policy_body
+    from varmor import api
+    from varmor.reconcile.kubeio import now_rfc3339
+    from varmor.webhook import rawapi
+
+    name = f"cleanup-{namespace}"
+    mutating = rawapi.webhook_config_path("MutatingWebhookConfiguration")
+    for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
+        body = {"metadata": {"name": name}, "webhooks": []}
+        await rawapi.request(api_client, "POST", rawapi.webhook_config_path(kind), body=body)
+    custom = client.CustomObjectsApi(api_client)
+    policy = policy_body("p", namespace, "Pod", selector={})
+    await custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, policy)
+    node = await nodes.add("busy", heartbeat=True)
+    loaded = {"varmor-x-y": {"namespace": "x", "sha256": "0" * 64, "mode": "enforce"}}
+    await nodes.write(node, {**await nodes.status(node), "profiles": loaded, "heartbeatTime": now_rfc3339()})
+
+    async def still_running_leader() -> None:
+        """Once the policies are gone: register again, then (as the agent) unload."""
+        while True:
+            try:
+                await custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, "varmorpolicies", "p")
+            except ApiException as exc:
+                if exc.status == 404:
+                    break
+                raise
+            await asyncio.sleep(0.05)
+        await rawapi.request(api_client, "POST", mutating, body={"metadata": {"name": name}, "webhooks": []})
+        await nodes.write(node, {**await nodes.status(node), "profiles": {}, "heartbeatTime": now_rfc3339()})
+
+    leader = asyncio.create_task(still_running_leader())
+    deleted = await cleanup(api_client, name, unload_timeout=30)
+    await leader
+    assert deleted == [
+        f"MutatingWebhookConfiguration/{name}",
+        f"ValidatingWebhookConfiguration/{name}",
+        f"MutatingWebhookConfiguration/{name}",  # the re-registered one, at the end
+    ]
+    with pytest.raises(ApiException) as missing:
+        await rawapi.request(api_client, "GET", f"{mutating}/{name}")
+    assert missing.value.status == 404

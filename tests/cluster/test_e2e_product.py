@@ -362,8 +362,6 @@ async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custo
         names |= {c.metadata.name for c in (await admission.list_validating_webhook_configuration()).items}
         return install.release not in names
 
-    # The hook ends by removing what the still-running leader re-registered as policies went.
-    assert await no_webhook_configuration()
     # Then Helm deletes the release's objects: the processes stop, the ClusterRole goes,
     # and the garbage collector removes anything the leader re-registers in the meantime
     # (the configurations are owned by that ClusterRole).

@@ -88,11 +88,15 @@ async def _wait_unloaded(api_client: Any, limit: float) -> bool:
         await asyncio.sleep(1.0)
 
 
-async def cleanup(api_client: Any, config_name: str, *, resources: bool = True, unload_timeout: float = 120.0) -> None:
-    for ref in await delete_webhook_configurations(api_client, config_name):
+async def cleanup(
+    api_client: Any, config_name: str, *, resources: bool = True, unload_timeout: float = 120.0
+) -> list[str]:
+    """The uninstall hook's work; returns the webhook configurations it deleted."""
+    deleted = await delete_webhook_configurations(api_client, config_name)
+    for ref in deleted:
         log.info("deleted %s", ref)
     if not resources:
-        return
+        return deleted
     for resource in (api.VARMOR_CLUSTER_POLICY, api.VARMOR_POLICY, api.ARMOR_PROFILE):
         log.info("deleted %d %s", await _delete_all(api_client, resource), resource.plural)
     await _wait_unloaded(api_client, unload_timeout)
@@ -100,8 +104,10 @@ async def cleanup(api_client: Any, config_name: str, *, resources: bool = True, 
     # The leader, still running during the hook, re-registers when the policies go: take
     # that down too, so only what it writes after this point waits for the garbage
     # collector (the configurations are owned by the chart's ClusterRole).
-    for ref in await delete_webhook_configurations(api_client, config_name):
+    again = await delete_webhook_configurations(api_client, config_name)
+    for ref in again:
         log.info("deleted %s (re-registered during the cleanup)", ref)
+    return deleted + again
 
 
 async def _main(args: argparse.Namespace) -> int:
