@@ -127,7 +127,7 @@ class ProfileDir:
             self.remove(name)
 
     # -- load files and the parser cache --------------------------------------------
-    # The parser loads each profile from `loads/<name>@<sha256 prefix>`, a file named by
+    # The parser loads each profile from `loads/<name>@<sha256>`, a file named by
     # its content, and keeps the compiled policy in `cache/` under that file name. A cache
     # entry therefore only ever holds the compilation of that exact text (the parser
     # itself notices changed includes by their mtimes), so a restart or a reboot loads
@@ -135,7 +135,7 @@ class ProfileDir:
     # no cached binary can stand in for other content.
 
     def load_path(self, name: str, sha256: str) -> Path:
-        return self.root / LOADS / f"{self.path(name).name}@{sha256[:16]}"
+        return self.root / LOADS / f"{self.path(name).name}@{sha256}"
 
     @property
     def cache_root(self) -> Path:
