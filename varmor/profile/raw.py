@@ -17,6 +17,7 @@ plain syntax errors.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 MAX_RAW_TEXT = 64 * 1024
 
@@ -83,9 +84,11 @@ def _context(text: str, pos: int) -> str:
     return text[start : end if end >= 0 else len(text)].strip() or text
 
 
-def split_rules(text: str) -> list[str]:
-    """Split on commas outside quotes and parentheses; every rule must end with one."""
-    rules: list[str] = []
+def _split_outside(text: str, is_separator: Callable[[str], bool]) -> tuple[list[str], str]:
+    """Split `text` at separator characters outside quotes and parentheses: the parts
+    before each separator, and what follows the last one. Raises on unbalanced quotes
+    or parentheses (the one scanner for untrusted rule text)."""
+    parts: list[str] = []
     current: list[str] = []
     depth = 0
     quoted = False
@@ -98,43 +101,31 @@ def split_rules(text: str) -> list[str]:
             depth -= 1
             if depth < 0:
                 raise _fail("unbalanced ')'", "".join(current) + ch)
-        elif not quoted and depth == 0 and ch == ",":
-            rules.append("".join(current))
+        elif not quoted and depth == 0 and is_separator(ch):
+            parts.append("".join(current))
             current = []
             continue
         current.append(ch)
-    rest = "".join(current).strip()
+    rest = "".join(current)
     if quoted:
-        raise _fail("unterminated quote", rest)
+        raise _fail("unterminated quote", rest.strip())
     if depth:
-        raise _fail("unbalanced '('", rest)
-    if rest:
-        raise _fail("every rule must end with ','", rest)
+        raise _fail("unbalanced '('", rest.strip())
+    return parts, rest
+
+
+def split_rules(text: str) -> list[str]:
+    """Split on commas outside quotes and parentheses; every rule must end with one."""
+    rules, rest = _split_outside(text, lambda ch: ch == ",")
+    if rest.strip():
+        raise _fail("every rule must end with ','", rest.strip())
     return rules
 
 
 def _tokens(rule: str) -> list[str]:
     """Whitespace-separated tokens, keeping quoted and parenthesised parts whole."""
-    out: list[str] = []
-    current: list[str] = []
-    depth = 0
-    quoted = False
-    for ch in rule:
-        if ch == '"':
-            quoted = not quoted
-        elif not quoted and ch == "(":
-            depth += 1
-        elif not quoted and ch == ")":
-            depth -= 1
-        if ch.isspace() and not quoted and depth == 0:
-            if current:
-                out.append("".join(current))
-                current = []
-            continue
-        current.append(ch)
-    if current:
-        out.append("".join(current))
-    return out
+    parts, rest = _split_outside(rule, str.isspace)
+    return [part for part in (*parts, rest) if part]
 
 
 def _is_path(token: str) -> bool:
