@@ -14,6 +14,7 @@ lint:
 	.venv/bin/ruff check varmor tests bench
 	.venv/bin/ruff format --check varmor tests bench
 	.venv/bin/mypy
+	.venv/bin/lint-imports --no-cache
 
 cluster-up:
 	.venv/bin/varmor dev cluster up

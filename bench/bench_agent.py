@@ -42,14 +42,15 @@ from varmor import api  # noqa: E402
 from varmor.app import EVENT_LOOPS  # noqa: E402
 from varmor.dev.cluster import ControlPlane, free_port  # noqa: E402
 from varmor.dev.install import install_crds  # noqa: E402
-from varmor.kube import ApiException, new_api_client  # noqa: E402
+from varmor.kube import paths  # noqa: E402
+from varmor.kube.client import ApiException, new_api_client  # noqa: E402
+from varmor.kube.kube import Kube  # noqa: E402
 from varmor.nodeexec.files import ProfileDir  # noqa: E402
 from varmor.nodeexec.parser_runner import LOAD_FLAGS  # noqa: E402
 from varmor.nodeexec.standin import StandInSecurityfs, write_enabled_file  # noqa: E402
 from varmor.parser import features_file, find_parser  # noqa: E402
 from varmor.policy import parse_policy  # noqa: E402
 from varmor.profile import build_profile  # noqa: E402
-from varmor.reconcile.kubeio import Kube  # noqa: E402
 
 NS = "bench-agent"
 NODE = "bench-agent-node"
@@ -115,7 +116,7 @@ async def create_profiles(api_client: Any, n: int) -> dict[str, str]:
             },
         }
         try:
-            await kube.request("POST", Kube.custom_path(api.ARMOR_PROFILE, NS), body=body)
+            await kube.request("POST", paths.custom_path(api.ARMOR_PROFILE, NS), body=body)
         except ApiException as exc:
             if exc.status != 409:
                 raise

@@ -40,10 +40,11 @@ sys.path.insert(0, str(REPO))
 from varmor import api  # noqa: E402
 from varmor.dev.cluster import ControlPlane, free_port  # noqa: E402
 from varmor.dev.install import install_crds  # noqa: E402
-from varmor.informer import Informer  # noqa: E402
-from varmor.kube import ApiException, new_api_client  # noqa: E402
+from varmor.kube import paths  # noqa: E402
+from varmor.kube.client import ApiException, new_api_client  # noqa: E402
+from varmor.kube.informer import Informer  # noqa: E402
+from varmor.kube.kube import JSON_PATCH, Kube  # noqa: E402
 from varmor.nodeexec.status import StatusWriter  # noqa: E402
-from varmor.reconcile.kubeio import JSON_PATCH, Kube  # noqa: E402
 
 INSTALL_NS = "varmor-bench"
 POLICY_NS = "bench"
@@ -135,7 +136,7 @@ async def setup_nodes(kube: Kube, count: int) -> list[str]:
             },
         }
         with contextlib.suppress(ApiException):
-            await kube.request("POST", Kube.custom_path(api.ARMOR_NODE), body=body)
+            await kube.request("POST", paths.custom_path(api.ARMOR_NODE), body=body)
         status = {
             "phase": "Supported",
             "ready": True,
@@ -146,7 +147,7 @@ async def setup_nodes(kube: Kube, count: int) -> list[str]:
         }
         await kube.request(
             "PATCH",
-            Kube.custom_path(api.ARMOR_NODE, None, name) + "/status",
+            paths.custom_path(api.ARMOR_NODE, None, name) + "/status",
             body=[{"op": "add", "path": "/status", "value": status}],
             content_type=JSON_PATCH,
         )
@@ -222,7 +223,7 @@ async def bench(kubeconfig: str, n_nodes: int, n_policies: int, n_single: int, p
         async def create(i: int) -> None:
             async with sem:
                 body = policy(i, ["disallow-write-core-pattern", "disallow-mount"])
-                await kube.request("POST", Kube.custom_path(api.VARMOR_POLICY, POLICY_NS), body=body)
+                await kube.request("POST", paths.custom_path(api.VARMOR_POLICY, POLICY_NS), body=body)
                 created[body["metadata"]["name"]] = time.monotonic()
 
         await asyncio.gather(*(create(i) for i in range(n_policies)))
@@ -252,10 +253,10 @@ async def bench(kubeconfig: str, n_nodes: int, n_policies: int, n_single: int, p
         # One policy change: count writes until it is Ready at the new hash.
         agent_w0, leader_w0 = agents.writes, leader_writes(metrics_port)
         target = "p000"
-        obj = await kube.request("GET", Kube.custom_path(api.VARMOR_POLICY, POLICY_NS, target))
+        obj = await kube.request("GET", paths.custom_path(api.VARMOR_POLICY, POLICY_NS, target))
         obj["spec"]["policy"]["enhanceProtect"]["hardeningRules"].append("disallow-umount")
         t_change = time.monotonic()
-        await kube.request("PUT", Kube.custom_path(api.VARMOR_POLICY, POLICY_NS, target), body=obj)
+        await kube.request("PUT", paths.custom_path(api.VARMOR_POLICY, POLICY_NS, target), body=obj)
         while True:
             cur = policies.get(POLICY_NS, target) or {}
             st = cur.get("status") or {}

@@ -41,11 +41,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from varmor import api  # noqa: E402
+from varmor.admission.planner import plan_patch  # noqa: E402
 from varmor.app import EVENT_LOOPS as LOOPS  # noqa: E402
 from varmor.app import run_on_loop  # noqa: E402
 from varmor.certs import pki  # noqa: E402
 from varmor.dev.cluster import free_port  # noqa: E402
-from varmor.webhook.planner import plan_patch  # noqa: E402
 
 LOADGEN_DIR = ROOT / "bench" / "loadgen"
 ECHO_DIR = ROOT / "bench" / "echowebhook"
@@ -176,8 +176,8 @@ async def _serve(kind: str, port: int, cert: str, key: str) -> None:
         app = web.Application(client_max_size=6 * 1024 * 1024)
         app.router.add_post("/mutate", echo)
     else:
+        from varmor.admission.planner import PolicyIndex
         from varmor.webhook.mutate import MutationState
-        from varmor.webhook.planner import PolicyIndex
         from varmor.webhook.server import build_app
         from varmor.webhook.validate import PolicyValidator
 
@@ -325,9 +325,11 @@ def part_server(seconds: float, conns: int, rounds: int) -> dict[str, Any]:
 
 async def _run_varmor(kubeconfig: str, install_ns: str, port: int) -> None:
     """Child process: varmor's webhook role + leader tasks, exactly as `varmor run` runs them."""
-    from varmor.app import Health, RoleContext, add_common_arguments, setup_logging
-    from varmor.kube import new_api_client
-    from varmor.webhook import leader, role
+    from varmor.app import add_common_arguments, setup_logging
+    from varmor.kube.client import new_api_client
+    from varmor.kube.context import Health, RoleContext
+    from varmor.reconcile import webhooks as leader
+    from varmor.webhook import role
 
     setup_logging("warning")
     parser = argparse.ArgumentParser()
@@ -368,8 +370,9 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
     import yaml
     from kubernetes.aio import client
 
-    from varmor.kube import new_api_client
-    from varmor.webhook import rawapi
+    from varmor.kube import paths
+    from varmor.kube.client import new_api_client, raw_request
+    from varmor.kube.kube import MERGE_PATCH
 
     api_client = await new_api_client(kubeconfig)
     core = client.CoreV1Api(api_client)
@@ -402,12 +405,12 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
             break
         except Exception:
             await asyncio.sleep(0.2)
-    await rawapi.request(
+    await raw_request(
         api_client,
         "PATCH",
         f"/apis/{api.GROUP}/{api.VERSION}/namespaces/with/varmorpolicies/all/status",
         body={"status": {"profileName": "varmor-with-all"}},
-        content_type=rawapi.MERGE_PATCH,
+        content_type=MERGE_PATCH,
     )
 
     def pod(name: str) -> dict[str, Any]:
@@ -446,10 +449,10 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
         )
         wait_for_port(ports[ns])
     for ns, echo_port_ in ports.items():
-        await rawapi.request(
+        await raw_request(
             api_client,
             "POST",
-            rawapi.webhook_config_path("MutatingWebhookConfiguration"),
+            paths.webhook_config_path("MutatingWebhookConfiguration"),
             body={
                 "metadata": {"name": f"bench-{ns}"},
                 "webhooks": [
@@ -475,7 +478,7 @@ async def _e2e(kubeconfig: str, n: int) -> dict[str, Any]:
 
         async def create(ns: str, name: str) -> tuple[float, dict[str, Any]]:
             t0 = time.perf_counter()
-            created = await rawapi.request(api_client, "POST", f"/api/v1/namespaces/{ns}/pods", body=pod(name))
+            created = await raw_request(api_client, "POST", f"/api/v1/namespaces/{ns}/pods", body=pod(name))
             return time.perf_counter() - t0, created
 
         for i in range(600):  # wait until the API server calls varmor

@@ -4,6 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 .venv/bin/ruff check varmor tests bench
 .venv/bin/mypy
+.venv/bin/lint-imports --no-cache
 set +e
 .venv/bin/pytest "$@"
 rc=$?

@@ -60,7 +60,7 @@ def kubeconfig(control_plane: ControlPlaneState) -> str:
 
 @pytest.fixture
 async def api_client(kubeconfig: str) -> AsyncIterator[object]:
-    from varmor.kube import new_api_client
+    from varmor.kube.client import new_api_client
 
     client = await new_api_client(kubeconfig)
     try:

@@ -37,6 +37,11 @@ UNCONFINED = "unconfined"
 RESTARTED_AT_ANNOTATION = "controller.varmor.org/restartedAt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 
+# ArmorNode heartbeats: the agent renews `status.heartbeatTime` this often, and the leader
+# treats a node whose heartbeat is older than DEFAULT_LOST_AFTER as having lost its agent.
+DEFAULT_HEARTBEAT = 60.0  # seconds (`--agent-heartbeat`)
+DEFAULT_LOST_AFTER = 3 * DEFAULT_HEARTBEAT  # `--agent-lost-after`: two missed beats tolerated
+
 _DNS_LABELISH = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 

@@ -9,13 +9,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import importlib
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Coroutine
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
 import orjson
@@ -23,13 +21,31 @@ from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from varmor import __version__
-from varmor.tasks import cancel_and_wait
+from varmor.kube.client import new_api_client
+from varmor.kube.context import Health, RoleContext
+from varmor.kube.tasks import task_group
 
-ROLE_MODULES = {
-    "webhook": "varmor.webhook.role",
-    "leader": "varmor.reconcile.role",
-    "agent": "varmor.nodeexec.role",
-}
+ROLES = ("webhook", "leader", "agent")
+
+
+def role_module(role: str) -> Any:
+    """A role's module, imported on first use: an agent-only DaemonSet pod then does not
+    carry the webhook's and leader's code (~12 MB of RSS). Plain imports, so the import
+    contract sees them."""
+    if role == "webhook":
+        from varmor.webhook import role as webhook
+
+        return webhook
+    if role == "leader":
+        from varmor.reconcile import role as leader
+
+        return leader
+    if role == "agent":
+        from varmor.nodeexec import role as agent
+
+        return agent
+    raise KeyError(role)
+
 
 log = logging.getLogger("varmor")
 
@@ -59,90 +75,98 @@ def setup_logging(level: str = "info") -> None:
     root.setLevel(level.upper())
 
 
-@dataclass
-class Health:
-    """Readiness checks registered by roles; liveness is the loop answering at all."""
-
-    checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
-
-    def add(self, name: str, check: Callable[[], bool]) -> None:
-        self.checks[name] = check
-
-    def failing(self) -> list[str]:
-        return sorted(name for name, check in self.checks.items() if not check())
+HEALTH = web.AppKey("health", Health)
 
 
-@dataclass
-class RoleContext:
-    args: argparse.Namespace
-    api_client: Any
-    health: Health
-    roles: frozenset[str]
+async def healthz(_request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok", "version": __version__})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    failing = request.app[HEALTH].failing()
+    return web.json_response({"ready": not failing, "waiting": failing}, status=503 if failing else 200)
+
+
+async def metrics(_request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
 def health_app(health: Health) -> web.Application:
-    async def healthz(_request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok", "version": __version__})
-
-    async def readyz(_request: web.Request) -> web.Response:
-        failing = health.failing()
-        return web.json_response({"ready": not failing, "waiting": failing}, status=503 if failing else 200)
-
     app = web.Application()
+    app[HEALTH] = health
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     return app
 
 
 def metrics_app() -> web.Application:
-    async def metrics(_request: web.Request) -> web.Response:
-        return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
-
     app = web.Application()
     app.router.add_get("/metrics", metrics)
     return app
 
 
-async def serve(app: web.Application, host: str, port: int) -> web.AppRunner:
+@contextlib.asynccontextmanager
+async def serving(app: web.Application, host: str, port: int) -> AsyncIterator[None]:
+    """Serve `app` for the duration of the block (its cleanup_ctx runs on the way out)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
-    return runner
+    try:
+        await web.TCPSite(runner, host, port).start()
+        yield
+    finally:
+        await runner.cleanup()
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT: end the roles' group cleanly."""
+
+
+async def _until(stop: asyncio.Event) -> None:
+    await stop.wait()
+    raise Stopped
+
+
+async def _role(name: str, ctx: RoleContext) -> None:
+    try:
+        await role_module(name).run(ctx)
+    except Exception:
+        log.exception("role %s crashed", name)
+        raise
 
 
 async def run_roles(args: argparse.Namespace) -> int:
-    from varmor.kube import new_api_client
-
+    """Every requested role in one task group with the health and metrics endpoints:
+    a role that crashes stops the others and the process exits 1 (the kubelet restarts
+    it); SIGTERM stops them all and exits 0."""
     roles = frozenset(args.roles.split(","))
-    unknown = roles - set(ROLE_MODULES)
+    unknown = roles - set(ROLES)
     if unknown:
-        log.error("unknown roles %s; choose from %s", sorted(unknown), sorted(ROLE_MODULES))
+        log.error("unknown roles %s; choose from %s", sorted(unknown), sorted(ROLES))
         return 2
     api_client = await new_api_client(args.kubeconfig)
     health = Health()
     ctx = RoleContext(args=args, api_client=api_client, health=health, roles=roles)
-    runners = [
-        await serve(health_app(health), args.bind_address, args.health_port),
-        await serve(metrics_app(), args.bind_address, args.metrics_port),
-    ]
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    tasks = {asyncio.create_task(importlib.import_module(ROLE_MODULES[r]).run(ctx), name=r) for r in sorted(roles)}
     log.info("varmor %s running roles %s", __version__, ",".join(sorted(roles)))
-    stopper = asyncio.create_task(stop.wait())
-    done, _ = await asyncio.wait({*tasks, stopper}, return_when=asyncio.FIRST_COMPLETED)
-    rc = 0
-    for task in done - {stopper}:
-        if task.exception() is not None:
-            log.error("role %s crashed", task.get_name(), exc_info=task.exception())
-            rc = 1
-    await cancel_and_wait(tasks | {stopper})
-    for runner in runners:
-        await runner.cleanup()
-    await api_client.close()
-    return rc
+    try:
+        async with (
+            serving(health_app(health), args.bind_address, args.health_port),
+            serving(metrics_app(), args.bind_address, args.metrics_port),
+            task_group() as group,
+        ):
+            group.create_task(_until(stop), name="signals")
+            for role in sorted(roles):
+                group.create_task(_role(role, ctx), name=role)
+    except Stopped:
+        return 0
+    except Exception:
+        return 1
+    finally:
+        await api_client.close()
+    return 0
 
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
@@ -181,23 +205,22 @@ def _roles_on_command_line(argv: list[str]) -> list[str]:
     modules (an agent-only DaemonSet pod then does not carry the webhook's and leader's
     code: ~12 MB of RSS). All roles when --roles is absent, unknown, or for --help."""
     if "run" not in argv or "-h" in argv or "--help" in argv:
-        return list(ROLE_MODULES)
+        return list(ROLES)
     value = None
     for i, arg in enumerate(argv):
         if arg.startswith("--roles="):
             value = arg.split("=", 1)[1]
         elif arg == "--roles" and i + 1 < len(argv):
             value = argv[i + 1]
-    roles = [r for r in (value or "").split(",") if r in ROLE_MODULES]
-    return roles or list(ROLE_MODULES)
+    roles = [r for r in (value or "").split(",") if r in ROLES]
+    return roles or list(ROLES)
 
 
 def register(sub: Any) -> None:
     run = sub.add_parser("run", help="run varmor's roles (webhook, leader, agent) in this process")
     add_common_arguments(run)
     for role in _roles_on_command_line(sys.argv[1:]):
-        with contextlib.suppress(ModuleNotFoundError):
-            importlib.import_module(ROLE_MODULES[role]).add_arguments(run)
+        role_module(role).add_arguments(run)
 
     def handler(args: argparse.Namespace) -> int:
         setup_logging(args.log_level)

@@ -9,12 +9,13 @@ from typing import Any
 import pytest
 
 from varmor.dev.install import install_crds
+from varmor.kube import paths
 
 
 @pytest.fixture(scope="session")
 async def crds(kubeconfig: str) -> list[str]:
     """All four varmor CRDs from chart/crds/, installed and Established (once per session)."""
-    from varmor.kube import new_api_client
+    from varmor.kube.client import new_api_client
 
     client = await new_api_client(kubeconfig)
     try:
@@ -30,7 +31,7 @@ class NodeSim:
     (the garbage collector then removes the ArmorNodes, which are owned by the Nodes)."""
 
     def __init__(self, api_client: Any, prefix: str) -> None:
-        from varmor.reconcile.kubeio import Kube
+        from varmor.kube.kube import Kube
 
         self.kube = Kube(api_client)
         self.prefix = prefix
@@ -38,15 +39,14 @@ class NodeSim:
 
     def _path(self, name: str) -> str:
         from varmor import api
-        from varmor.reconcile.kubeio import Kube
 
-        return Kube.custom_path(api.ARMOR_NODE, None, name)
+        return paths.custom_path(api.ARMOR_NODE, None, name)
 
     async def add(
         self, short: str, *, phase: str = "Supported", ready: bool = True, reason: str = "", heartbeat: bool = False
     ) -> str:
         from varmor import api
-        from varmor.reconcile.kubeio import now_rfc3339
+        from varmor.clock import now_rfc3339
 
         name = f"{self.prefix}-{short}"
         node = await self.kube.request("POST", "/api/v1/nodes", body={"metadata": {"name": name}})
@@ -72,14 +72,15 @@ class NodeSim:
 
     async def beat(self, name: str) -> None:
         """Renew heartbeatTime alone, as an idle agent does."""
-        from varmor.reconcile.kubeio import JSON_PATCH, now_rfc3339
+        from varmor.clock import now_rfc3339
+        from varmor.kube.kube import JSON_PATCH
 
         body = [{"op": "add", "path": "/status/heartbeatTime", "value": now_rfc3339()}]
         await self.kube.request("PATCH", self._path(name) + "/status", body=body, content_type=JSON_PATCH)
 
     async def write(self, name: str, status: dict[str, Any]) -> None:
         """One status write replacing the whole status, as an agent's coalesced write."""
-        from varmor.reconcile.kubeio import JSON_PATCH
+        from varmor.kube.kube import JSON_PATCH
 
         body = [{"op": "add", "path": "/status", "value": {**status, "lastUpdateTime": "2026-01-01T00:00:00Z"}}]
         await self.kube.request("PATCH", self._path(name) + "/status", body=body, content_type=JSON_PATCH)
@@ -115,7 +116,7 @@ class NodeSim:
         await self.write(name, {**status, "failures": failures})
 
     async def cleanup(self) -> None:
-        from varmor.kube import ApiException
+        from varmor.kube.client import ApiException
 
         for name in self.names:
             try:
@@ -144,16 +145,16 @@ async def purge_policies(api_client: Any, namespace: str, timeout: float = 30.0)
     (call while a leader still runs, so rollout finalizers are processed). Other tests
     assume a cluster without stray policies, and namespace deletion is asynchronous."""
     from varmor import api
-    from varmor.reconcile.kubeio import Kube
+    from varmor.kube.kube import Kube
 
     kube = Kube(api_client)
-    await kube.request("DELETE", Kube.custom_path(api.VARMOR_POLICY, namespace))
+    await kube.request("DELETE", paths.custom_path(api.VARMOR_POLICY, namespace))
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while loop.time() < deadline:
         left = [
-            *(await kube.request("GET", Kube.custom_path(api.VARMOR_POLICY, namespace)))["items"],
-            *(await kube.request("GET", Kube.custom_path(api.ARMOR_PROFILE, namespace)))["items"],
+            *(await kube.request("GET", paths.custom_path(api.VARMOR_POLICY, namespace)))["items"],
+            *(await kube.request("GET", paths.custom_path(api.ARMOR_PROFILE, namespace)))["items"],
         ]
         if not left:
             return

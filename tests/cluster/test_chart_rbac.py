@@ -174,7 +174,7 @@ async def test_impersonated_manager_is_refused_by_the_real_api(
     api_client: Any, kubeconfig: str, namespace: str, installed: tuple[str, list[dict[str, Any]]]
 ) -> None:
     """Beyond review answers: a real request made as the manager's account is refused."""
-    from varmor.kube import new_api_client
+    from varmor.kube.client import new_api_client
 
     release, _ = installed
     impersonating = await new_api_client(kubeconfig)

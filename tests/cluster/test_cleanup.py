@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from kubernetes.aio import client
 
-from varmor.kube import ApiException
-from varmor.webhook.cli import cleanup
+from varmor.kube.client import ApiException
+from varmor.reconcile.cleanup import cleanup
 
 pytestmark = pytest.mark.cluster
 
@@ -38,14 +38,15 @@ async def test_cleanup_removes_configurations_a_running_leader_re_registered(
     the hook ends by deleting what it wrote, so nothing waits for the garbage collector."""
     from tests.cluster.test_webhook import policy_body
     from varmor import api
-    from varmor.reconcile.kubeio import now_rfc3339
-    from varmor.webhook import rawapi
+    from varmor.clock import now_rfc3339
+    from varmor.kube import paths
+    from varmor.kube.client import raw_request
 
     name = f"cleanup-{namespace}"
-    mutating = rawapi.webhook_config_path("MutatingWebhookConfiguration")
+    mutating = paths.webhook_config_path("MutatingWebhookConfiguration")
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
         body = {"metadata": {"name": name}, "webhooks": []}
-        await rawapi.request(api_client, "POST", rawapi.webhook_config_path(kind), body=body)
+        await raw_request(api_client, "POST", paths.webhook_config_path(kind), body=body)
     custom = client.CustomObjectsApi(api_client)
     policy = policy_body("p", namespace, "Pod", selector={})
     await custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, policy)
@@ -63,7 +64,7 @@ async def test_cleanup_removes_configurations_a_running_leader_re_registered(
                     break
                 raise
             await asyncio.sleep(0.05)
-        await rawapi.request(api_client, "POST", mutating, body={"metadata": {"name": name}, "webhooks": []})
+        await raw_request(api_client, "POST", mutating, body={"metadata": {"name": name}, "webhooks": []})
         await nodes.write(node, {**await nodes.status(node), "profiles": {}, "heartbeatTime": now_rfc3339()})
 
     leader = asyncio.create_task(still_running_leader())
@@ -75,5 +76,5 @@ async def test_cleanup_removes_configurations_a_running_leader_re_registered(
         f"MutatingWebhookConfiguration/{name}",  # the re-registered one, at the end
     ]
     with pytest.raises(ApiException) as missing:
-        await rawapi.request(api_client, "GET", f"{mutating}/{name}")
+        await raw_request(api_client, "GET", f"{mutating}/{name}")
     assert missing.value.status == 404

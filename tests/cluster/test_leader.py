@@ -24,8 +24,8 @@ from tests.cluster.conftest import purge_policies
 from tests.cluster.test_reconcile import Api, vpol, wait_for
 from varmor import api
 from varmor.dev.cluster import free_port
-from varmor.kube import ApiException
-from varmor.reconcile.kubeio import Kube
+from varmor.kube.client import ApiException
+from varmor.kube.kube import Kube
 
 pytestmark = pytest.mark.cluster
 

@@ -22,9 +22,10 @@ async def replicasets(apps: client.AppsV1Api, ns: str) -> list[Any]:
 
 async def template(apps: client.AppsV1Api, ns: str) -> dict[str, Any]:
     """The pod template as raw JSON (the generated models would reshape it)."""
-    from varmor.reconcile.kubeio import Kube
+    from varmor.kube import paths
+    from varmor.kube.kube import Kube
 
-    dep = await Kube(apps.api_client).request("GET", Kube.workload_path("Deployment", ns, "web"))
+    dep = await Kube(apps.api_client).request("GET", paths.workload_path("Deployment", ns, "web"))
     return dict(dep["spec"]["template"])
 
 

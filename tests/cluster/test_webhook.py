@@ -21,11 +21,14 @@ from kubernetes.aio import client
 from prometheus_client import REGISTRY
 
 from varmor import api
-from varmor.app import Health, RoleContext, add_common_arguments
+from varmor.app import add_common_arguments
 from varmor.dev.cluster import free_port
-from varmor.kube import ApiException
-from varmor.webhook import cli as webhook_cli
-from varmor.webhook import leader, rawapi
+from varmor.kube import paths
+from varmor.kube.client import ApiException, raw_request
+from varmor.kube.context import Health, RoleContext
+from varmor.kube.kube import MERGE_PATCH
+from varmor.reconcile import cleanup as webhook_cli
+from varmor.reconcile import webhooks as leader
 from varmor.webhook import role as webhook_role
 
 pytestmark = pytest.mark.cluster
@@ -98,8 +101,8 @@ class Varmor:
 
     async def mutating(self) -> dict[str, Any] | None:
         try:
-            return await rawapi.request(
-                self.api_client, "GET", rawapi.webhook_config_path("MutatingWebhookConfiguration", self.name)
+            return await raw_request(
+                self.api_client, "GET", paths.webhook_config_path("MutatingWebhookConfiguration", self.name)
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -108,8 +111,8 @@ class Varmor:
 
     async def validating(self) -> dict[str, Any] | None:
         try:
-            return await rawapi.request(
-                self.api_client, "GET", rawapi.webhook_config_path("ValidatingWebhookConfiguration", self.name)
+            return await raw_request(
+                self.api_client, "GET", paths.webhook_config_path("ValidatingWebhookConfiguration", self.name)
             )
         except ApiException as exc:
             if exc.status == 404:
@@ -187,9 +190,7 @@ async def set_profile_name(api_client: Any, policy: dict[str, Any], profile: str
     resource = api.VARMOR_POLICY if ns else api.VARMOR_CLUSTER_POLICY
     path = f"/apis/{api.GROUP}/{api.VERSION}" + (f"/namespaces/{ns}" if ns else "")
     path += f"/{resource.plural}/{meta['name']}/status"
-    await rawapi.request(
-        api_client, "PATCH", path, body={"status": {"profileName": profile}}, content_type=rawapi.MERGE_PATCH
-    )
+    await raw_request(api_client, "PATCH", path, body={"status": {"profileName": profile}}, content_type=MERGE_PATCH)
 
 
 async def delete_cluster_policy(api_client: Any, name: str) -> None:

@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from varmor import api
-from varmor.webhook import planner
-from varmor.webhook.jsonpatch import PatchError, apply_patch
-from varmor.webhook.objects import view_of
-from varmor.webhook.planner import PolicyIndex, plan, plan_patch, remove_patch, select_policy
-from varmor.webhook.review import parse_mutation_review
+from varmor.admission import planner
+from varmor.admission.jsonpatch import PatchError, apply_patch
+from varmor.admission.objects import view_of
+from varmor.admission.planner import PolicyIndex, plan, plan_patch, remove_patch, select_policy
+from varmor.admission.review import parse_mutation_review
 
 
 def policy(

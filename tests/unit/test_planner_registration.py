@@ -10,11 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from varmor import api
-from varmor.webhook.audit import AuditResult, audit, is_protected
-from varmor.webhook.jsonpatch import apply_patch
-from varmor.webhook.leader import audit_patch
-from varmor.webhook.planner import plan_patch, select_policy
-from varmor.webhook.registration import (
+from varmor.admission.jsonpatch import apply_patch
+from varmor.admission.planner import plan_patch, select_policy
+from varmor.admission.registration import (
     NAMESPACE_LABEL,
     Registration,
     differs,
@@ -22,7 +20,9 @@ from varmor.webhook.registration import (
     scopes,
     validating_configuration,
 )
-from varmor.webhook.selector import compile_selector
+from varmor.admission.selector import compile_selector
+from varmor.reconcile.audit import AuditResult, audit, is_protected
+from varmor.reconcile.webhooks import audit_patch
 
 REG = Registration(name="varmor", namespace="varmor", excluded_namespaces=("kube-system", "varmor"))
 

@@ -21,9 +21,9 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
 from varmor import api
-from varmor.webhook.jsonpatch import apply_patch
+from varmor.admission.jsonpatch import apply_patch
+from varmor.admission.planner import PolicyIndex
 from varmor.webhook.mutate import MutationState
-from varmor.webhook.planner import PolicyIndex
 from varmor.webhook.server import build_app
 from varmor.webhook.validate import PolicyValidator
 

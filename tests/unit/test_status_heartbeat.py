@@ -14,9 +14,9 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
-from varmor.kube import ApiException
+from varmor.kube.client import ApiException
+from varmor.kube.kube import JSON_PATCH, Kube
 from varmor.nodeexec.status import StatusWriter
-from varmor.reconcile.kubeio import JSON_PATCH, Kube
 
 
 class RecordingKube(Kube):

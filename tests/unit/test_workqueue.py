@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
-from varmor.workqueue import WorkQueue
+from varmor.kube.workqueue import WorkQueue
 
 
 async def test_burst_of_adds_for_one_key_is_one_reconcile() -> None:

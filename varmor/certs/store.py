@@ -16,7 +16,7 @@ import orjson
 from kubernetes.aio import client
 
 from varmor.certs.bundle import Bundle
-from varmor.kube import JSON, ApiException, to_dict
+from varmor.kube.client import JSON, ApiException, to_dict
 
 log = logging.getLogger(__name__)
 

@@ -124,7 +124,7 @@ async def _run_demo(kubeconfig: str, timeout: float) -> int:
     from kubernetes.aio import client
 
     from varmor.dev.install import install_crds
-    from varmor.kube import new_api_client
+    from varmor.kube.client import new_api_client
 
     api_client = await new_api_client(kubeconfig)
     try:

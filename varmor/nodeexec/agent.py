@@ -27,8 +27,12 @@ from pathlib import Path
 from kubernetes.aio import client
 
 from varmor import __version__, api
-from varmor.informer import EventType, Informer, Key, object_key
-from varmor.kube import JSON
+from varmor.api import DEFAULT_HEARTBEAT
+from varmor.kube.client import JSON
+from varmor.kube.informer import EventType, Informer, Key, object_key
+from varmor.kube.kube import Kube
+from varmor.kube.tasks import task_group
+from varmor.kube.workqueue import WorkQueue
 from varmor.nodeexec import kernel, metrics
 from varmor.nodeexec.files import ProfileDir, atomic_write, is_varmor_name
 from varmor.nodeexec.kernel import Detection
@@ -37,10 +41,6 @@ from varmor.nodeexec.parser_runner import ParserConfig, ParserRunner
 from varmor.nodeexec.state import Desired, Failed, Loaded, NodeState, choose, node_status
 from varmor.nodeexec.status import StatusWriter
 from varmor.parser import ParserNotFoundError
-from varmor.reconcile.kubeio import Kube
-from varmor.reconcile.status import DEFAULT_HEARTBEAT
-from varmor.tasks import cancel_and_wait
-from varmor.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -182,19 +182,17 @@ class Agent:
         self._phase("detect")
         await self._ensure_node()
         self._phase("armornode")
-        status_task = asyncio.create_task(self.status.run(), name="agent-status")
-        if runner is None:
-            log.warning("node %s is Unsupported: %s", self.config.node_name, self.detection.reason)
-            self.synced = self.ready = True  # nothing to load; never block this pod's other roles
-            metrics.READY.set(1)
+        async with task_group() as group:
+            group.create_task(self.status.run(), name="agent-status")
+            if runner is None:
+                log.warning("node %s is Unsupported: %s", self.config.node_name, self.detection.reason)
+                self.synced = self.ready = True  # nothing to load; never block this pod's other roles
+                metrics.READY.set(1)
+                self.status.mark()
+                return  # the group keeps the status writer (heartbeats) running
+            self.loader = Loader(runner, self.config.profile_dir / "varmor" / "stubs")
             self.status.mark()
-            await status_task
-            return
-        self.loader = Loader(runner, self.config.profile_dir / "varmor" / "stubs")
-        self.status.mark()
-        informer_task = asyncio.create_task(self.informer.run(), name="agent-informer")
-        tasks = [status_task, informer_task]
-        try:
+            group.create_task(self.informer.run(), name="agent-informer")
             await self.informer.wait_synced()
             self._phase("list")
             await self.initial_sync()
@@ -217,13 +215,8 @@ class Agent:
                 extra={"fields": {"phases": self.phases}},
             )
             self._changed()
-            tasks += [
-                asyncio.create_task(self.queue.run(), name="agent-queue"),
-                asyncio.create_task(self._refresh_loop(), name="agent-refresh"),
-            ]
-            await asyncio.gather(*tasks)
-        finally:
-            await cancel_and_wait(tasks)
+            group.create_task(self.queue.run(), name="agent-queue")
+            group.create_task(self._refresh_loop(), name="agent-refresh")
 
     # -- events ----------------------------------------------------------------------
     async def _on_event(self, event: EventType, obj: JSON) -> None:

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
-import contextlib
 import os
 import socket
 from pathlib import Path
 from typing import Any
 
+from varmor.api import DEFAULT_HEARTBEAT
+from varmor.kube.tasks import task_group
 from varmor.nodeexec.agent import Agent, AgentConfig
 from varmor.nodeexec.files import DEFAULT_PARTITIONS, DEFAULT_PROFILE_DIR
 from varmor.nodeexec.kernel import DEFAULT_ENABLED_FILE, DEFAULT_SECURITYFS
-from varmor.reconcile.status import DEFAULT_HEARTBEAT
+from varmor.nodeexec.violations import ViolationReporter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -65,17 +65,8 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
 async def run(ctx: Any) -> None:
     agent = Agent(config_from_args(ctx.args), ctx.api_client)
     ctx.health.add("agent-initial-sync", lambda: agent.ready)
-    tasks = [asyncio.create_task(agent.run(), name="agent")]
-    if ctx.args.audit_log:
-        from varmor.nodeexec.violations import ViolationReporter
-
-        reporter = ViolationReporter.from_args(ctx.args, agent)
-        tasks.append(asyncio.create_task(reporter.run(), name="agent-violations"))
-    try:
-        await asyncio.gather(*tasks)
-    finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+    async with task_group() as group:
+        group.create_task(agent.run(), name="agent")
+        if ctx.args.audit_log:
+            reporter = ViolationReporter.from_args(ctx.args, agent)
+            group.create_task(reporter.run(), name="agent-violations")

@@ -29,10 +29,12 @@ from collections.abc import Callable
 from typing import Any
 
 from varmor import api
-from varmor.kube import JSON, ApiException
+from varmor.api import DEFAULT_HEARTBEAT
+from varmor.clock import now_rfc3339
+from varmor.kube import paths
+from varmor.kube.client import JSON, ApiException
+from varmor.kube.kube import JSON_PATCH, Kube
 from varmor.nodeexec import metrics
-from varmor.reconcile.kubeio import JSON_PATCH, Kube, now_rfc3339
-from varmor.reconcile.status import DEFAULT_HEARTBEAT
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +77,7 @@ class StatusWriter:
 
     @property
     def path(self) -> str:
-        return Kube.custom_path(api.ARMOR_NODE, name=self.node_name)
+        return paths.custom_path(api.ARMOR_NODE, name=self.node_name)
 
     async def ensure(self) -> None:
         """Create the ArmorNode if it is missing, owned by the Node when the Node exists
@@ -98,7 +100,7 @@ class StatusWriter:
             log.warning("Node %s not found: ArmorNode created without an owner reference", self.node_name)
         body = {"apiVersion": api.API_VERSION, "kind": api.ARMOR_NODE.kind, "metadata": meta}
         try:
-            await self.kube.request("POST", Kube.custom_path(api.ARMOR_NODE), body=body)
+            await self.kube.request("POST", paths.custom_path(api.ARMOR_NODE), body=body)
         except ApiException as exc:
             if exc.status != 409:
                 raise

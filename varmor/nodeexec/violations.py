@@ -23,11 +23,12 @@ from urllib.parse import quote
 import orjson
 
 from varmor import api
+from varmor.clock import now_rfc3339
+from varmor.kube.kube import Kube
 from varmor.nodeexec import metrics
 from varmor.nodeexec.audit import AuditRecord, parse_line
 from varmor.nodeexec.files import is_varmor_name
 from varmor.nodeexec.state import Desired
-from varmor.reconcile.kubeio import Kube, now_rfc3339
 
 log = logging.getLogger(__name__)
 REASONS = {"DENIED": "ViolationDenied", "AUDIT": "ViolationAudited", "ALLOWED": "ViolationAllowed"}

@@ -31,10 +31,11 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from varmor.kube import JSON, ApiException
+from varmor.clock import micro_time, parse_time
+from varmor.kube.client import JSON, ApiException
+from varmor.kube.kube import Kube
+from varmor.kube.tasks import cancel_and_wait
 from varmor.reconcile import metrics
-from varmor.reconcile.kubeio import Kube, micro_time, parse_time
-from varmor.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 

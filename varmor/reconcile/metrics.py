@@ -21,6 +21,15 @@ ROLLOUT_WORKLOADS = Counter(
     "varmor_rollout_workloads_total", "Workload templates patched by updateExistingWorkloads.", ["kind", "action"]
 )
 STATUS_WRITES = Counter("varmor_status_writes_total", "Status writes by the leader.", ["resource"])
-API_WRITES = Counter(
-    "varmor_api_writes_total", "Write requests sent to the API server through reconcile.kubeio.", ["component"]
-)  # component: election | reconcile (the leader) | other
+
+UNPROTECTED = Gauge(
+    "varmor_unprotected_workloads",
+    "Existing workloads a policy selects that do not carry its profile (leader audit).",
+    ["kind"],
+)
+REGISTRATION_UPDATES = Counter(
+    "varmor_webhook_registration_updates_total", "Writes of the webhook configurations.", ["config"]
+)
+REGISTERED_KINDS = Gauge(
+    "varmor_webhook_registered_kinds", "Kinds the mutating webhook is registered for (1) or not (0).", ["kind"]
+)

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -30,12 +29,17 @@ from typing import Any
 from kubernetes.aio import client
 
 from varmor import api
-from varmor.informer import EventType, Informer
-from varmor.kube import JSON, ApiException
+from varmor.api import DEFAULT_LOST_AFTER
+from varmor.clock import Clock, now_rfc3339, utc_now
+from varmor.events import Severity
+from varmor.kube import paths
+from varmor.kube.client import JSON, ApiException
+from varmor.kube.informer import EventType, Informer
+from varmor.kube.kube import MERGE_PATCH, Kube
+from varmor.kube.tasks import task_group
+from varmor.kube.workqueue import WorkQueue
 from varmor.reconcile import metrics
-from varmor.reconcile.kubeio import MERGE_PATCH, Kube, now_rfc3339
 from varmor.reconcile.status import (
-    DEFAULT_LOST_AFTER,
     Liveness,
     Outcome,
     ProfileStatus,
@@ -46,8 +50,6 @@ from varmor.reconcile.status import (
     policy_status,
     status_patch,
 )
-from varmor.tasks import cancel_and_wait
-from varmor.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +67,6 @@ class Settings:
     use_apparmor_field: bool = True  # Kubernetes >= 1.30: securityContext.appArmorProfile
     lost_after: float = DEFAULT_LOST_AFTER  # an ArmorNode heartbeat older than this: agent lost
     liveness_margin: float = 1.0  # recheck this long after the first expiry (heartbeats have 1 s precision)
-
-
-def utc_now() -> dt.datetime:
-    return dt.datetime.now(dt.UTC)
 
 
 def policy_key(obj: Mapping[str, Any]) -> PolicyKey:
@@ -174,7 +172,7 @@ class PolicyController:
         *,
         kube: Kube | None = None,
         on_ready: Callable[[JSON, JSON], None] | None = None,
-        clock: Callable[[], dt.datetime] = utc_now,
+        clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
         self.clock = clock
@@ -339,7 +337,7 @@ class PolicyController:
         if ap is not None and ap["metadata"].get("deletionTimestamp"):
             self.queue.add_after(key, 1.0)  # deleted under us: recreate once it is gone
             return
-        events: list[tuple[str, str, str]] = []
+        events: list[tuple[Severity, str, str]] = []
         if error is None and built is not None and profile_name is not None:
             desired = desired_armor_profile(policy, profile_name, ap_ns, built.text, built.mode, built.sha256)
             if ap is None:
@@ -392,7 +390,7 @@ class PolicyController:
 
         A live list (not the cache): the cache may not yet show a profile another worker
         created a moment ago."""
-        path = Kube.custom_path(api.ARMOR_PROFILE)
+        path = paths.custom_path(api.ARMOR_PROFILE)
         listing = await self.kube.request("GET", path, query={"fieldSelector": f"metadata.name={profile_name}"})
         for other in listing.get("items", []):
             owner = owner_key(other)
@@ -437,12 +435,12 @@ class PolicyController:
     async def _create_profile(self, body: JSON) -> JSON:
         ns = body["metadata"]["namespace"]
         try:
-            return await self.kube.request("POST", Kube.custom_path(api.ARMOR_PROFILE, ns), body=body)
+            return await self.kube.request("POST", paths.custom_path(api.ARMOR_PROFILE, ns), body=body)
         except ApiException as exc:
             if exc.status != 409:
                 raise
         # Created concurrently (or the cache lagged): take it only if it is ours.
-        current = await self.kube.request("GET", Kube.custom_path(api.ARMOR_PROFILE, ns, body["metadata"]["name"]))
+        current = await self.kube.request("GET", paths.custom_path(api.ARMOR_PROFILE, ns, body["metadata"]["name"]))
         owner = owner_key(current)
         if owner is None or owner[1] != body["metadata"]["ownerReferences"][0]["uid"]:
             raise RuntimeError(f"ArmorProfile {ns}/{body['metadata']['name']} exists for another policy")
@@ -454,7 +452,7 @@ class PolicyController:
         write) re-read once and recompute, else let the queue retry with backoff.
         Returns the object and whether this call changed its spec."""
         meta = ap["metadata"]
-        path = Kube.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
+        path = paths.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
         for attempt in range(2):
             update = merged_for_update(ap, desired)
             if update is None:
@@ -469,7 +467,7 @@ class PolicyController:
 
     async def _delete_profile(self, ap: JSON) -> None:
         meta = ap["metadata"]
-        path = Kube.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
+        path = paths.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
         body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": meta["uid"]}}
         try:
             await self.kube.request("DELETE", path, body=body, query={"propagationPolicy": "Background"})
@@ -488,7 +486,7 @@ class PolicyController:
         body = armor_profile_status(ps, previous, now_rfc3339())
         self._last_ap_status[meta["uid"]] = body
         if any(previous.get(k) != v for k, v in body.items()):
-            path = Kube.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"]) + "/status"
+            path = paths.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"]) + "/status"
             try:
                 await self.kube.request(
                     "PATCH", path, body={"status": body}, content_type="application/merge-patch+json"
@@ -501,7 +499,7 @@ class PolicyController:
 
     async def _patch_status(self, kind: str, ns: str, name: str, patch: JSON) -> None:
         resource = api.VARMOR_CLUSTER_POLICY if kind == api.VARMOR_CLUSTER_POLICY.kind else api.VARMOR_POLICY
-        path = Kube.custom_path(resource, ns or None, name) + "/status"
+        path = paths.custom_path(resource, ns or None, name) + "/status"
         try:
             await self.kube.request("PATCH", path, body={"status": patch}, content_type=MERGE_PATCH)
             metrics.STATUS_WRITES.labels("policy").inc()
@@ -512,19 +510,15 @@ class PolicyController:
     # -- lifecycle ------------------------------------------------------------------
     async def run(self) -> None:
         informers = [self.policies, self.cluster_policies, self.profiles, self.nodes]
-        tasks = [asyncio.create_task(i.run(), name=f"informer-{i.resource.plural}") for i in informers]
-        try:
+        async with task_group() as group:
+            for informer in informers:
+                group.create_task(informer.run(), name=f"informer-{informer.resource.plural}")
             for informer in informers:
                 await informer.wait_synced()
             await self.sweep_orphans()
-            tasks.append(asyncio.create_task(self.queue.run(), name="policy-queue"))
-            tasks.append(asyncio.create_task(self._phase_gauge(), name="policy-gauge"))
-            tasks.append(asyncio.create_task(self._watch_liveness(), name="policy-liveness"))
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            for task in done:
-                task.result()
-        finally:
-            await cancel_and_wait(tasks)
+            group.create_task(self.queue.run(), name="policy-queue")
+            group.create_task(self._phase_gauge(), name="policy-gauge")
+            group.create_task(self._watch_liveness(), name="policy-liveness")
 
     def check_liveness(self) -> float | None:
         """Re-reconcile every policy when the set of lost ArmorNodes changed; returns the
@@ -591,10 +585,10 @@ def build(policy: Mapping[str, Any], install_namespace: str) -> tuple[str, Any]:
         raise BuildError("BuildFailed", f"building the profile failed: {exc}") from None
 
 
-def _transition_events(previous: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+def _transition_events(previous: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[Severity, str, str]]:
     """One Event per condition that changed reason (state changes only, never per pass)."""
     old = {c.get("type"): c for c in previous.get("conditions") or []}
-    out: list[tuple[str, str, str]] = []
+    out: list[tuple[Severity, str, str]] = []
     for cond in new.get("conditions") or []:
         before = old.get(cond["type"])
         if before is not None and before.get("reason") == cond.get("reason") and before.get("status") == cond["status"]:
@@ -603,7 +597,9 @@ def _transition_events(previous: Mapping[str, Any], new: Mapping[str, Any]) -> l
             continue  # the ProfileCreated event already says it
         if cond["type"] == "Updated" and cond["status"] == "True":
             continue
-        etype = "Normal" if cond["status"] == "True" or cond.get("reason") in ("Loading", "Processing") else "Warning"
+        etype: Severity = (
+            "Normal" if cond["status"] == "True" or cond.get("reason") in ("Loading", "Processing") else "Warning"
+        )
         event = (etype, str(cond.get("reason") or cond["type"]), str(cond.get("message") or ""))
         if event not in out:  # an invalid policy fails Created and Ready for one reason
             out.append(event)

@@ -8,17 +8,17 @@ moment the lease is lost; it keeps no state the next leader would need.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import importlib
 import logging
 from typing import Any
 
+from varmor.api import DEFAULT_LOST_AFTER
+from varmor.kube.kube import Kube
+from varmor.kube.policycache import server_supports_field
+from varmor.kube.tasks import task_group
 from varmor.reconcile.election import ElectionConfig, KubeLeaseStore, LeaderElector, default_identity
-from varmor.reconcile.kubeio import Kube
 from varmor.reconcile.policies import PolicyController, Settings
 from varmor.reconcile.rollout import Rollouts
-from varmor.reconcile.status import DEFAULT_LOST_AFTER
-from varmor.tasks import cancel_and_wait
+from varmor.reconcile.webhooks import run_leader_tasks
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +49,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def _use_apparmor_field(api_client: Any) -> bool:
-    """Kubernetes >= 1.30 takes securityContext.appArmorProfile; older ones the annotation."""
-    try:
-        from varmor.webhook.policies import server_supports_field
-    except ImportError:
-        return True
-    return bool(await server_supports_field(api_client))
-
-
 async def lead(ctx: Any) -> None:
     """Everything the leader does, until cancelled."""
     args = ctx.args
@@ -67,34 +58,15 @@ async def lead(ctx: Any) -> None:
         resync_seconds=args.resync_period,
         status_delay=args.status_delay,
         lost_after=args.agent_lost_after,
-        use_apparmor_field=await _use_apparmor_field(ctx.api_client),
+        use_apparmor_field=await server_supports_field(ctx.api_client),
     )
     controller = PolicyController(ctx.api_client, settings, kube=Kube(ctx.api_client, component="reconcile"))
     rollouts = Rollouts(controller, qps=args.rollout_qps, burst=args.rollout_burst)
-    tasks = [
-        asyncio.create_task(controller.run(), name="leader-policies"),
-        asyncio.create_task(rollouts.run(), name="leader-rollouts"),
-    ]
-    if getattr(args, "leader_webhook_tasks", True):
-        webhook_leader = _webhook_leader()
-        if webhook_leader is not None:
-            tasks.append(asyncio.create_task(webhook_leader(ctx), name="leader-webhook"))
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            task.result()
-    finally:
-        await cancel_and_wait(tasks)
-
-
-def _webhook_leader() -> Any:
-    try:
-        module = importlib.import_module("varmor.webhook.leader")
-    except ModuleNotFoundError as exc:
-        if exc.name != "varmor.webhook.leader":
-            raise
-        return None
-    return getattr(module, "run_leader_tasks", None)
+    async with task_group() as group:
+        group.create_task(controller.run(), name="leader-policies")
+        group.create_task(rollouts.run(), name="leader-rollouts")
+        if args.leader_webhook_tasks:
+            group.create_task(run_leader_tasks(ctx), name="leader-webhook")
 
 
 async def run(ctx: Any) -> None:

@@ -25,11 +25,13 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from varmor import api
-from varmor.kube import JSON, ApiException
+from varmor.clock import now_rfc3339
+from varmor.kube import paths
+from varmor.kube.client import JSON, ApiException
+from varmor.kube.kube import JSON_PATCH, Kube
+from varmor.kube.workqueue import WorkQueue
 from varmor.reconcile import metrics
-from varmor.reconcile.kubeio import JSON_PATCH, Kube, now_rfc3339
 from varmor.reconcile.policies import ROLLOUT_FINALIZER, PolicyController, PolicyKey, owner_key, policy_key
-from varmor.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 
@@ -234,7 +236,7 @@ class Rollouts:
             selector = label_selector_string(job.target["selector"])
             if selector:
                 query["labelSelector"] = selector
-        listing = await self.kube.request("GET", Kube.workload_path(kind, policy_ns or None), query=query)
+        listing = await self.kube.request("GET", paths.workload_path(kind, policy_ns or None), query=query)
         report = Report(rolled=[])
         excluded = {*EXCLUDED_NAMESPACES, self.controller.settings.install_namespace}
         objs = []
@@ -273,13 +275,13 @@ class Rollouts:
 
     def _wins(self, job: Job, obj: JSON) -> bool:
         """The planner's precedence: roll only workloads this policy actually owns."""
-        from varmor.webhook.planner import select_policy
+        from varmor.admission.planner import select_policy
 
         selection = select_policy(self.controller.all_policies(), job.target["kind"], obj, obj["metadata"]["namespace"])
         return selection.winner is not None and selection.winner.candidate.uid == job.policy_uid
 
     def _ops(self, job: Job, kind: str, obj: Mapping[str, Any]) -> list[JSON]:
-        from varmor.webhook import planner
+        from varmor.admission import planner
 
         if job.action == "create":
             containers = job.target.get("containers") or ()
@@ -297,10 +299,10 @@ class Rollouts:
     async def _patch(self, job: Job, kind: str, obj: JSON) -> bool:
         """Patch one workload's template; False when it already is as wanted. Conflict-safe:
         the patch carries the resourceVersion it was computed from (409 -> re-read)."""
-        from varmor.webhook.jsonpatch import apply_patch
+        from varmor.admission.jsonpatch import apply_patch
 
         meta = obj["metadata"]
-        path = Kube.workload_path(kind, meta["namespace"], meta["name"])
+        path = paths.workload_path(kind, meta["namespace"], meta["name"])
         for _ in range(5):
             ops = self._ops(job, kind, obj)
             if not ops:
@@ -329,7 +331,7 @@ class Rollouts:
 
     async def remove_finalizer(self, ap: JSON) -> None:
         meta = ap["metadata"]
-        path = Kube.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
+        path = paths.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
         for _ in range(5):
             finalizers = meta.get("finalizers") or []
             if ROLLOUT_FINALIZER not in finalizers:

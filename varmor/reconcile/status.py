@@ -28,25 +28,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from varmor.api import DEFAULT_LOST_AFTER
+from varmor.clock import parse_time
+
 JSON = dict[str, Any]
 NodeReason = Literal["LoadFailed", "Unsupported", "Stale", "AgentLost"]
 Phase = Literal["Pending", "Protecting", "Error"]
 
 MAX_NAMES_IN_MESSAGE = 10
-DEFAULT_HEARTBEAT = 60.0  # seconds between agent heartbeats (`--agent-heartbeat`)
-DEFAULT_LOST_AFTER = 3 * DEFAULT_HEARTBEAT  # `--agent-lost-after`: two missed beats tolerated
-
-
-def parse_time(value: Any) -> dt.datetime | None:
-    """An RFC3339 timestamp as the API server stores it, or None when absent or malformed
-    (a malformed heartbeat is treated like a missing one: alive, never a false loss)."""
-    if not isinstance(value, str) or not value:
-        return None
-    try:
-        when = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError:
-        return None
-    return when if when.tzinfo else when.replace(tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import bisect
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter, Gauge
+from prometheus_client import REGISTRY, Counter
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -33,19 +33,6 @@ UNCONFINED = Counter(
 )
 CONFLICTS = Counter("varmor_policy_conflicts_total", "Admissions where more than one ready policy matched.", ["kind"])
 EVENTS_DROPPED = Counter("varmor_webhook_events_dropped_total", "Conflict events not sent (rate limit or queue).")
-UNPROTECTED = Gauge(
-    "varmor_unprotected_workloads",
-    "Existing workloads a policy selects that do not carry its profile (leader audit).",
-    ["kind"],
-)
-REGISTRATION_UPDATES = Counter(
-    "varmor_webhook_registration_updates_total", "Writes of the webhook configurations.", ["config"]
-)
-REGISTERED_KINDS = Gauge(
-    "varmor_webhook_registered_kinds", "Kinds the mutating webhook is registered for (1) or not (0).", ["kind"]
-)
-
-
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 

@@ -10,9 +10,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from varmor import api
+from varmor.admission.planner import JsonPatchOp, Plan, PolicyIndex, Selection, plan
+from varmor.admission.review import MutationRequest
 from varmor.webhook import metrics
-from varmor.webhook.planner import JsonPatchOp, Plan, PolicyIndex, Selection, plan
-from varmor.webhook.review import MutationRequest
 
 MUTATED_KINDS = {"Pod": "", "Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps"}
 ConflictSink = Callable[[Selection, MutationRequest], None]

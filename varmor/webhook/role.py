@@ -14,16 +14,16 @@ from typing import Any
 
 from aiohttp import web
 
+from varmor import settings as webhook_settings
+from varmor.admission.planner import PolicyIndex
 from varmor.certs import bundle as certbundle
 from varmor.certs.store import watch_secret
 from varmor.certs.tls import ReloadableTLS
-from varmor.kube import JSON
-from varmor.tasks import cancel_and_wait
-from varmor.webhook import settings as webhook_settings
-from varmor.webhook.events import ConflictReporter
+from varmor.kube.client import JSON
+from varmor.kube.policycache import PolicyCache, server_supports_field
+from varmor.kube.tasks import task_group
+from varmor.webhook.conflicts import ConflictReporter
 from varmor.webhook.mutate import MutationState
-from varmor.webhook.planner import PolicyIndex
-from varmor.webhook.policies import PolicyCache, server_supports_field
 from varmor.webhook.server import build_app
 from varmor.webhook.validate import PolicyValidator
 
@@ -66,26 +66,21 @@ async def run(ctx: Any) -> None:
     ctx.health.add("webhook-policies", lambda: cache.synced)
     validator = PolicyValidator(cfg.namespace)
     app = build_app(state, validator, max_body=cfg.max_request_bytes, synced=cache.synced_event)
-    tasks = [
-        asyncio.create_task(cache.run(), name="webhook-policies"),
-        asyncio.create_task(reporter.run(), name="webhook-events"),
-        asyncio.create_task(
-            watch_secret(ctx.api_client, cfg.namespace, cfg.cert_secret, on_secret), name="webhook-cert-watch"
-        ),
-    ]
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     try:
-        await tls_loaded.wait()
-        # Startup objects (modules, the API client) live forever: keep them out of GC scans
-        # so a full collection never stalls an admission.
-        gc.collect()
-        gc.freeze()
-        await runner.setup()
-        await web.TCPSite(runner, ctx.args.bind_address, cfg.port, ssl_context=tls.context).start()
-        log.info("webhook serving on :%d (appArmorProfile field: %s)", cfg.port, use_field)
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            task.result()  # a crashed task crashes the role (the shell logs it)
+        async with task_group() as group:
+            group.create_task(cache.run(), name="webhook-policies")
+            group.create_task(reporter.run(), name="webhook-events")
+            group.create_task(
+                watch_secret(ctx.api_client, cfg.namespace, cfg.cert_secret, on_secret), name="webhook-cert-watch"
+            )
+            await tls_loaded.wait()
+            # Startup objects (modules, the API client) live forever: keep them out of GC scans
+            # so a full collection never stalls an admission.
+            gc.collect()
+            gc.freeze()
+            await runner.setup()
+            await web.TCPSite(runner, ctx.args.bind_address, cfg.port, ssl_context=tls.context).start()
+            log.info("webhook serving on :%d (appArmorProfile field: %s)", cfg.port, use_field)
     finally:
-        await cancel_and_wait(tasks)
         await runner.cleanup()

@@ -14,16 +14,16 @@ from time import perf_counter
 
 from aiohttp import web
 
-from varmor.webhook import metrics
-from varmor.webhook.mutate import Decision, MutationState, decide
-from varmor.webhook.planner import PlanError
-from varmor.webhook.review import (
+from varmor.admission.planner import PlanError
+from varmor.admission.review import (
     ReviewError,
     ValidationRequest,
     encode_response,
     parse_mutation_review,
     parse_validation_review,
 )
+from varmor.webhook import metrics
+from varmor.webhook.mutate import Decision, MutationState, decide
 from varmor.webhook.validate import PolicyValidator, Verdict
 
 log = logging.getLogger(__name__)

@@ -14,10 +14,10 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from varmor import api
+from varmor.admission.review import ValidationRequest
 from varmor.parser import ParserNotFoundError, compile_check
 from varmor.policy import Policy, PolicyError, parse_policy
 from varmor.profile.builder import build_profile
-from varmor.webhook.review import ValidationRequest
 
 log = logging.getLogger(__name__)
 

@@ -17,9 +17,9 @@ from typing import Any
 from kubernetes.aio import client
 
 from varmor import api
+from varmor.admission.planner import Candidate, Selection
+from varmor.admission.review import MutationRequest
 from varmor.webhook import metrics
-from varmor.webhook.planner import Candidate, Selection
-from varmor.webhook.review import MutationRequest
 
 log = logging.getLogger(__name__)
 

@@ -15,10 +15,11 @@ from typing import Any
 from kubernetes.aio import client
 
 from varmor import api
-from varmor.webhook import rawapi
-from varmor.webhook.objects import ObjectView, apparmor_of, view_of
-from varmor.webhook.planner import LOCALHOST, PlanError, PolicyIndex, plan, pod_parts
-from varmor.webhook.registration import scopes
+from varmor.admission.objects import ObjectView, apparmor_of, view_of
+from varmor.admission.planner import LOCALHOST, PlanError, PolicyIndex, plan, pod_parts
+from varmor.admission.registration import scopes
+from varmor.kube import paths
+from varmor.kube.client import list_all
 
 PolicyKey = tuple[str, str]  # (namespace or "" for cluster policies, name)
 
@@ -141,9 +142,9 @@ async def collect(
     out: dict[str, list[Any]] = {}
     for kind, namespaces in sorted(scopes(policies).items()):
         if namespaces is None:
-            out[kind] = await rawapi.list_all(api_client, rawapi.workload_path(kind))
+            out[kind] = await list_all(api_client, paths.workload_path(kind))
         else:
             out[kind] = []
             for ns in sorted(namespaces - excluded):
-                out[kind] += await rawapi.list_all(api_client, rawapi.workload_path(kind, ns))
+                out[kind] += await list_all(api_client, paths.workload_path(kind, ns))
     return out

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from varmor import api
-from varmor.webhook.objects import Container, ObjectMeta, ObjectView, PlanError, SpecView, apparmor_of, view_of
-from varmor.webhook.selector import LabelPredicate, SelectorError, compile_selector
+from varmor.admission.objects import Container, ObjectMeta, ObjectView, PlanError, SpecView, apparmor_of, view_of
+from varmor.admission.selector import LabelPredicate, SelectorError, compile_selector
 
 __all__ = ["PlanError"]  # re-exported: callers of the planner catch it from here
 

@@ -3,21 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 
 from varmor import __version__
-
-# Each module exposes `register(subparsers)`; a subcommand sets `func` on its parser.
-SUBCOMMAND_MODULES = (
-    "varmor.rules.cli",
-    "varmor.profile.cli",
-    "varmor.crdgen",
-    "varmor.dev.cli",
-    "varmor.app",
-    "varmor.webhook.cli",
-)
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -32,16 +21,17 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     version = sub.add_parser("version", help="print the version")
     version.set_defaults(func=lambda _args: print(__version__) or 0)
     args = list(sys.argv[1:] if argv is None else argv)
-    serving = bool(args) and args[0] == "run"
-    for name in SUBCOMMAND_MODULES:
-        if serving and name != "varmor.app":
-            continue
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name != name:
-                raise
-            continue  # component not built yet
+    from varmor import app
+
+    app.register(sub)
+    if args and args[0] == "run":
+        return parser
+    # Each module exposes `register(subparsers)`; a subcommand sets `func` on its parser.
+    from varmor import crdgen
+    from varmor.cli import cleanup, profile, rules
+    from varmor.dev import cli as dev
+
+    for module in (rules, profile, crdgen, dev, cleanup):
         module.register(sub)
     return parser
 

@@ -13,8 +13,9 @@ from typing import Any
 from kubernetes.aio import client
 
 from varmor import api
-from varmor.informer import EventType, Informer
-from varmor.kube import JSON
+from varmor.kube.client import JSON
+from varmor.kube.informer import EventType, Informer
+from varmor.kube.tasks import task_group
 
 
 class PolicyCache:
@@ -52,17 +53,13 @@ class PolicyCache:
             self._on_change()
 
     async def run(self) -> None:
-        tasks = [asyncio.create_task(i.run()) for i in self.informers]
-        try:
+        async with task_group() as group:
+            for informer in self.informers:
+                group.create_task(informer.run(), name=f"informer-{informer.resource.plural}")
             for informer in self.informers:
                 await informer.wait_synced()
             self.synced_event.set()
             self._fire()
-            await asyncio.gather(*tasks)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def server_supports_field(api_client: client.ApiClient) -> bool:

@@ -1,7 +1,9 @@
-"""Thin helpers around kubernetes.aio: client construction and dict-shaped access.
+"""The API client: construction from a kubeconfig or the pod's ServiceAccount, and raw
+JSON requests through it.
 
-Everything else in varmor works on plain dicts (the API's JSON), so the pure logic
-never depends on the generated model classes.
+varmor reads and writes the API's JSON, never kubernetes' generated model classes: those
+drop fields the client does not know (the server may be newer), cost a lot on big lists,
+and have crashed on Lease timestamps before.
 """
 
 from __future__ import annotations
@@ -14,11 +16,9 @@ import orjson
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 
-from varmor import api
-
 JSON = dict[str, Any]
 
-__all__ = ["JSON", "ApiException", "custom_api", "new_api_client", "raw_request", "to_dict"]
+__all__ = ["JSON", "ApiException", "list_all", "new_api_client", "raw_request", "to_dict"]
 
 
 async def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -36,18 +36,6 @@ def to_dict(api_client: client.ApiClient, obj: Any) -> JSON:
     """A generated model object as the API's JSON shape (camelCase keys)."""
     result: JSON = api_client.sanitize_for_serialization(obj)
     return result
-
-
-def custom_api(api_client: client.ApiClient) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(api_client)
-
-
-def is_status(exc: BaseException, *codes: int) -> bool:
-    return isinstance(exc, ApiException) and exc.status in codes
-
-
-def group_version() -> tuple[str, str]:
-    return api.GROUP, api.VERSION
 
 
 async def raw_request(
@@ -81,3 +69,18 @@ async def raw_request(
         raise ApiException(status=response.status, reason=response.reason, body=data.decode("utf-8", "replace"))
     result: JSON = orjson.loads(data) if data else {}
     return result
+
+
+async def list_all(api_client: client.ApiClient, path: str, *, page: int = 500) -> list[JSON]:
+    """Every item of a list, paginated (a bounded response per request)."""
+    items: list[JSON] = []
+    cont = ""
+    while True:
+        query: dict[str, Any] = {"limit": page}
+        if cont:
+            query["continue"] = cont
+        result = await raw_request(api_client, "GET", path, query=query)
+        items.extend(result.get("items") or [])
+        cont = (result.get("metadata") or {}).get("continue") or ""
+        if not cont:
+            return items

@@ -9,24 +9,22 @@ in the meantime.
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import datetime as dt
 import logging
-import os
 from typing import Any
 
 from varmor import api
-from varmor.kube import ApiException
+from varmor.kube import paths
+from varmor.kube.client import ApiException, list_all, raw_request
 from varmor.reconcile.status import Liveness
-from varmor.webhook import rawapi
 
 log = logging.getLogger("varmor.cleanup")
 
 
 async def _delete(api_client: Any, path: str) -> bool:
     try:
-        await rawapi.request(api_client, "DELETE", path)
+        await raw_request(api_client, "DELETE", path)
     except ApiException as exc:
         if exc.status == 404:
             return False
@@ -45,14 +43,14 @@ def _custom(resource: api.Resource, namespace: str | None = None, name: str | No
 async def delete_webhook_configurations(api_client: Any, name: str) -> list[str]:
     deleted = []
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
-        if await _delete(api_client, rawapi.webhook_config_path(kind, name)):
+        if await _delete(api_client, paths.webhook_config_path(kind, name)):
             deleted.append(f"{kind}/{name}")
     return deleted
 
 
 async def _delete_all(api_client: Any, resource: api.Resource) -> int:
     try:
-        items = await rawapi.list_all(api_client, _custom(resource))
+        items = await list_all(api_client, _custom(resource))
     except ApiException as exc:
         if exc.status == 404:  # CRD not installed
             return 0
@@ -69,7 +67,7 @@ async def _wait_unloaded(api_client: Any, limit: float) -> bool:
     deadline = loop.time() + limit
     while True:
         try:
-            nodes = await rawapi.list_all(api_client, _custom(api.ARMOR_NODE))
+            nodes = await list_all(api_client, _custom(api.ARMOR_NODE))
         except ApiException as exc:
             if exc.status == 404:
                 return True
@@ -108,33 +106,3 @@ async def cleanup(
     for ref in again:
         log.info("deleted %s (re-registered during the cleanup)", ref)
     return deleted + again
-
-
-async def _main(args: argparse.Namespace) -> int:
-    from varmor.kube import new_api_client
-
-    api_client = await new_api_client(args.kubeconfig)
-    try:
-        await cleanup(
-            api_client, args.webhook_config_name, resources=not args.webhooks_only, unload_timeout=args.unload_timeout
-        )
-    finally:
-        await api_client.close()
-    return 0
-
-
-def register(sub: Any) -> None:
-    p = sub.add_parser("cleanup", help="uninstall hook: remove webhook configurations and varmor's objects")
-    p.add_argument("--kubeconfig", default=None)
-    p.add_argument("--namespace", default=os.environ.get("VARMOR_NAMESPACE", "varmor"), help="install namespace")
-    p.add_argument("--webhook-config-name", default="varmor")
-    p.add_argument("--webhooks-only", action="store_true", help="keep policies, ArmorProfiles and ArmorNodes")
-    p.add_argument("--unload-timeout", type=float, default=120.0, help="seconds to wait for agents to unload")
-
-    def handler(args: argparse.Namespace) -> int:
-        from varmor.app import setup_logging
-
-        setup_logging("info")
-        return asyncio.run(_main(args))
-
-    p.set_defaults(func=handler)

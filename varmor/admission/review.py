@@ -13,7 +13,7 @@ from typing import Annotated, Any, Generic, TypeVar
 import msgspec
 import orjson
 
-from varmor.webhook.objects import ObjectView
+from varmor.admission.objects import ObjectView
 
 API_VERSION = "admission.k8s.io/v1"
 

@@ -19,7 +19,7 @@ import orjson
 from kubernetes.aio import client
 
 from varmor import api
-from varmor.kube import JSON, ApiException
+from varmor.kube.client import JSON, ApiException
 
 log = logging.getLogger(__name__)
 

@@ -17,21 +17,24 @@ from typing import Any
 from kubernetes.aio import client
 
 from varmor import api
-from varmor.certs import bundle as certbundle
-from varmor.certs import metrics as certmetrics
-from varmor.certs.store import SecretStore, watch_secret
-from varmor.kube import JSON, ApiException
-from varmor.webhook import metrics, rawapi
-from varmor.webhook import settings as webhook_settings
-from varmor.webhook.audit import AuditResult, PolicyKey, audit, collect
-from varmor.webhook.policies import PolicyCache
-from varmor.webhook.registration import (
+from varmor import settings as webhook_settings
+from varmor.admission.registration import (
     Registration,
     differs,
     mutating_configuration,
     scopes,
     validating_configuration,
 )
+from varmor.certs import bundle as certbundle
+from varmor.certs import metrics as certmetrics
+from varmor.certs.store import SecretStore, watch_secret
+from varmor.kube import paths
+from varmor.kube.client import JSON, ApiException, raw_request
+from varmor.kube.kube import MERGE_PATCH
+from varmor.kube.policycache import PolicyCache
+from varmor.kube.tasks import task_group
+from varmor.reconcile import metrics
+from varmor.reconcile.audit import AuditResult, PolicyKey, audit, collect
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +49,7 @@ async def resolve_owner(api_client: client.ApiClient, cluster_role: str) -> JSON
     if not cluster_role:
         return None
     try:
-        role = await rawapi.request(
-            api_client, "GET", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{cluster_role}"
-        )
+        role = await raw_request(api_client, "GET", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{cluster_role}")
     except ApiException as exc:
         if exc.status == 404:
             raise OwnerMissingError(f"ClusterRole {cluster_role} not found") from None
@@ -85,12 +86,12 @@ class Registrar:
         kind, name = desired["kind"], desired["metadata"]["name"]
         for _ in range(5):
             try:
-                current = await rawapi.request(self.api_client, "GET", rawapi.webhook_config_path(kind, name))
+                current = await raw_request(self.api_client, "GET", paths.webhook_config_path(kind, name))
             except ApiException as exc:
                 if exc.status != 404:
                     raise
                 try:
-                    await rawapi.request(self.api_client, "POST", rawapi.webhook_config_path(kind), body=desired)
+                    await raw_request(self.api_client, "POST", paths.webhook_config_path(kind), body=desired)
                 except ApiException as create_exc:
                     if create_exc.status == 409:
                         continue
@@ -103,7 +104,7 @@ class Registrar:
             body = {**desired, "metadata": {**desired["metadata"]}}
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
             try:
-                await rawapi.request(self.api_client, "PUT", rawapi.webhook_config_path(kind, name), body=body)
+                await raw_request(self.api_client, "PUT", paths.webhook_config_path(kind, name), body=body)
             except ApiException as exc:
                 if exc.status == 409:
                     continue
@@ -326,7 +327,7 @@ async def write_audit_status(api_client: client.ApiClient, result: AuditResult, 
             path += f"/namespaces/{key[0]}"
         path += f"/{resource.plural}/{key[1]}/status"
         try:
-            await rawapi.request(api_client, "PATCH", path, body=patch, content_type=rawapi.MERGE_PATCH)
+            await raw_request(api_client, "PATCH", path, body=patch, content_type=MERGE_PATCH)
         except ApiException as exc:
             if exc.status not in (404, 409):  # gone, or the leader wrote first: next audit
                 raise
@@ -387,21 +388,13 @@ async def run_leader_tasks(ctx: Any, *, audit_sink: AuditSink | None = None) -> 
 
     cache = PolicyCache(ctx.api_client, wake)
     registrar = Registrar(ctx.api_client, registration_from(cfg), cache, cfg.owner_cluster_role)
-    tasks = [asyncio.create_task(cache.run(), name="leader-webhook-policies")]
-    try:
+    async with task_group() as group:
+        group.create_task(cache.run(), name="leader-webhook-policies")
         await cache.synced_event.wait()  # never register from a partial view of the policies
-        tasks.append(asyncio.create_task(registrar.run(), name="leader-webhook-registration"))
+        group.create_task(registrar.run(), name="leader-webhook-registration")
         if cfg.cert_mode == "self":
-            certs = SelfManagedCerts(ctx.api_client, cfg, registrar).run()
+            group.create_task(SelfManagedCerts(ctx.api_client, cfg, registrar).run(), name="leader-certs")
         else:
-            certs = external_certs(ctx.api_client, cfg, registrar)
-        tasks.append(asyncio.create_task(certs, name="leader-certs"))
+            group.create_task(external_certs(ctx.api_client, cfg, registrar), name="leader-certs")
         if cfg.audit_interval > 0:
-            tasks.append(asyncio.create_task(_audit_loop(ctx.api_client, cache, cfg, audit_sink), name="leader-audit"))
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-        for task in done:
-            task.result()
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            group.create_task(_audit_loop(ctx.api_client, cache, cfg, audit_sink), name="leader-audit")
