@@ -8,8 +8,8 @@ from typing import Any
 
 import yaml
 
-from varmor.policy import DEFAULT_INSTALL_NAMESPACE, PolicyError, parse_policy
-from varmor.profile import build_profile
+from varmor.pipeline import CompileError, compile_policy
+from varmor.policy import DEFAULT_INSTALL_NAMESPACE
 
 
 def register(sub: Any) -> None:
@@ -44,11 +44,10 @@ def _render(args: argparse.Namespace) -> int:
         print(f"error: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2
     try:
-        policy = parse_policy(doc, install_namespace=args.install_namespace)
-    except PolicyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        built = compile_policy(doc, args.install_namespace).profile
+    except CompileError as exc:
+        print(f"error: {exc.message}", file=sys.stderr)
         return 1
-    built = build_profile(policy, policy.profile_name(args.install_namespace))
     for warning in built.warnings:
         print(f"warning: {warning}", file=sys.stderr)
     if args.check:

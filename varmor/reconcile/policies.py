@@ -38,6 +38,7 @@ from varmor.kube.informer import EventType, Informer
 from varmor.kube.kube import MERGE_PATCH, Kube
 from varmor.kube.tasks import task_group
 from varmor.kube.workqueue import WorkQueue
+from varmor.pipeline import CompileError, compile_policy
 from varmor.reconcile import metrics
 from varmor.reconcile.status import (
     Liveness,
@@ -326,8 +327,11 @@ class PolicyController:
         built: Any = None
         profile_name: str | None = None
         try:
-            profile_name, built = build(policy, self._install_ns)
-        except BuildError as exc:
+            compiled = compile_policy(policy, self._install_ns)
+            profile_name, built = compiled.profile_name, compiled.profile
+        except CompileError as exc:
+            if exc.reason == "BuildFailed":
+                log.error("building the profile for %s failed: %s", key, exc.message)
             error = (exc.reason, exc.message)
         # Our ArmorProfile, if any: at the accepted (or derivable) name, owned by this uid.
         lookup = profile_name or previous.get("profileName") or self._derived_name(policy)
@@ -557,32 +561,6 @@ class PolicyController:
             for phase, count in counts.items():
                 metrics.POLICIES.labels(phase).set(count)
             await asyncio.sleep(15)
-
-
-class BuildError(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-        self.message = message
-
-
-def build(policy: Mapping[str, Any], install_namespace: str) -> tuple[str, Any]:
-    """(profile name, BuiltProfile) or BuildError(reason, message). Pure."""
-    from varmor.policy import PolicyError, parse_policy
-    from varmor.profile.builder import build_profile
-
-    try:
-        parsed = parse_policy(policy, install_namespace=install_namespace)
-        name = parsed.profile_name(install_namespace)
-    except PolicyError as exc:
-        raise BuildError("Invalid", str(exc)) from None
-    except api.ProfileNameError as exc:
-        raise BuildError("Invalid", f"metadata.name: {exc}") from None
-    try:
-        return name, build_profile(parsed, name)
-    except Exception as exc:  # a builder bug must not crash-loop the leader
-        log.exception("building the profile for %s failed", name)
-        raise BuildError("BuildFailed", f"building the profile failed: {exc}") from None
 
 
 def _transition_events(previous: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[Severity, str, str]]:

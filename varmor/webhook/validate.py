@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from varmor import api
 from varmor.admission.review import ValidationRequest
 from varmor.parser import ParserNotFoundError, compile_check
-from varmor.policy import Policy, PolicyError, parse_policy
-from varmor.profile.builder import build_profile
+from varmor.pipeline import CompileError, compile_policy
+from varmor.profile.builder import BuiltProfile
 
 log = logging.getLogger(__name__)
 
@@ -53,21 +53,20 @@ class PolicyValidator:
             if old_target != new_target:
                 return Verdict(False, "spec.target is immutable: create a new policy instead", result="denied")
         try:
-            policy = parse_policy(req.obj, install_namespace=self.install_namespace)
-        except PolicyError as exc:
-            return Verdict(False, str(exc), result="denied")
-        warnings = tuple(f"varmor: {w}" for w in policy.warnings)
-        ep = policy.enhance_protect
+            compiled = compile_policy(req.obj, self.install_namespace)
+        except CompileError as exc:
+            return Verdict(False, exc.message, result="denied")
+        warnings = tuple(f"varmor: {w}" for w in compiled.policy.warnings)
+        ep = compiled.policy.enhance_protect
         if ep is None or not ep.raw_rules:
             return Verdict(True, warnings=warnings)
-        ok, message = await self._compile(policy)
+        ok, message = await self._compile(compiled.profile)
         if not ok:
             return Verdict(False, f"spec.policy.enhanceProtect.appArmorRawRules: {message}", warnings, "denied")
         return Verdict(True, warnings=warnings + ((f"varmor: {message}",) if message else ()))
 
-    async def _compile(self, policy: Policy) -> tuple[bool, str]:
+    async def _compile(self, built: BuiltProfile) -> tuple[bool, str]:
         """(ok, message) for the policy's profile; unknown-parser situations allow with a note."""
-        built = build_profile(policy, policy.profile_name(self.install_namespace))
         key = built.sha256
         if key in self._cache:
             self._cache.move_to_end(key)

@@ -1,0 +1,89 @@
+"""The policy pipeline: parse -> name -> build, the one way a policy becomes a profile.
+
+The leader (ArmorProfiles), the validating webhook (admission) and the CLI (`varmor
+profile render`) all call `compile_policy`, so what a user is told at admission is what
+the leader writes and what the CLI prints. Pure: the compile check by apparmor_parser is
+the caller's (it is I/O with a cost budget); this only builds text.
+
+Results are cached by (uid, generation, install namespace, catalog): a policy object's
+spec cannot change without its generation changing, and the leader recomputes a
+policy's status on every node report, so the cache spares it a rebuild per report.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from varmor import api
+from varmor.policy import Policy, PolicyError, parse_policy
+from varmor.profile.builder import BuiltProfile, build_profile
+from varmor.rules import Catalog, load_catalog
+
+CACHE_SIZE = 4096
+
+
+class CompileError(Exception):
+    """The policy cannot become a profile. `reason` is the status condition's reason:
+    `Invalid` (the user's input; the message names the field) or `BuildFailed` (a bug)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+        self.message = message
+
+
+@dataclass(frozen=True)
+class CompiledPolicy:
+    policy: Policy
+    profile: BuiltProfile
+
+    @property
+    def profile_name(self) -> str:
+        return self.profile.name
+
+    @property
+    def warnings(self) -> tuple[str, ...]:
+        return self.profile.warnings
+
+
+_cache: OrderedDict[tuple[str, int, str, int], CompiledPolicy] = OrderedDict()
+
+
+def _cache_key(obj: Mapping[str, Any], install_namespace: str, catalog: Catalog) -> tuple[str, int, str, int] | None:
+    meta = obj.get("metadata")
+    if not isinstance(meta, Mapping):
+        return None
+    uid, generation = meta.get("uid"), meta.get("generation")
+    if not isinstance(uid, str) or not uid or not isinstance(generation, int) or generation <= 0:
+        return None  # not stored yet (admission of a CREATE): nothing identifies the content
+    return uid, generation, install_namespace, id(catalog)
+
+
+def compile_policy(obj: Mapping[str, Any], install_namespace: str, catalog: Catalog | None = None) -> CompiledPolicy:
+    """A VarmorPolicy or VarmorClusterPolicy (the API's JSON) as its profile, or
+    CompileError."""
+    catalog = catalog or load_catalog()
+    key = _cache_key(obj, install_namespace, catalog)
+    if key is not None and (hit := _cache.get(key)) is not None:
+        _cache.move_to_end(key)
+        return hit
+    try:
+        policy = parse_policy(obj, install_namespace=install_namespace, catalog=catalog)
+        name = policy.profile_name(install_namespace)
+    except PolicyError as exc:
+        raise CompileError("Invalid", str(exc)) from None
+    except api.ProfileNameError as exc:
+        raise CompileError("Invalid", f"metadata.name: {exc}") from None
+    try:
+        profile = build_profile(policy, name, catalog)
+    except Exception as exc:  # a builder bug must not crash-loop the leader or 500 an admission
+        raise CompileError("BuildFailed", f"building the profile failed: {exc}") from exc
+    compiled = CompiledPolicy(policy, profile)
+    if key is not None:
+        _cache[key] = compiled
+        if len(_cache) > CACHE_SIZE:
+            _cache.popitem(last=False)
+    return compiled
