@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from varmor import api
+from varmor.admission.selector import LabelSelector, SelectorError
 from varmor.profile.raw import RawRuleError, validate_raw_rules
 from varmor.rules import Catalog, Rule, load_catalog, normalize_id
 
@@ -34,7 +35,6 @@ _OTHER_ENFORCERS = ("BPF", "Seccomp", "NetworkProxy")
 # A target is an absolute executable path; AppArmor globs are fine, block syntax is not.
 _TARGET = re.compile(r"^/[A-Za-z0-9._+\-/*?\[\]:~%=]*[^/]$")
 _CONTAINER = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-_LABEL_OPERATORS = {"In", "NotIn", "Exists", "DoesNotExist"}
 # Where each category's IDs go in spec.policy.enhanceProtect.
 _CATEGORY_FIELD = {
     "hardening": "hardeningRules",
@@ -50,40 +50,6 @@ class PolicyError(ValueError):
         super().__init__(f"{path}: {message}")
         self.path = path
         self.reason = message
-
-
-@dataclass(frozen=True)
-class LabelSelector:
-    match_labels: tuple[tuple[str, str], ...] = ()
-    # (key, operator, values)
-    match_expressions: tuple[tuple[str, str, tuple[str, ...]], ...] = ()
-
-    def matches(self, labels: Mapping[str, str]) -> bool:
-        """Kubernetes LabelSelector semantics, on the workload object's own labels."""
-        for key, value in self.match_labels:
-            if labels.get(key) != value:
-                return False
-        for key, op, values in self.match_expressions:
-            present = key in labels
-            if op == "In" and not (present and labels[key] in values):
-                return False
-            if op == "NotIn" and present and labels[key] in values:
-                return False
-            if op == "Exists" and not present:
-                return False
-            if op == "DoesNotExist" and present:
-                return False
-        return True
-
-    def as_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        if self.match_labels:
-            out["matchLabels"] = dict(self.match_labels)
-        if self.match_expressions:
-            out["matchExpressions"] = [
-                {"key": k, "operator": op, **({"values": list(v)} if v else {})} for k, op, v in self.match_expressions
-            ]
-        return out
 
 
 @dataclass(frozen=True)
@@ -202,30 +168,15 @@ def _strings(value: Any, path: str) -> list[str]:
 
 
 def _selector(raw: Any, path: str) -> LabelSelector:
-    sel = _mapping(raw, path)
-    _only(sel, ("matchLabels", "matchExpressions"), path)
-    labels = _mapping(sel.get("matchLabels"), f"{path}.matchLabels", required=False)
-    for key, value in labels.items():
-        if not isinstance(value, str):
-            raise PolicyError(f"{path}.matchLabels.{key}", "must be a string")
-    exprs: list[tuple[str, str, tuple[str, ...]]] = []
-    for i, raw_expr in enumerate(_list(sel.get("matchExpressions"), f"{path}.matchExpressions")):
-        epath = f"{path}.matchExpressions[{i}]"
-        expr = _mapping(raw_expr, epath)
-        _only(expr, ("key", "operator", "values"), epath)
-        key = _string(expr.get("key"), f"{epath}.key")
-        op = expr.get("operator")
-        if op not in _LABEL_OPERATORS:
-            raise PolicyError(f"{epath}.operator", f"must be one of {sorted(_LABEL_OPERATORS)}")
-        values = tuple(_strings(expr.get("values"), f"{epath}.values"))
-        if op in ("In", "NotIn") and not values:
-            raise PolicyError(f"{epath}.values", f"must be non-empty for operator {op}")
-        if op in ("Exists", "DoesNotExist") and values:
-            raise PolicyError(f"{epath}.values", f"must be empty for operator {op}")
-        exprs.append((key, op, values))
-    if not labels and not exprs:
+    """A target selector: well-formed, and not empty (Kubernetes reads an empty selector
+    as "every object", which a policy must say explicitly, never by omission)."""
+    try:
+        selector = LabelSelector.parse(_mapping(raw, path))
+    except SelectorError as exc:
+        raise PolicyError(f"{path}.{exc.path}" if exc.path else path, exc.reason) from None
+    if selector.empty:
         raise PolicyError(path, "must not be empty (an empty selector would match every workload)")
-    return LabelSelector(tuple(sorted(labels.items())), tuple(exprs))
+    return selector
 
 
 def _target(raw: Any) -> Target:

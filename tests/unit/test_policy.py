@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from varmor.policy import LabelSelector, PolicyError, parse_policy
+from varmor.admission.selector import LabelSelector
+from varmor.policy import PolicyError, parse_policy
 
 
 def policy_doc(**enhance: Any) -> dict[str, Any]:
@@ -94,9 +95,14 @@ def test_name_target_and_containers() -> None:
 
 
 def test_selector_semantics() -> None:
-    sel = LabelSelector(
-        (("app", "web"),),
-        (("tier", "In", ("a", "b")), ("canary", "DoesNotExist", ())),
+    sel = LabelSelector.parse(
+        {
+            "matchLabels": {"app": "web"},
+            "matchExpressions": [
+                {"key": "tier", "operator": "In", "values": ["a", "b"]},
+                {"key": "canary", "operator": "DoesNotExist"},
+            ],
+        }
     )
     assert sel.matches({"app": "web", "tier": "a"})
     assert not sel.matches({"app": "web", "tier": "c"})

@@ -18,7 +18,7 @@ from typing import Any
 
 from varmor import api
 from varmor.admission.objects import Container, ObjectMeta, ObjectView, PlanError, SpecView, apparmor_of, view_of
-from varmor.admission.selector import LabelPredicate, SelectorError, compile_selector
+from varmor.admission.selector import LabelPredicate, LabelSelector, SelectorError
 
 __all__ = ["PlanError"]  # re-exported: callers of the planner catch it from here
 
@@ -53,6 +53,7 @@ class Candidate:
     containers: tuple[str, ...]
     profile_name: str | None
     policy: Mapping[str, Any] = field(compare=False, repr=False)
+    label_selector: LabelSelector | None = None  # parsed; `selector` is its predicate
 
     @property
     def key(self) -> tuple[str, str]:
@@ -81,13 +82,13 @@ def candidate_from(policy: Mapping[str, Any]) -> Candidate | None:
     if kind not in api.TARGET_KINDS or not isinstance(meta.get("name"), str):
         return None
     target_name = target.get("name")
-    selector: LabelPredicate | None = None
+    label_selector: LabelSelector | None = None
     if target_name is not None:
         if not isinstance(target_name, str) or not target_name or target.get("selector") is not None:
             return None
     else:
         try:
-            selector = compile_selector(target.get("selector"))
+            label_selector = LabelSelector.parse(target.get("selector"))
         except SelectorError:
             return None
     containers = target.get("containers") or []
@@ -104,7 +105,8 @@ def candidate_from(policy: Mapping[str, Any]) -> Candidate | None:
         created=str(meta.get("creationTimestamp") or ""),
         kind=kind,
         target_name=target_name,
-        selector=selector,
+        selector=label_selector.predicate() if label_selector is not None else None,
+        label_selector=label_selector,
         containers=tuple(containers),
         profile_name=profile if isinstance(profile, str) and profile else None,
         policy=policy,

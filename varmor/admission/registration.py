@@ -90,19 +90,9 @@ class Entry:
 
 def _object_selector(cand: Candidate) -> dict[str, Any]:
     """The policy's target as an objectSelector: {} when it selects by name."""
-    if cand.target_name is not None:
+    if cand.label_selector is None:
         return {}
-    target = cand.policy["spec"]["target"]
-    selector = target.get("selector") or {}
-    out: dict[str, Any] = {}
-    if selector.get("matchLabels"):
-        out["matchLabels"] = dict(sorted(selector["matchLabels"].items()))
-    if selector.get("matchExpressions"):  # as the API server stores them (no empty `values`)
-        out["matchExpressions"] = [
-            {"key": e["key"], "operator": e["operator"], **({"values": list(e["values"])} if e.get("values") else {})}
-            for e in selector["matchExpressions"]
-        ]
-    return out
+    return cand.label_selector.as_dict()
 
 
 def entries(policies: Iterable[Mapping[str, Any]]) -> list[Entry]:

@@ -40,6 +40,16 @@ from varmor.kube.tasks import task_group
 from varmor.kube.workqueue import WorkQueue
 from varmor.pipeline import CompileError, compile_policy
 from varmor.reconcile import metrics
+from varmor.reconcile.profiles import (
+    ROLLOUT_FINALIZER,
+    PolicyKey,
+    changed_profiles,
+    desired_armor_profile,
+    merged_for_update,
+    owner_key,
+    policy_key,
+    transition_events,
+)
 from varmor.reconcile.status import (
     Liveness,
     Outcome,
@@ -54,10 +64,6 @@ from varmor.reconcile.status import (
 
 log = logging.getLogger(__name__)
 
-PolicyKey = tuple[str, str, str]  # (kind, namespace or "", name)
-ROLLOUT_FINALIZER = "varmor.org/rollout"
-POLICY_KIND_LABEL = "varmor.org/policy-kind"
-
 
 @dataclass(frozen=True)
 class Settings:
@@ -68,99 +74,6 @@ class Settings:
     use_apparmor_field: bool = True  # Kubernetes >= 1.30: securityContext.appArmorProfile
     lost_after: float = DEFAULT_LOST_AFTER  # an ArmorNode heartbeat older than this: agent lost
     liveness_margin: float = 1.0  # recheck this long after the first expiry (heartbeats have 1 s precision)
-
-
-def policy_key(obj: Mapping[str, Any]) -> PolicyKey:
-    meta = obj.get("metadata", {})
-    kind = obj.get("kind") or api.VARMOR_POLICY.kind
-    ns = "" if kind == api.VARMOR_CLUSTER_POLICY.kind else str(meta.get("namespace") or "")
-    return kind, ns, str(meta["name"])
-
-
-def owner_key(ap: Mapping[str, Any]) -> tuple[PolicyKey, str] | None:
-    """(policy key, policy uid) of an ArmorProfile's controlling policy."""
-    meta = ap.get("metadata", {})
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") in (api.VARMOR_POLICY.kind, api.VARMOR_CLUSTER_POLICY.kind):
-            ns = "" if ref["kind"] == api.VARMOR_CLUSTER_POLICY.kind else str(meta.get("namespace") or "")
-            return (ref["kind"], ns, ref["name"]), str(ref.get("uid") or "")
-    return None
-
-
-def desired_armor_profile(
-    policy: Mapping[str, Any], profile_name: str, namespace: str, text: str, mode: str, sha256: str
-) -> JSON:
-    """The ArmorProfile a policy compiles to (pure)."""
-    meta = policy["metadata"]
-    spec = policy.get("spec") or {}
-    update_existing = bool(spec.get("updateExistingWorkloads"))
-    body: JSON = {
-        "apiVersion": api.API_VERSION,
-        "kind": api.ARMOR_PROFILE.kind,
-        "metadata": {
-            "name": profile_name,
-            "namespace": namespace,
-            "labels": {api.MANAGED_BY_LABEL: "varmor", POLICY_KIND_LABEL: policy.get("kind", api.VARMOR_POLICY.kind)},
-            "ownerReferences": [
-                {
-                    "apiVersion": api.API_VERSION,
-                    "kind": policy.get("kind", api.VARMOR_POLICY.kind),
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
-            ],
-        },
-        "spec": {
-            "target": spec.get("target") or {},
-            "profile": {"name": profile_name, "enforcer": "AppArmor", "mode": mode, "appArmor": text, "sha256": sha256},
-            "updateExistingWorkloads": update_existing,
-        },
-    }
-    if update_existing:
-        # Lets the leader roll workloads back before the profile disappears from nodes.
-        body["metadata"]["finalizers"] = [ROLLOUT_FINALIZER]
-    return body
-
-
-def merged_for_update(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> JSON | None:
-    """`existing` with the fields we own set from `desired`, or None if already equal.
-    Keeps others' labels, finalizers and owner references."""
-    meta = dict(existing.get("metadata") or {})
-    want = desired["metadata"]
-    labels = {**(meta.get("labels") or {}), **want["labels"]}
-    finalizers = [f for f in meta.get("finalizers") or [] if f != ROLLOUT_FINALIZER]
-    finalizers += want.get("finalizers", [])
-    refs = [r for r in meta.get("ownerReferences") or [] if not r.get("controller")] + want["ownerReferences"]
-    if (
-        existing.get("spec") == desired["spec"]
-        and meta.get("labels") == labels
-        and (meta.get("finalizers") or []) == finalizers
-        and meta.get("ownerReferences") == refs
-    ):
-        return None
-    meta.update(labels=labels, ownerReferences=refs)
-    if finalizers:
-        meta["finalizers"] = finalizers
-    else:
-        meta.pop("finalizers", None)
-    return {**existing, "metadata": meta, "spec": desired["spec"]}
-
-
-def _changed_profiles(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> set[str] | None:
-    """Profile names whose entries differ between two versions of an ArmorNode, or None
-    when the node as a whole changed (appeared, went away, phase or readiness)."""
-    if old is None or new is None:
-        return None
-    os_, ns_ = old.get("status") or {}, new.get("status") or {}
-    if os_.get("phase") != ns_.get("phase") or os_.get("ready") != ns_.get("ready"):
-        return None
-    changed: set[str] = set()
-    for field in ("profiles", "failures"):
-        a, b = os_.get(field) or {}, ns_.get(field) or {}
-        changed.update(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return changed
 
 
 class PolicyController:
@@ -268,7 +181,7 @@ class PolicyController:
             return  # policy resyncs already cover periodic recomputation
         if event == "ADDED" or (new is not None and (name in self._lost) != self.liveness().lost(new)):
             self._liveness_changed.set()  # a lost agent is back, or a node arrived with an old heartbeat
-        changed = _changed_profiles(old, new)
+        changed = changed_profiles(old, new)
         if changed is not None and not changed:
             return
         for ap in self.profiles.list():
@@ -373,7 +286,7 @@ class PolicyController:
             extra_conditions=(extra,) if extra else (),
         )
         new_status = policy_status(outcome, previous, now_rfc3339(), current=policy.get("status") or {})
-        events += _transition_events(previous, new_status)
+        events += transition_events(previous, new_status)
         patch = status_patch(new_status, previous)
         if patch is not None:
             await self._patch_status(kind, ns, name, patch)
@@ -561,24 +474,3 @@ class PolicyController:
             for phase, count in counts.items():
                 metrics.POLICIES.labels(phase).set(count)
             await asyncio.sleep(15)
-
-
-def _transition_events(previous: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[Severity, str, str]]:
-    """One Event per condition that changed reason (state changes only, never per pass)."""
-    old = {c.get("type"): c for c in previous.get("conditions") or []}
-    out: list[tuple[Severity, str, str]] = []
-    for cond in new.get("conditions") or []:
-        before = old.get(cond["type"])
-        if before is not None and before.get("reason") == cond.get("reason") and before.get("status") == cond["status"]:
-            continue
-        if cond["type"] == "Created" and cond["status"] == "True":
-            continue  # the ProfileCreated event already says it
-        if cond["type"] == "Updated" and cond["status"] == "True":
-            continue
-        etype: Severity = (
-            "Normal" if cond["status"] == "True" or cond.get("reason") in ("Loading", "Processing") else "Warning"
-        )
-        event = (etype, str(cond.get("reason") or cond["type"]), str(cond.get("message") or ""))
-        if event not in out:  # an invalid policy fails Created and Ready for one reason
-            out.append(event)
-    return out

@@ -25,13 +25,18 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from varmor import api
+from varmor.admission import planner
+from varmor.admission.jsonpatch import apply_patch
+from varmor.admission.planner import select_policy
+from varmor.admission.selector import LabelSelector
 from varmor.clock import now_rfc3339
 from varmor.kube import paths
 from varmor.kube.client import JSON, ApiException
 from varmor.kube.kube import JSON_PATCH, Kube
 from varmor.kube.workqueue import WorkQueue
 from varmor.reconcile import metrics
-from varmor.reconcile.policies import ROLLOUT_FINALIZER, PolicyController, PolicyKey, owner_key, policy_key
+from varmor.reconcile.policies import PolicyController
+from varmor.reconcile.profiles import ROLLOUT_FINALIZER, PolicyKey, owner_key, policy_key
 
 log = logging.getLogger(__name__)
 
@@ -83,23 +88,6 @@ class Report:
     other_policy: int = 0
     bare_pods: list[str] | None = None
     failed: list[str] | None = None
-
-
-def label_selector_string(selector: Mapping[str, Any]) -> str:
-    """metav1.LabelSelector to the query-string form (server-side pre-filter only; the
-    planner re-checks every object)."""
-    parts = [f"{k}={v}" for k, v in sorted((selector.get("matchLabels") or {}).items())]
-    for expr in selector.get("matchExpressions") or []:
-        key, op, values = expr.get("key"), expr.get("operator"), expr.get("values") or []
-        if op == "In":
-            parts.append(f"{key} in ({','.join(values)})")
-        elif op == "NotIn":
-            parts.append(f"{key} notin ({','.join(values)})")
-        elif op == "Exists":
-            parts.append(str(key))
-        elif op == "DoesNotExist":
-            parts.append(f"!{key}")
-    return ",".join(parts)
 
 
 def _names(names: list[str]) -> str:
@@ -233,7 +221,7 @@ class Rollouts:
         if job.target.get("name"):
             query["fieldSelector"] = f"metadata.name={job.target['name']}"
         elif job.target.get("selector") is not None:
-            selector = label_selector_string(job.target["selector"])
+            selector = LabelSelector.parse(job.target["selector"]).query()
             if selector:
                 query["labelSelector"] = selector
         listing = await self.kube.request("GET", paths.workload_path(kind, policy_ns or None), query=query)
@@ -275,14 +263,11 @@ class Rollouts:
 
     def _wins(self, job: Job, obj: JSON) -> bool:
         """The planner's precedence: roll only workloads this policy actually owns."""
-        from varmor.admission.planner import select_policy
 
         selection = select_policy(self.controller.all_policies(), job.target["kind"], obj, obj["metadata"]["namespace"])
         return selection.winner is not None and selection.winner.candidate.uid == job.policy_uid
 
     def _ops(self, job: Job, kind: str, obj: Mapping[str, Any]) -> list[JSON]:
-        from varmor.admission import planner
-
         if job.action == "create":
             containers = job.target.get("containers") or ()
             return planner.plan_patch(
@@ -299,7 +284,6 @@ class Rollouts:
     async def _patch(self, job: Job, kind: str, obj: JSON) -> bool:
         """Patch one workload's template; False when it already is as wanted. Conflict-safe:
         the patch carries the resourceVersion it was computed from (409 -> re-read)."""
-        from varmor.admission.jsonpatch import apply_patch
 
         meta = obj["metadata"]
         path = paths.workload_path(kind, meta["namespace"], meta["name"])
