@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -16,6 +15,7 @@ import orjson
 from kubernetes.aio import client
 
 from varmor.certs.bundle import Bundle
+from varmor.kube.backoff import Backoff
 from varmor.kube.client import JSON, ApiException, to_dict
 
 log = logging.getLogger(__name__)
@@ -83,7 +83,7 @@ async def watch_secret(
     """
     core = client.CoreV1Api(api_client)
     selector = f"metadata.name={name}"
-    backoff = 0.2
+    backoff = Backoff(base=0.2)
     version = ""
     while True:
         try:
@@ -113,7 +113,7 @@ async def watch_secret(
                         await on_change(obj)
             finally:
                 response.release()
-            backoff = 0.2
+            backoff.reset()
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -123,5 +123,4 @@ async def watch_secret(
             status = exc.status if isinstance(exc, ApiException) else type(exc).__name__
             log.warning("watching Secret %s/%s failed (%s); retrying", namespace, name, status)
             version = ""
-            await asyncio.sleep(backoff * (1 + random.random()))
-            backoff = min(backoff * 2, 30.0)
+            await asyncio.sleep(backoff.next())

@@ -11,6 +11,11 @@ import random
 from dataclasses import dataclass, field
 
 
+def exponential(failures: int, base: float, cap: float) -> float:
+    """`base` doubled per consecutive failure before this one, at most `cap`."""
+    return float(min(base * 2 ** max(failures, 0), cap))
+
+
 @dataclass
 class Backoff:
     base: float = 0.5
@@ -21,7 +26,7 @@ class Backoff:
 
     def next(self) -> float:
         """The delay before the next attempt; grows with each consecutive failure."""
-        delay = min(self.base * 2**self.failures, self.cap)
+        delay = exponential(self.failures, self.base, self.cap)
         self.failures += 1
         return float(delay * (1 + self.rng.random() * self.jitter))
 

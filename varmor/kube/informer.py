@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import Awaitable, Callable
 from typing import Any, Literal
 
@@ -19,6 +18,7 @@ import orjson
 from kubernetes.aio import client
 
 from varmor import api
+from varmor.kube.backoff import Backoff
 from varmor.kube.client import JSON, ApiException
 
 log = logging.getLogger(__name__)
@@ -159,7 +159,7 @@ class Informer:
 
     async def run(self) -> None:
         """Run forever (until cancelled)."""
-        backoff = 0.2
+        backoff = Backoff(base=0.2)
         need_list = True
         resync = asyncio.create_task(self._resync_loop())
         try:
@@ -169,7 +169,7 @@ class Informer:
                         await self._relist()
                         need_list = False
                     await self._watch_once()
-                    backoff = 0.2
+                    backoff.reset()
                 except asyncio.CancelledError:
                     raise
                 except ApiException as exc:
@@ -179,13 +179,11 @@ class Informer:
                         continue
                     log.warning("%s watch failed: %s", self.resource.kind, exc.status)
                     need_list = True
-                    await asyncio.sleep(backoff * (1 + random.random()))
-                    backoff = min(backoff * 2, 30.0)
+                    await asyncio.sleep(backoff.next())
                 except Exception as exc:  # connection errors, server restarts
                     log.warning("%s watch error: %r", self.resource.kind, exc)
                     need_list = True
-                    await asyncio.sleep(backoff * (1 + random.random()))
-                    backoff = min(backoff * 2, 30.0)
+                    await asyncio.sleep(backoff.next())
         finally:
             resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -3,15 +3,23 @@
 The client-go workqueue contract in a few lines of asyncio. Reconcilers enqueue keys, not
 objects, and re-read current state when they run, so a burst of events for one object
 costs one reconcile and no key is ever processed by two workers at once.
+
+What a handler raises decides the retry (varmor.kube.errors): TemporaryError retries after
+the delay it names without counting as a failure; PermanentError is logged and not
+retried (the next change to the object enqueues it again); anything else retries with
+exponential backoff per key.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
+
+from varmor.kube.backoff import exponential
+from varmor.kube.errors import PermanentError, TemporaryError
+from varmor.kube.tasks import task_group
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +90,16 @@ class WorkQueue(Generic[K]):
                 self._failures.pop(key, None)
             except asyncio.CancelledError:
                 raise
+            except TemporaryError as exc:
+                log.debug("%s: %s: %s; again in %.1fs", self.name, key, exc, exc.delay)
+                self.add_after(key, exc.delay)
+            except PermanentError as exc:
+                self._failures.pop(key, None)
+                log.warning("%s: %s: %s (not retried until it changes)", self.name, key, exc)
             except Exception:
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
-                delay = min(self._base_delay * 2 ** (failures - 1), self._max_delay)
+                delay = exponential(failures - 1, self._base_delay, self._max_delay)
                 log.exception("%s: %s failed (attempt %d); retry in %.1fs", self.name, key, failures, delay)
                 self.add_after(key, delay)
             finally:
@@ -97,14 +111,10 @@ class WorkQueue(Generic[K]):
                     self._idle.set()
 
     async def run(self) -> None:
-        workers = [asyncio.create_task(self._worker()) for _ in range(self._concurrency)]
         try:
-            await asyncio.gather(*workers)
+            async with task_group() as group:
+                for i in range(self._concurrency):
+                    group.create_task(self._worker(), name=f"{self.name}-worker-{i}")
         finally:
-            for w in workers:
-                w.cancel()
-            for t in self._timers:
-                t.cancel()
-            for w in workers:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await w
+            for timer in self._timers:
+                timer.cancel()

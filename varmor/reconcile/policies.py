@@ -34,6 +34,7 @@ from varmor.clock import Clock, now_rfc3339, utc_now
 from varmor.events import Severity
 from varmor.kube import paths
 from varmor.kube.client import JSON, ApiException
+from varmor.kube.errors import TemporaryError
 from varmor.kube.informer import EventType, Informer
 from varmor.kube.kube import MERGE_PATCH, Kube
 from varmor.kube.tasks import task_group
@@ -219,6 +220,8 @@ class PolicyController:
         start = time.perf_counter()
         try:
             await self.reconcile(key)
+        except TemporaryError:
+            raise  # an expected wait, not an error
         except Exception:
             metrics.RECONCILE_ERRORS.labels(key[0]).inc()
             raise
@@ -252,17 +255,13 @@ class PolicyController:
         if ap is not None and (owner_key(ap) or (None, ""))[1] != uid:
             ap = None
         if ap is not None and ap["metadata"].get("deletionTimestamp"):
-            self.queue.add_after(key, 1.0)  # deleted under us: recreate once it is gone
-            return
+            raise TemporaryError("its ArmorProfile is being deleted; recreating it once it is gone")
         events: list[tuple[Severity, str, str]] = []
         if error is None and built is not None and profile_name is not None:
             desired = desired_armor_profile(policy, profile_name, ap_ns, built.text, built.mode, built.sha256)
             if ap is None:
                 async with self._lock(profile_name):
                     conflict = await self._name_conflict(profile_name, uid)
-                    if conflict == "retry":
-                        self.queue.add_after(key, 1.0)
-                        return
                     if conflict:
                         error = ("ProfileNameConflict", conflict)
                     else:
@@ -302,8 +301,8 @@ class PolicyController:
         return self._name_locks.setdefault(profile_name, asyncio.Lock())
 
     async def _name_conflict(self, profile_name: str, uid: str) -> str | None:
-        """None if the name is free for policy `uid`; "retry" if it is held by an
-        ArmorProfile that is going away; else a message naming the holder.
+        """None if the name is free for policy `uid`, else a message naming the holder.
+        Raises TemporaryError while the name is held by an ArmorProfile that is going away.
 
         A live list (not the cache): the cache may not yet show a profile another worker
         created a moment ago."""
@@ -314,10 +313,10 @@ class PolicyController:
             if owner is not None and owner[1] == uid:
                 continue
             if other["metadata"].get("deletionTimestamp"):
-                return "retry"
+                raise TemporaryError(f"profile name {profile_name} is held by an ArmorProfile being deleted")
             if owner is not None and not self._policy_alive(owner[0], owner[1]):
                 await self._delete_profile(other)
-                return "retry"
+                raise TemporaryError(f"profile name {profile_name} was held by a deleted policy's ArmorProfile")
             holder = f"{owner[0][0]} {'/'.join(p for p in owner[0][1:] if p)}" if owner else "an unowned ArmorProfile"
             return (
                 f"profile name {profile_name} is already used by {holder} "

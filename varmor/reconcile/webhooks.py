@@ -29,6 +29,7 @@ from varmor.certs import bundle as certbundle
 from varmor.certs import metrics as certmetrics
 from varmor.certs.store import SecretStore, watch_secret
 from varmor.kube import paths
+from varmor.kube.backoff import Backoff
 from varmor.kube.client import JSON, ApiException, raw_request
 from varmor.kube.kube import MERGE_PATCH
 from varmor.kube.policycache import PolicyCache
@@ -137,7 +138,7 @@ class Registrar:
         return await self.apply()
 
     async def run(self, resync: float = 60.0) -> None:
-        backoff = 0.5
+        backoff = Backoff()
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.wake.wait(), resync)
@@ -145,13 +146,12 @@ class Registrar:
             await asyncio.sleep(0.1)  # coalesce bursts of policy events
             try:
                 await self.apply()
-                backoff = 0.5
+                backoff.reset()
             except OwnerMissingError as exc:
                 log.warning("not registering webhooks: %s (uninstalling?)", exc)
             except Exception as exc:
                 log.warning("webhook registration failed: %s; retrying", getattr(exc, "status", exc))
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                await asyncio.sleep(backoff.next())
                 self.wake.set()
 
 
@@ -202,18 +202,18 @@ class SelfManagedCerts:
         return max(0.0, (step.next_check - dt.datetime.now(dt.UTC)).total_seconds())
 
     async def run(self) -> None:
-        backoff = 0.5
+        backoff = Backoff()
         while True:
             try:
                 owner = await resolve_owner(self.store.api_client, self.cfg.owner_cluster_role)
                 delay = await self.step(owner)
-                backoff = 0.5
+                backoff.reset()
             except OwnerMissingError as exc:
                 log.warning("not managing certificates: %s", exc)
                 delay = 5.0
             except Exception as exc:
                 log.warning("certificate step failed: %s; retrying", getattr(exc, "status", type(exc).__name__))
-                delay, backoff = backoff, min(backoff * 2, 30.0)
+                delay = backoff.next()
             await asyncio.sleep(min(delay, 300.0))
 
 
