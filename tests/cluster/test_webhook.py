@@ -11,6 +11,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import functools
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import pytest
 from kubernetes.aio import client
 from prometheus_client import REGISTRY
 
+from tests import helpers
+from tests.helpers import wait_for
 from varmor import api
 from varmor.app import add_common_arguments
 from varmor.dev.cluster import free_port
@@ -32,18 +35,6 @@ from varmor.reconcile import webhooks as leader
 from varmor.webhook import role as webhook_role
 
 pytestmark = pytest.mark.cluster
-
-
-async def wait_for(predicate: Callable[[], Awaitable[Any]], timeout: float = 30.0, interval: float = 0.2) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 def metric(name: str, **labels: str) -> float:
@@ -87,8 +78,14 @@ class Varmor:
         return ctx
 
     def start_leader(self) -> RoleContext:
+        """The leader's webhook tasks (certificates, registration); audits are not run
+        here (interval 0): the audit tests run one with a policy controller as its sink."""
+
+        async def no_audits(_result: Any) -> None:
+            raise AssertionError("the audit runs only when a test asks for it")
+
         ctx = self.ctx()
-        self.tasks.append(asyncio.create_task(leader.run_leader_tasks(ctx)))
+        self.tasks.append(asyncio.create_task(leader.run_leader_tasks(ctx, no_audits)))
         return ctx
 
     async def stop(self) -> None:
@@ -149,20 +146,10 @@ def policy_body(
     selector: dict[str, Any] | None = None,
     target_name: str | None = None,
 ) -> dict[str, Any]:
-    target: dict[str, Any] = {"kind": kind}
-    if target_name:
-        target["name"] = target_name
-    else:
-        target["selector"] = selector or {}
-    meta: dict[str, Any] = {"name": name}
-    if namespace:
-        meta["namespace"] = namespace
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": api.VARMOR_POLICY.kind if namespace else api.VARMOR_CLUSTER_POLICY.kind,
-        "metadata": meta,
-        "spec": {"target": target, "policy": {"enforcer": "AppArmor", "mode": "RuntimeDefault"}},
-    }
+    """A RuntimeDefault policy; cluster-scoped when `namespace` is None."""
+    return helpers.policy(
+        name, namespace, kind, cluster=namespace is None, selector=selector or {}, target_name=target_name
+    )
 
 
 async def create_policy(
@@ -200,25 +187,9 @@ async def delete_cluster_policy(api_client: Any, name: str) -> None:
         )
 
 
-def deployment(name: str, labels: dict[str, str], replicas: int = 1) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "initContainers": [{"name": "init", "image": "busybox"}],
-                    "containers": [{"name": "app", "image": "busybox"}, {"name": "side", "image": "busybox"}],
-                },
-            },
-        },
-    }
-
-
-def pod(name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {"metadata": {"name": name, "labels": labels}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}
+# A Deployment with an init container and two containers; a Pod with one container.
+deployment = functools.partial(helpers.deployment, typed=False, replicas=1, containers=("app", "side"), init=("init",))
+pod = functools.partial(helpers.pod, containers=("c",))
 
 
 def profile_of(container: Any) -> str | None:
@@ -357,20 +328,17 @@ async def test_conflict_is_reported_on_the_losing_policy(api_client: Any, namesp
     event = (await wait_for(conflict_event))[0]
     assert "by-name" in event.message
 
-    cache = leader.PolicyCache(api_client)
-    cache_task = asyncio.create_task(cache.run())
-    try:
-        await cache.synced_event.wait()
-        excluded = leader.webhook_settings.from_args(leader_ctx.args).excluded_namespaces
-        await leader.audit_once(api_client, cache, excluded, None)
-    finally:
-        cache_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cache_task
+    excluded = leader.webhook_settings.from_args(leader_ctx.args).excluded_namespaces
     custom = client.CustomObjectsApi(api_client)
     plural = api.VARMOR_POLICY.plural
-    loser = await custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, plural, "by-label")
-    (cond,) = [c for c in loser["status"]["conditions"] if c["type"] == "Conflict"]
+
+    async def lost() -> Any:
+        got = await custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, plural, "by-label")
+        return [c for c in got["status"].get("conditions", []) if c["type"] == "Conflict"]
+
+    # The audit's findings reach the status through the policy controller (its one writer).
+    async with audited(api_client, varmor.install_ns, excluded):
+        (cond,) = await wait_for(lost)
     assert (cond["status"], cond["reason"]) == ("True", "LostToPolicy")
     assert f"Deployment {namespace}/web" in cond["message"]
     winner = await custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, plural, "by-name")
@@ -423,21 +391,18 @@ async def test_webhook_down_admits_with_ignore_and_the_gap_is_visible(
     assert config["webhooks"][0]["timeoutSeconds"] == 5
     dep = await apps.create_namespaced_deployment(namespace, deployment("web", {"app": "web"}))
     assert profile_of(dep.spec.template.spec.containers[0]) is None  # admitted, unprotected
-    cache = leader.PolicyCache(api_client)
-    cache_task = asyncio.create_task(cache.run())
-    try:
-        await cache.synced_event.wait()
-        result = await leader.audit_once(
-            api_client, cache, leader.webhook_settings.from_args(leader_ctx.args).excluded_namespaces, None
+    excluded = leader.webhook_settings.from_args(leader_ctx.args).excluded_namespaces
+
+    async def counted() -> Any:
+        got = await custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, "web"
         )
-    finally:
-        cache_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cache_task
-    assert result.per_policy[(namespace, "web")] == 1
-    assert metric("varmor_unprotected_workloads", kind="Deployment") >= 1
-    got = await custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, "web")
-    assert got["status"]["unprotectedWorkloads"] == 1
+        return got if got["status"].get("unprotectedWorkloads") == 1 else None
+
+    async with audited(api_client, varmor.install_ns, excluded) as result:
+        assert result.per_policy[(namespace, "web")] == 1
+        assert metric("varmor_unprotected_workloads", kind="Deployment") >= 1
+        got = await wait_for(counted)
     (cond,) = [c for c in got["status"]["conditions"] if c["type"] == "Unprotected"]
     assert cond["status"] == "True"
     assert f"Deployment {namespace}/web" in cond["message"]

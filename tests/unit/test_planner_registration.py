@@ -21,8 +21,8 @@ from varmor.admission.registration import (
     validating_configuration,
 )
 from varmor.admission.selector import compile_selector
-from varmor.reconcile.audit import AuditResult, audit, is_protected
-from varmor.reconcile.webhooks import audit_patch
+from varmor.reconcile.audit import AuditResult, audit, findings_of, is_protected
+from varmor.reconcile.status import Outcome, policy_status, status_patch
 
 REG = Registration(name="varmor", namespace="varmor", excluded_namespaces=("kube-system", "varmor"))
 
@@ -140,23 +140,32 @@ def unprotected(count: int, *examples: str) -> AuditResult:
     return AuditResult(per_policy={KEY: count}, examples={KEY: examples})
 
 
-def test_unprotected_patch_is_guarded_and_minimal() -> None:
+def audited_status(policy: dict[str, Any], result: AuditResult, key: tuple[str, str], now: str) -> dict[str, Any]:
+    """The status the policy controller writes after this audit (it is the one writer)."""
+    status = policy.get("status") or {}
+    findings = findings_of(result, ("VarmorPolicy", *key))
+    return policy_status(Outcome(generation=1, findings=findings), status, now, current=status)
+
+
+def audit_conditions_of(status: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {c["type"]: c for c in status["conditions"] if c["type"] in ("Unprotected", "Conflict")}
+
+
+def test_unprotected_findings_are_written_with_the_status_and_only_on_change() -> None:
     policy = pol("web", "Deployment", "team-a")
-    policy["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
-    patch = audit_patch(policy, unprotected(2, "Deployment team-a/x"), KEY, "2026-01-01T00:00:00Z")
-    assert patch is not None
-    assert patch["metadata"] == {"resourceVersion": "7"}
-    assert patch["status"]["unprotectedWorkloads"] == 2
-    ready, condition = patch["status"]["conditions"]
-    assert ready == {"type": "Ready", "status": "True"}
+    first = audited_status(policy, unprotected(2, "Deployment team-a/x"), KEY, "2026-01-01T00:00:00Z")
+    assert first["unprotectedWorkloads"] == 2
+    condition = audit_conditions_of(first)["Unprotected"]
     assert condition["status"] == "True"
     assert "team-a/x" in condition["message"]
-    policy["status"] |= patch["status"]
-    assert audit_patch(policy, unprotected(2, "Deployment team-a/x"), KEY, "later") is None
-    fixed = audit_patch(policy, unprotected(0), KEY, "2026-01-02T00:00:00Z")
-    assert fixed is not None
-    assert fixed["status"]["conditions"][-1]["status"] == "False"
-    assert audit_patch(pol("clean", "Pod", "a"), AuditResult(), ("a", "clean"), "t") is None
+    policy["status"] = first
+    again = audited_status(policy, unprotected(2, "Deployment team-a/x"), KEY, "later")
+    assert status_patch(again, first) is None  # an unchanged audit writes nothing
+    fixed = audited_status(policy, unprotected(0), KEY, "2026-01-02T00:00:00Z")
+    assert fixed["unprotectedWorkloads"] == 0
+    assert audit_conditions_of(fixed)["Unprotected"]["status"] == "False"  # turns False, never vanishes
+    clean = audited_status(pol("clean", "Pod", "a"), AuditResult(), ("a", "clean"), "t")
+    assert audit_conditions_of(clean) == {}
 
 
 def test_a_policy_that_loses_workloads_to_another_gets_a_conflict_condition() -> None:
@@ -165,21 +174,18 @@ def test_a_policy_that_loses_workloads_to_another_gets_a_conflict_condition() ->
     result = audit([by_name, by_label], {"Deployment": [dep("web", "team-a", {"app": "web"})]})
     assert result.lost == {("team-a", "by-name"): 0, ("team-a", "by-label"): 1}
     assert result.lost_examples[("team-a", "by-label")] == ("Deployment team-a/web",)
-    patch = audit_patch(by_label, result, ("team-a", "by-label"), "2026-01-01T00:00:00Z")
-    assert patch is not None
-    (conflict,) = [c for c in patch["status"]["conditions"] if c["type"] == "Conflict"]
+    status = audited_status(by_label, result, ("team-a", "by-label"), "2026-01-01T00:00:00Z")
+    conflict = audit_conditions_of(status)["Conflict"]
     assert conflict["status"] == "True"
     assert conflict["reason"] == "LostToPolicy"
     assert "team-a/web" in conflict["message"]
-    winner_patch = audit_patch(by_name, result, ("team-a", "by-name"), "2026-01-01T00:00:00Z")
-    assert winner_patch is not None  # the winner only learns it left its workload unprotected
-    assert [c["type"] for c in winner_patch["status"]["conditions"]] == ["Unprotected"]
+    winner = audited_status(by_name, result, ("team-a", "by-name"), "2026-01-01T00:00:00Z")
+    assert list(audit_conditions_of(winner)) == ["Unprotected"]  # the winner only learns of its gap
     # Once the targets are disjoint the condition turns False (it does not just vanish).
-    by_label["status"] |= patch["status"]
+    by_label["status"] = status
     resolved = audit([by_name, by_label], {"Deployment": [dep("api", "team-a", {"app": "api"})]})
-    later = audit_patch(by_label, resolved, ("team-a", "by-label"), "2026-01-02T00:00:00Z")
-    assert later is not None
-    (conflict,) = [c for c in later["status"]["conditions"] if c["type"] == "Conflict"]
+    later = audited_status(by_label, resolved, ("team-a", "by-label"), "2026-01-02T00:00:00Z")
+    conflict = audit_conditions_of(later)["Conflict"]
     assert (conflict["status"], conflict["reason"]) == ("False", "NoConflict")
 
 

@@ -148,15 +148,14 @@ def test_transition_times_move_only_on_change_and_foreign_conditions_survive() -
     assert times["Ready"] == LATER
     patch = status_patch(worse, first)
     assert patch is not None
-    assert "unprotectedWorkloads" not in patch  # the webhook's field is never written
+    assert "unprotectedWorkloads" not in patch  # an audit finding carried unchanged is not rewritten
     assert set(patch) == {"desiredNumberLoaded", "conditions", "ready", "phase"}
     assert any(c["type"] == "Unprotected" for c in worse["conditions"])
 
 
 def test_the_audits_condition_comes_from_the_api_not_the_leaders_memory() -> None:
-    """The leader remembers what it wrote; the audit writes Unprotected in between. A later
-    leader write must keep the audit's condition as the API has it (it used to drop it
-    until the next audit)."""
+    """Before its first audit, a (new) leader carries the audit's condition as the API has
+    it: what the previous leader found must not be dropped until the next audit."""
     ps = ProfileStatus(1, 1)
     written = policy_status(Outcome(1, "p", profile_created=True, profile=ps), None, NOW)
     unprotected = {"type": "Unprotected", "status": "True", "reason": "AdmittedWithoutProfile", "message": "1"}

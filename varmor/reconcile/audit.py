@@ -20,6 +20,7 @@ from varmor.admission.planner import LOCALHOST, PlanError, PolicyIndex, plan, po
 from varmor.admission.registration import scopes
 from varmor.kube import paths
 from varmor.kube.client import list_all
+from varmor.reconcile.findings import Findings
 
 PolicyKey = tuple[str, str]  # (namespace or "" for cluster policies, name)
 
@@ -148,3 +149,14 @@ async def collect(
             for ns in sorted(namespaces - excluded):
                 out[kind] += await list_all(api_client, paths.workload_path(kind, ns))
     return out
+
+
+def findings_of(result: AuditResult, key: tuple[str, str, str]) -> Findings:
+    """One policy's findings; `key` is the controller's (kind, namespace or "", name)."""
+    short: PolicyKey = (key[1], key[2])
+    return Findings(
+        unprotected=result.per_policy.get(short, 0),
+        unprotected_examples=tuple(result.examples.get(short, ())),
+        lost=result.lost.get(short, 0),
+        lost_examples=tuple(result.lost_examples.get(short, ())),
+    )

@@ -41,6 +41,7 @@ from varmor.kube.tasks import task_group
 from varmor.kube.workqueue import WorkQueue
 from varmor.pipeline import CompileError, compile_policy
 from varmor.reconcile import metrics
+from varmor.reconcile.audit import AuditResult, findings_of
 from varmor.reconcile.profiles import (
     ROLLOUT_FINALIZER,
     PolicyKey,
@@ -104,6 +105,7 @@ class PolicyController:
         self._name_locks: dict[str, asyncio.Lock] = {}
         self._delayed: set[PolicyKey] = set()
         self._extra_conditions: dict[str, JSON] = {}  # policy uid -> condition (Rollout)
+        self._audit: AuditResult | None = None  # the latest unprotected-workload audit
         # What this leader last wrote, by uid: the cache may lag our own writes, and
         # comparing against it would repeat writes and Events.
         self._last_status: dict[str, JSON] = {}
@@ -141,6 +143,16 @@ class PolicyController:
     @property
     def synced(self) -> bool:
         return all(i.synced for i in (self.policies, self.cluster_policies, self.profiles, self.nodes))
+
+    async def take_audit(self, result: AuditResult) -> None:
+        """An audit pass's findings: reconcile the policies whose findings changed, which
+        writes them with the rest of the status (one writer per policy status)."""
+        before = self._audit
+        self._audit = result
+        for policy in self.all_policies():
+            key = policy_key(policy)
+            if before is None or findings_of(before, key) != findings_of(result, key):
+                self.queue.add(key)
 
     def set_extra_condition(self, policy_uid: str, condition: JSON, key: PolicyKey) -> None:
         """A condition owned by another leader task (Rollout), written with the next status."""
@@ -283,6 +295,7 @@ class PolicyController:
             profile_created=ap is not None,
             profile=ps,
             extra_conditions=(extra,) if extra else (),
+            findings=findings_of(self._audit, key) if self._audit is not None else None,
         )
         new_status = policy_status(outcome, previous, now_rfc3339(), current=policy.get("status") or {})
         events += transition_events(previous, new_status)

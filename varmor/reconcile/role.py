@@ -66,7 +66,7 @@ async def lead(ctx: Any) -> None:
         group.create_task(controller.run(), name="leader-policies")
         group.create_task(rollouts.run(), name="leader-rollouts")
         if args.leader_webhook_tasks:
-            group.create_task(run_leader_tasks(ctx), name="leader-webhook")
+            group.create_task(run_leader_tasks(ctx, controller.take_audit), name="leader-webhook")
 
 
 async def run(ctx: Any) -> None:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 
 from varmor.api import DEFAULT_LOST_AFTER
 from varmor.clock import parse_time
+from varmor.reconcile.findings import AUDIT_CONDITIONS, Findings, audit_conditions
 
 JSON = dict[str, Any]
 NodeReason = Literal["LoadFailed", "Unsupported", "Stale", "AgentLost"]
@@ -218,6 +219,7 @@ class Outcome:
     profile_created: bool = False  # the ArmorProfile exists (now or before)
     profile: ProfileStatus | None = None
     extra_conditions: tuple[JSON, ...] = field(default=())  # e.g. Rollout, from the rollout worker
+    findings: Findings | None = None  # the latest audit's; None before this leader's first audit
 
 
 def _ready_condition(o: Outcome) -> tuple[str, str, str]:
@@ -266,10 +268,6 @@ def phase(o: Outcome) -> Phase:
     return "Pending"
 
 
-# Condition types the webhook's audit writes into a policy's status (varmor/webhook/leader.py).
-AUDIT_CONDITIONS = frozenset({"Unprotected", "Conflict"})
-
-
 def _by_type(status: Mapping[str, Any]) -> dict[Any, JSON]:
     return {c.get("type"): c for c in status.get("conditions") or [] if isinstance(c, dict)}
 
@@ -278,11 +276,9 @@ def policy_status(
     o: Outcome, previous: Mapping[str, Any] | None, now: str, current: Mapping[str, Any] | None = None
 ) -> JSON:
     """The policy `.status`, keeping lastTransitionTime for unchanged conditions and
-    leaving condition types written by others (Unprotected, Conflict) alone.
-
-    `previous` is what the leader last wrote (its own conditions); `current`, the status as
-    last read from the API, is where the audit's conditions come from: the leader's memory
-    never holds them, and carrying them from it would drop one the audit wrote since."""
+    and the audit's findings (Unprotected, Conflict, unprotectedWorkloads) when this leader
+    has audited; before its first audit it carries them from `current`, the status as last
+    read from the API, so a new leader does not clear what the previous one found."""
     previous = previous or {}
     old = _by_type(previous)
     audit = _by_type(current) if current is not None else old
@@ -325,7 +321,10 @@ def policy_status(
         for t, c in old.items()
         if t not in written and t not in ("Created", "Updated", "Ready") and t not in AUDIT_CONDITIONS
     )
-    conditions.extend(c for t, c in audit.items() if t in AUDIT_CONDITIONS)
+    if o.findings is not None:
+        conditions.extend(audit_conditions(o.findings, audit, now))
+    else:  # no audit yet under this leader: keep what the last one found
+        conditions.extend(c for t, c in audit.items() if t in AUDIT_CONDITIONS)
     ps = o.profile
     out: JSON = {
         "ready": ps is not None and ps.ready,
@@ -337,12 +336,17 @@ def policy_status(
     }
     if o.profile_name:
         out["profileName"] = o.profile_name
+    if o.findings is not None:
+        out["unprotectedWorkloads"] = o.findings.unprotected
+    elif "unprotectedWorkloads" in (read := current if current is not None else previous):
+        out["unprotectedWorkloads"] = read["unprotectedWorkloads"]
     return out
 
 
-# Status fields the leader owns; others (unprotectedWorkloads, written by the webhook's
-# audit) are never included in the leader's merge patches, so neither clobbers the other.
+# Status fields the leader writes (all of them: the audit's findings reach the status
+# through the controller too); anything else in status is left alone by its patches.
 LEADER_FIELDS = (
+    "unprotectedWorkloads",
     "profileName",
     "ready",
     "phase",

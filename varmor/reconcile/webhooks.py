@@ -31,15 +31,15 @@ from varmor.certs.store import SecretStore, watch_secret
 from varmor.kube import paths
 from varmor.kube.backoff import Backoff
 from varmor.kube.client import JSON, ApiException, raw_request
-from varmor.kube.kube import MERGE_PATCH
+from varmor.kube.context import RoleContext
 from varmor.kube.policycache import PolicyCache
 from varmor.kube.tasks import task_group
 from varmor.reconcile import metrics
-from varmor.reconcile.audit import AuditResult, PolicyKey, audit, collect
+from varmor.reconcile.audit import AuditResult, audit, collect
 
 log = logging.getLogger(__name__)
 
-AuditSink = Callable[[AuditResult, list[JSON]], Awaitable[None]]
+AuditSink = Callable[[AuditResult], Awaitable[None]]
 
 
 class OwnerMissingError(RuntimeError):
@@ -231,125 +231,22 @@ async def external_certs(api_client: client.ApiClient, cfg: webhook_settings.Web
     await watch_secret(api_client, cfg.namespace, cfg.cert_secret, on_secret)
 
 
-def _audit_condition(
-    ctype: str, when_true: tuple[str, str] | None, when_false: tuple[str, str], previous: JSON | None, now: str
-) -> JSON | None:
-    """A condition the audit owns: True with `when_true` (reason, message), else False with
-    `when_false` once it has ever been True (None: leave it absent)."""
-    if when_true is None and previous is None:
-        return None
-    status, (reason, message) = ("True", when_true) if when_true is not None else ("False", when_false)
-    same = previous is not None and previous.get("status") == status
-    return {
-        "type": ctype,
-        "status": status,
-        "reason": reason,
-        "message": message[:1024],
-        "lastTransitionTime": previous.get("lastTransitionTime", now) if same and previous else now,
-    }
-
-
-def unprotected_condition(count: int, examples: tuple[str, ...], previous: JSON | None, now: str) -> JSON | None:
-    """The `Unprotected` condition for `count` (None: leave it absent)."""
-    when_true = None
-    if count:
-        when_true = (
-            "AdmittedWithoutProfile",
-            f"{count} selected workload(s) run without the profile ({', '.join(examples)}): the webhook was "
-            "unavailable when they were admitted, or they predate the policy; recreate them or set "
-            "updateExistingWorkloads",
-        )
-    return _audit_condition(
-        "Unprotected", when_true, ("AllProtected", "every selected workload carries the profile"), previous, now
-    )
-
-
-def conflict_condition(count: int, examples: tuple[str, ...], previous: JSON | None, now: str) -> JSON | None:
-    """The `Conflict` condition on a policy that loses workloads to one taking precedence."""
-    when_true = None
-    if count:
-        when_true = (
-            "LostToPolicy",
-            f"{count} workload(s) this policy selects get another policy's profile, which takes precedence "
-            f"({', '.join(examples)}; see the Conflict events for which one): make the targets disjoint",
-        )
-    return _audit_condition(
-        "Conflict", when_true, ("NoConflict", "no other policy takes precedence over this one"), previous, now
-    )
-
-
-def audit_patch(policy: JSON, result: AuditResult, key: PolicyKey, now: str) -> JSON | None:
-    """A merge patch (guarded by resourceVersion) setting unprotectedWorkloads and the
-    audit's conditions (Unprotected, Conflict), or None if all are current. Other
-    conditions are carried over as read; the resourceVersion precondition makes a
-    concurrent leader write win."""
-    status = policy.get("status") or {}
-    conditions = [c for c in status.get("conditions") or [] if isinstance(c, dict)]
-    previous = {c.get("type"): c for c in conditions}
-    count = result.per_policy.get(key, 0)
-    wanted = {
-        "Unprotected": unprotected_condition(count, result.examples.get(key, ()), previous.get("Unprotected"), now),
-        "Conflict": conflict_condition(
-            result.lost.get(key, 0), result.lost_examples.get(key, ()), previous.get("Conflict"), now
-        ),
-    }
-
-    def unchanged(ctype: str) -> bool:
-        want, have = wanted[ctype], previous.get(ctype)
-        if want is None or have is None:
-            return want is None and have is None
-        return all(have.get(k) == want[k] for k in ("status", "reason", "message"))
-
-    conditions_current = all(unchanged(t) for t in wanted)
-    if status.get("unprotectedWorkloads", 0) == count and conditions_current:
-        return None
-    patch_status: JSON = {"unprotectedWorkloads": count}
-    if not conditions_current:
-        others = [c for c in conditions if c.get("type") not in wanted]
-        patch_status["conditions"] = others + [c for c in wanted.values() if c is not None]
-    return {"metadata": {"resourceVersion": policy["metadata"]["resourceVersion"]}, "status": patch_status}
-
-
-async def write_audit_status(api_client: client.ApiClient, result: AuditResult, policies: list[JSON]) -> None:
-    """Record each policy's gap (`unprotectedWorkloads`, `Unprotected`) and lost workloads
-    (`Conflict`) in its status."""
-    now = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-    for policy in policies:
-        meta = policy.get("metadata") or {}
-        cluster = policy.get("kind") == api.VARMOR_CLUSTER_POLICY.kind
-        key: PolicyKey = ("" if cluster else str(meta.get("namespace") or ""), str(meta.get("name") or ""))
-        patch = audit_patch(policy, result, key, now)
-        if patch is None:
-            continue
-        resource = api.VARMOR_CLUSTER_POLICY if cluster else api.VARMOR_POLICY
-        path = f"/apis/{api.GROUP}/{api.VERSION}"
-        if not cluster:
-            path += f"/namespaces/{key[0]}"
-        path += f"/{resource.plural}/{key[1]}/status"
-        try:
-            await raw_request(api_client, "PATCH", path, body=patch, content_type=MERGE_PATCH)
-        except ApiException as exc:
-            if exc.status not in (404, 409):  # gone, or the leader wrote first: next audit
-                raise
-
-
 async def audit_once(
-    api_client: client.ApiClient, cache: PolicyCache, excluded: tuple[str, ...], sink: AuditSink | None
+    api_client: client.ApiClient, cache: PolicyCache, excluded: tuple[str, ...], sink: AuditSink
 ) -> AuditResult:
+    """One audit pass. The findings go to `sink` (the policy controller), which writes
+    them with the rest of each policy's status: a policy status has one writer."""
     policies = cache.policies()
     workloads = await collect(api_client, policies, excluded)
     result = audit(policies, workloads, excluded)
     for kind, count in result.per_kind.items():
         metrics.UNPROTECTED.labels(kind).set(count)
-    if sink is not None:
-        await sink(result, policies)
-    else:
-        await write_audit_status(api_client, result, policies)
+    await sink(result)
     return result
 
 
 async def _audit_loop(
-    api_client: client.ApiClient, cache: PolicyCache, cfg: webhook_settings.WebhookSettings, sink: AuditSink | None
+    api_client: client.ApiClient, cache: PolicyCache, cfg: webhook_settings.WebhookSettings, sink: AuditSink
 ) -> None:
     await cache.synced_event.wait()
     while True:
@@ -373,13 +270,10 @@ def registration_from(cfg: webhook_settings.WebhookSettings) -> Registration:
     )
 
 
-async def run_leader_tasks(ctx: Any, *, audit_sink: AuditSink | None = None) -> None:
+async def run_leader_tasks(ctx: RoleContext, audit_sink: AuditSink) -> None:
     """Certificates, webhook registration and the unprotected audit, until cancelled.
-
-    `ctx` is varmor.app.RoleContext. `audit_sink(result, policies)`, if given, receives
-    each audit instead of the default (a merge patch of status.unprotectedWorkloads), so
-    the reconciler can fold it into the policy status it writes.
-    """
+    Each audit goes to `audit_sink` (the policy controller's `take_audit`), which folds it
+    into the policy status it writes."""
     cfg = webhook_settings.from_args(ctx.args)
     registrar: Registrar
 
