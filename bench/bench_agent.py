@@ -37,7 +37,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.unit.test_policy import policy_doc  # noqa: E402
+from tests.helpers import policy_doc  # noqa: E402
 from varmor import api  # noqa: E402
 from varmor.app import EVENT_LOOPS  # noqa: E402
 from varmor.dev.cluster import ControlPlane, free_port  # noqa: E402

@@ -11,6 +11,7 @@ import pytest
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
+from tests import helpers
 from tests.cluster.conftest import purge_policies
 from varmor import api
 
@@ -23,21 +24,16 @@ async def _no_stray_policies(api_client: Any, namespace: str) -> AsyncIterator[N
     await purge_policies(api_client, namespace)
 
 
-def policy(name: str = "p", **spec_overrides: Any) -> dict[str, Any]:
-    spec: dict[str, Any] = {
-        "target": {"kind": "Deployment", "selector": {"matchLabels": {"app": "web"}}},
-        "policy": {
-            "enforcer": "AppArmor",
-            "mode": "EnhanceProtect",
-            "enhanceProtect": {
-                "hardeningRules": ["disallow-write-core-pattern", "DISABLE_CAP_ALL"],
-                "attackProtectionRules": [{"rules": ["mitigate-sa-leak"], "targets": ["/bin/sh"]}],
-                "vulMitigationRules": ["cgroups-lxcfs-escape-mitigation"],
-            },
-        },
+def policy(name: str = "p", **spec: Any) -> dict[str, Any]:
+    """An EnhanceProtect policy using every rule list; keywords replace spec fields."""
+    enhance = {
+        "hardeningRules": ["disallow-write-core-pattern", "DISABLE_CAP_ALL"],
+        "attackProtectionRules": [{"rules": ["mitigate-sa-leak"], "targets": ["/bin/sh"]}],
+        "vulMitigationRules": ["cgroups-lxcfs-escape-mitigation"],
     }
-    spec.update(spec_overrides)
-    return {"apiVersion": api.API_VERSION, "kind": "VarmorPolicy", "metadata": {"name": name}, "spec": spec}
+    doc = helpers.policy(name, selector={"matchLabels": {"app": "web"}}, enhance=enhance)
+    doc["spec"].update(spec)
+    return doc
 
 
 async def create(api_client: Any, namespace: str, body: dict[str, Any]) -> dict[str, Any]:

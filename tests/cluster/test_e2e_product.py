@@ -24,8 +24,9 @@ import yaml
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
+from tests import helpers
 from tests.cluster.test_chart_rbac import apply
-from tests.cluster.test_smoke import deployment, wait_for
+from tests.helpers import deployment, wait_for
 from varmor import api
 from varmor.dev.chart import is_hook, render
 from varmor.dev.cluster import free_port
@@ -186,16 +187,9 @@ async def install(
 
 
 def policy(rules: list[str]) -> dict[str, Any]:
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": "VarmorPolicy",
-        "metadata": {"name": "web"},
-        "spec": {
-            "target": {"kind": "Deployment", "selector": {"matchLabels": {"app": "web"}}},
-            "policy": {"enforcer": "AppArmor", "mode": "EnhanceProtect", "enhanceProtect": {"hardeningRules": rules}},
-            "updateExistingWorkloads": True,
-        },
-    }
+    return helpers.policy(
+        "web", selector={"matchLabels": {"app": "web"}}, enhance={"hardeningRules": rules}, updateExistingWorkloads=True
+    )
 
 
 def profile_of(template_spec: dict[str, Any]) -> str | None:

@@ -1,13 +1,12 @@
 """Policy -> ArmorProfile -> node reports -> Ready, on the real API server.
 
 Nodes are simulated: Node objects plus ArmorNode status written the way an agent would.
-The leader's reconcilers run in-process (no election; tests/cluster/test_leader.py runs
+The leader's reconcilers run in-process (no election; tests/cluster/test_reconcile_election.py runs
 real `varmor run --roles leader` processes).
 """
 
 from __future__ import annotations
 
-import asyncio
 import copy
 import hashlib
 from collections.abc import Awaitable, Callable
@@ -18,123 +17,10 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from tests.cluster.conftest import purge_policies
+from tests.helpers import Api, condition, vpol, wait_for
 from varmor import api
 
 pytestmark = pytest.mark.cluster
-
-
-async def wait_for(predicate: Callable[[], Awaitable[Any]], timeout: float = 20.0, interval: float = 0.1) -> Any:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    last: Any = None
-    while True:
-        last = await predicate()
-        if last:
-            return last
-        if loop.time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s (last: {last!r})")
-        await asyncio.sleep(interval)
-
-
-def vpol(name: str, *, kind: str = "VarmorPolicy", rules: list[str] | None = None, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "apiVersion": api.API_VERSION,
-        "kind": kind,
-        "metadata": {"name": name},
-        "spec": {
-            "target": {"kind": "Deployment", "selector": {"matchLabels": {"app": name}}},
-            "policy": {
-                "enforcer": "AppArmor",
-                "mode": "EnhanceProtect",
-                "enhanceProtect": {"hardeningRules": rules or ["disallow-write-core-pattern"]},
-            },
-            **spec,
-        },
-    }
-    return body
-
-
-class Api:
-    """Small raw-JSON helpers for the assertions."""
-
-    def __init__(self, api_client: Any) -> None:
-        self.custom = client.CustomObjectsApi(api_client)
-        self.core = client.CoreV1Api(api_client)
-
-    async def create(self, ns: str | None, body: dict[str, Any]) -> dict[str, Any]:
-        if ns is None:
-            return dict(
-                await self.custom.create_cluster_custom_object(
-                    api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, body
-                )
-            )
-        return dict(
-            await self.custom.create_namespaced_custom_object(
-                api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, body
-            )
-        )
-
-    async def get_policy(self, ns: str | None, name: str) -> dict[str, Any]:
-        if ns is None:
-            return dict(
-                await self.custom.get_cluster_custom_object(
-                    api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name
-                )
-            )
-        return dict(
-            await self.custom.get_namespaced_custom_object(api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, name)
-        )
-
-    async def replace_policy(self, ns: str | None, body: dict[str, Any]) -> dict[str, Any]:
-        name = body["metadata"]["name"]
-        if ns is None:
-            return dict(
-                await self.custom.replace_cluster_custom_object(
-                    api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name, body
-                )
-            )
-        return dict(
-            await self.custom.replace_namespaced_custom_object(
-                api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, name, body
-            )
-        )
-
-    async def delete_policy(self, ns: str | None, name: str) -> None:
-        if ns is None:
-            await self.custom.delete_cluster_custom_object(
-                api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name
-            )
-        else:
-            await self.custom.delete_namespaced_custom_object(
-                api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, name
-            )
-
-    async def armor_profile(self, ns: str, name: str) -> dict[str, Any] | None:
-        try:
-            return dict(
-                await self.custom.get_namespaced_custom_object(
-                    api.GROUP, api.VERSION, ns, api.ARMOR_PROFILE.plural, name
-                )
-            )
-        except ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise
-
-    async def armor_profiles(self) -> list[dict[str, Any]]:
-        listing = await self.custom.list_cluster_custom_object(api.GROUP, api.VERSION, api.ARMOR_PROFILE.plural)
-        return list(listing["items"])
-
-    async def events(self, ns: str, name: str) -> list[str]:
-        listing = await self.core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name}")
-        return [e.reason for e in listing.items]
-
-
-def condition(policy: dict[str, Any], ctype: str) -> dict[str, Any]:
-    for cond in (policy.get("status") or {}).get("conditions") or []:
-        if cond["type"] == ctype:
-            return dict(cond)
-    return {}
 
 
 @pytest.fixture

@@ -16,21 +16,11 @@ from aiohttp import web
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
+from tests.helpers import deployment, wait_for
 from varmor.certs import pki
 from varmor.dev.cluster import free_port
 
 pytestmark = pytest.mark.cluster
-
-
-async def wait_for(predicate: Any, timeout: float = 30.0, interval: float = 0.2) -> Any:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        result = await predicate()
-        if result:
-            return result
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError(f"condition not met within {timeout}s")
-        await asyncio.sleep(interval)
 
 
 async def test_crd_structural_schema_rejects_invalid_object(api_client: Any, namespace: str) -> None:
@@ -94,24 +84,6 @@ async def test_crd_structural_schema_rejects_invalid_object(api_client: Any, nam
     with pytest.raises(ApiException) as wrong_type:
         await custom.create_namespaced_custom_object("smoke.varmor.org", "v1", namespace, "widgets", widget("s", "x"))
     assert wrong_type.value.status == 422
-
-
-def deployment(name: str, replicas: int = 2, containers: tuple[str, ...] = ("app",)) -> dict[str, Any]:
-    """A Deployment whose workload, selector and template all carry `app: <name>`."""
-    labels = {"app": name}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": c, "image": "busybox"} for c in containers]},
-            },
-        },
-    }
 
 
 async def test_controller_manager_creates_replicaset_and_pods(api_client: Any, namespace: str) -> None:

@@ -13,7 +13,7 @@ import base64
 import contextlib
 import functools
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,6 +35,25 @@ from varmor.reconcile import webhooks as leader
 from varmor.webhook import role as webhook_role
 
 pytestmark = pytest.mark.cluster
+
+
+@contextlib.asynccontextmanager
+async def audited(api_client: Any, install_ns: str, excluded: tuple[str, ...]) -> AsyncIterator[Any]:
+    """One audit pass whose findings go to a running policy controller, which writes them
+    into the policies' status; yields the audit's result while the controller runs."""
+    from tests.cluster.conftest import InProcessLeader
+
+    run = await InProcessLeader(api_client, install_ns).start()
+    cache = leader.PolicyCache(api_client)
+    cache_task = asyncio.create_task(cache.run())
+    try:
+        await cache.synced_event.wait()
+        yield await leader.audit_once(api_client, cache, excluded, run.controller.take_audit)
+    finally:
+        cache_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cache_task
+        await run.stop()
 
 
 def metric(name: str, **labels: str) -> float:

@@ -9,9 +9,10 @@ from typing import Any
 
 import pytest
 
+from tests import helpers
 from varmor.nodeexec import kernel
 from varmor.nodeexec.files import ProfileDir, atomic_write, is_varmor_name, parse_partitions
-from varmor.nodeexec.state import Failed, Loaded, NodeState, choose, node_status, sha256_text, validate
+from varmor.nodeexec.state import Failed, Loaded, NodeState, choose, node_status, validate
 from varmor.nodeexec.violations import Follower, RateLimiter
 
 TEXT = "profile varmor-demo-web { file, }\n"
@@ -20,27 +21,14 @@ TEXT = "profile varmor-demo-web { file, }\n"
 def armor_profile(
     name: str = "varmor-demo-web", namespace: str = "demo", text: str = TEXT, **over: Any
 ) -> dict[str, Any]:
-    obj: dict[str, Any] = {
-        "metadata": {
-            "name": name,
-            "namespace": namespace,
-            "uid": over.pop("uid", f"uid-{namespace}"),
-            "creationTimestamp": over.pop("created", "2026-01-01T00:00:00Z"),
-            "ownerReferences": [
-                {"apiVersion": "crd.varmor.org/v1beta1", "kind": "VarmorPolicy", "name": "web", "uid": "p1"}
-            ],
-        },
-        "spec": {
-            "target": {"kind": "Deployment", "name": "web"},
-            "profile": {
-                "name": name,
-                "enforcer": "AppArmor",
-                "mode": "enforce",
-                "appArmor": text,
-                "sha256": sha256_text(text),
-            },
-        },
+    """`helpers.armor_profile` owned by VarmorPolicy web; `over` sets spec.profile fields
+    (`spec_name`: its name), `uid` and `created` the metadata's."""
+    meta = {
+        "uid": over.pop("uid", f"uid-{namespace}"),
+        "creationTimestamp": over.pop("created", "2026-01-01T00:00:00Z"),
     }
+    owner = {"kind": "VarmorPolicy", "metadata": {"name": "web", "uid": "p1"}}
+    obj = helpers.armor_profile(name, namespace, text, owner=owner, meta=meta)
     if "spec_name" in over:
         over["name"] = over.pop("spec_name")
     obj["spec"]["profile"].update(over)

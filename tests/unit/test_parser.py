@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from varmor.parser import COMPILE_FLAGS, compile_check, compile_command, features_file
 
 HEAD = "abi <abi/3.0>,\n#include <tunables/global>\n"
@@ -12,12 +10,6 @@ HEAD = "abi <abi/3.0>,\n#include <tunables/global>\n"
 def profile(name: str, *rules: str) -> str:
     body = "".join(f"  {r},\n" for r in rules)
     return f"{HEAD}profile {name} {{\n  #include <abstractions/base>\n  file,\n{body}}}\n"
-
-
-def assert_compiles(texts: Mapping[str, str]) -> None:
-    """Shared by the builder tests: every text compiles under the pinned ABI."""
-    failed = {k: r.message for k, r in compile_check(texts).items() if not r.ok}
-    assert not failed, "\n".join(f"{k}: {m}\n{texts[k]}" for k, m in failed.items())
 
 
 def test_features_file_is_pinned_and_packaged() -> None:

@@ -3,40 +3,13 @@ with a message naming the field."""
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pytest
 
+from tests.helpers import policy_doc, with_path
 from varmor.admission.selector import LabelSelector
 from varmor.policy import PolicyError, parse_policy
-
-
-def policy_doc(**enhance: Any) -> dict[str, Any]:
-    """A valid EnhanceProtect VarmorPolicy; keyword arguments fill enhanceProtect."""
-    return {
-        "apiVersion": "crd.varmor.org/v1beta1",
-        "kind": "VarmorPolicy",
-        "metadata": {"name": "demo", "namespace": "team-a"},
-        "spec": {
-            "target": {"kind": "Deployment", "selector": {"matchLabels": {"app": "demo"}}},
-            "policy": {"enforcer": "AppArmor", "mode": "EnhanceProtect", "enhanceProtect": enhance},
-        },
-    }
-
-
-def with_path(doc: dict[str, Any], path: str, value: Any) -> dict[str, Any]:
-    """Copy of `doc` with dotted `path` set (value None deletes)."""
-    doc = copy.deepcopy(doc)
-    *parents, last = path.split(".")
-    node = doc
-    for key in parents:
-        node = node.setdefault(key, {})
-    if value is None:
-        node.pop(last, None)
-    else:
-        node[last] = value
-    return doc
 
 
 def test_full_policy_parses() -> None:

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.unit.test_parser import assert_compiles
-from tests.unit.test_policy import policy_doc, with_path
+from tests.helpers import assert_compiles, policy_doc, with_path
 from varmor.cli import main
 from varmor.parser import compile_check
 from varmor.policy import parse_policy

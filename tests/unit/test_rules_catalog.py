@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from tests.unit.test_parser import assert_compiles
+from tests.helpers import assert_compiles
 from varmor.cli import main
 from varmor.policy import parse_policy
 from varmor.profile import build_profile, disposition

@@ -28,6 +28,7 @@ from kubernetes.aio import client
 
 from varmor import __version__, api
 from varmor.api import DEFAULT_HEARTBEAT
+from varmor.kube.backoff import Backoff
 from varmor.kube.client import JSON
 from varmor.kube.informer import EventType, Informer, Key, object_key
 from varmor.kube.kube import Kube
@@ -64,7 +65,7 @@ class AgentConfig:
 class Agent:
     def __init__(self, config: AgentConfig, api_client: client.ApiClient) -> None:
         self.config = config
-        self.kube = Kube(api_client)
+        self.kube = Kube(api_client, component="agent", instance=config.node_name)
         self.files = ProfileDir(config.profile_dir)
         self.informer = Informer(api_client, api.ARMOR_PROFILE, resync_seconds=config.resync_seconds)
         self.informer.add_handler(self._on_event)
@@ -143,15 +144,14 @@ class Agent:
         return runner if self.detection.supported else None
 
     async def _ensure_node(self) -> None:
-        backoff = 0.2
+        backoff = Backoff(base=0.2, cap=10.0)
         while True:
             try:
                 await self.status.ensure()
                 return
             except Exception as exc:
                 log.warning("cannot create ArmorNode %s: %r; retrying", self.config.node_name, exc)
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 10.0)
+                await asyncio.sleep(backoff.next())
 
     async def initial_sync(self) -> None:
         """Load everything current, unload orphans, delete stale files."""

@@ -18,20 +18,27 @@ whose agent is gone would otherwise say `ready: true` forever). Every status wri
 carries it; when nothing changed for `heartbeat` seconds, a one-field JSON patch renews
 it, so an idle agent costs one small write per interval and the maps are never resent
 just to say "still here".
+
+Time is injected: `clock` (wall time, for the timestamps written), `monotonic` (the
+interval arithmetic) and `sleep` (every wait with a timeout goes through it). The
+decisions "when is the next heartbeat due" and "how long to hold the next write" are pure
+functions of a monotonic reading (`until_beat(now)`, `pause(now)`), so tests check the
+cadence on fixed readings, and drive `run()` with a manual clock instead of real time.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from varmor import api
 from varmor.api import DEFAULT_HEARTBEAT
-from varmor.clock import now_rfc3339
+from varmor.clock import Clock, rfc3339, utc_now
 from varmor.kube import paths
+from varmor.kube.backoff import Backoff
 from varmor.kube.client import JSON, ApiException
 from varmor.kube.kube import JSON_PATCH, Kube
 from varmor.nodeexec import metrics
@@ -51,7 +58,10 @@ class StatusWriter:
         pace: float = 2.0,
         max_pause: float = 10.0,
         heartbeat: float = DEFAULT_HEARTBEAT,
-        clock: Callable[[], str] = now_rfc3339,
+        clock: Clock = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        backoff: Backoff | None = None,
     ) -> None:
         self.kube = kube
         self.node_name = node_name
@@ -61,12 +71,15 @@ class StatusWriter:
         self.pace = pace  # hold the next full write `pace` x the last one's duration (0: off)
         self.max_pause = max_pause
         self.heartbeat = heartbeat  # seconds; 0 disables (no heartbeatTime is written)
-        self.clock = clock
+        self.clock = clock  # wall time: lastUpdateTime / heartbeatTime
+        self.monotonic = monotonic  # intervals: debounce, pacing, heartbeat due times
+        self.sleep = sleep
+        self.backoff = backoff or Backoff()  # failed writes and heartbeats
         self.writes = 0  # every successful write, heartbeats included
         self.heartbeats = 0  # heartbeat-only writes
         self._dirty = asyncio.Event()
         self._last: JSON | None = None
-        self._last_write = 0.0  # loop time of the last successful write
+        self._last_write = 0.0  # monotonic time of the last successful write
         self._last_duration = 0.0  # seconds the last full write took
         self._lock = asyncio.Lock()
         # Set when the ArmorNode is deleted under a running agent (the uninstall hook, or
@@ -90,7 +103,7 @@ class StatusWriter:
                 raise
         meta: dict[str, Any] = {"name": self.node_name, "labels": {api.MANAGED_BY_LABEL: "varmor"}}
         try:
-            node = await self.kube.request("GET", f"/api/v1/nodes/{self.node_name}")
+            node = await self.kube.request("GET", paths.core_path("nodes", None, self.node_name))
             meta["ownerReferences"] = [
                 {"apiVersion": "v1", "kind": "Node", "name": self.node_name, "uid": node["metadata"]["uid"]}
             ]
@@ -118,12 +131,12 @@ class StatusWriter:
             if status == self._last:
                 metrics.STATUS_WRITES.labels("skipped").inc()
                 return False
-            now = self.clock()
+            now = rfc3339(self.clock())
             value = {**status, "lastUpdateTime": now}
             if self.heartbeat > 0:
                 value["heartbeatTime"] = now
             body = [{"op": "add", "path": "/status", "value": value}]
-            started = asyncio.get_running_loop().time()
+            started = self.monotonic()
             try:
                 await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=JSON_PATCH)
             except ApiException as exc:
@@ -150,7 +163,7 @@ class StatusWriter:
 
     def _wrote(self) -> None:
         self.writes += 1
-        self._last_write = asyncio.get_running_loop().time()
+        self._last_write = self.monotonic()
 
     async def beat(self) -> None:
         """Renew heartbeatTime alone (one small patch; the maps are not resent). Before the
@@ -164,7 +177,7 @@ class StatusWriter:
             if self.build() != self._last:  # a change is pending: the full write is the beat
                 self._dirty.set()
                 return
-            body = [{"op": "add", "path": "/status/heartbeatTime", "value": self.clock()}]
+            body = [{"op": "add", "path": "/status/heartbeatTime", "value": rfc3339(self.clock())}]
             try:
                 await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=JSON_PATCH)
             except ApiException as exc:
@@ -180,60 +193,69 @@ class StatusWriter:
             self.heartbeats += 1
             metrics.STATUS_WRITES.labels("heartbeat").inc()
 
-    def _pause(self) -> float:
-        """Seconds to hold the next full write so writes pace themselves to the API server."""
+    def pause(self, now: float) -> float:
+        """Seconds to hold the next full write at monotonic time `now`, so writes pace
+        themselves to the API server."""
         if self.pace <= 0 or self._last is None:
             return 0.0
         gap = min(self.max_pause, self.pace * self._last_duration)
-        return max(0.0, self._last_write + gap - asyncio.get_running_loop().time())
+        return max(0.0, self._last_write + gap - now)
 
-    def _until_beat(self) -> float | None:
-        """Seconds until the next heartbeat is due (None: heartbeats off or nothing written yet)."""
+    def until_beat(self, now: float) -> float | None:
+        """Seconds from monotonic time `now` until the next heartbeat is due (0: due now;
+        None: heartbeats off, nothing written yet, or the ArmorNode is gone)."""
         if self.heartbeat <= 0 or self._last is None or self.gone:
             return None
-        return max(0.0, self._last_write + self.heartbeat - asyncio.get_running_loop().time())
+        return max(0.0, self._last_write + self.heartbeat - now)
+
+    async def _changed_within(self, timeout: float | None) -> bool:
+        """Wait until `mark()` or until `timeout` seconds passed on the injected clock
+        (None: no timeout). Returns whether a change was marked."""
+        if self._dirty.is_set():
+            return True
+        if timeout is None:
+            await self._dirty.wait()
+            return True
+        marked = asyncio.ensure_future(self._dirty.wait())
+        timer = asyncio.ensure_future(self.sleep(timeout))
+        try:
+            await asyncio.wait((marked, timer), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiter in (marked, timer):
+                waiter.cancel()
+            await asyncio.gather(marked, timer, return_exceptions=True)
+        return self._dirty.is_set()
 
     async def run(self) -> None:
         """Write coalesced changes and heartbeats until cancelled; retry failed writes with backoff."""
-        backoff = 0.5
-        loop = asyncio.get_running_loop()
         while True:
-            if not self._dirty.is_set():  # (wait_for with a 0 timeout would not see a set event)
+            if not await self._changed_within(self.until_beat(self.monotonic())):
                 try:
-                    await asyncio.wait_for(self._dirty.wait(), self._until_beat())
-                except TimeoutError:
-                    try:
-                        await self.beat()
-                        backoff = 0.5
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception as exc:
-                        log.warning("ArmorNode %s heartbeat failed: %r; retrying", self.node_name, exc)
-                        await asyncio.sleep(backoff)
-                        backoff = min(backoff * 2, 30.0)
-                    continue
-            first = loop.time()
+                    await self.beat()
+                    self.backoff.reset()
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    log.warning("ArmorNode %s heartbeat failed: %r; retrying", self.node_name, exc)
+                    await self.sleep(self.backoff.next())
+                continue
+            first = self.monotonic()
             while True:  # wait for a quiet period, but not forever
                 self._dirty.clear()
-                remaining = self.max_delay - (loop.time() - first)
-                if remaining <= 0:
+                remaining = self.max_delay - (self.monotonic() - first)
+                if remaining <= 0 or not await self._changed_within(min(self.debounce, remaining)):
                     break
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._dirty.wait(), min(self.debounce, remaining))
-                    continue
-                break
-            pause = self._pause()
+            pause = self.pause(self.monotonic())
             if pause > 0:
                 metrics.STATUS_PACING.inc(pause)
-                await asyncio.sleep(pause)  # changes marked meanwhile go into this write
+                await self.sleep(pause)  # changes marked meanwhile go into this write
                 self._dirty.clear()
             try:
                 await self.flush()
-                backoff = 0.5
+                self.backoff.reset()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
                 log.warning("ArmorNode %s status write failed: %r; retrying", self.node_name, exc)
                 self._dirty.set()
-                await asyncio.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
+                await self.sleep(self.backoff.next())

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import sys
@@ -18,12 +19,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
-from urllib.parse import quote
 
 import orjson
 
-from varmor import api
-from varmor.clock import now_rfc3339
+from varmor.clock import utc_now
+from varmor.events import ObjectRef, event_body
 from varmor.kube.kube import Kube
 from varmor.nodeexec import metrics
 from varmor.nodeexec.audit import AuditRecord, parse_line
@@ -121,9 +121,8 @@ class Violation:
         return entry
 
 
-def event_body(violation: Violation, node: str, suppressed: int) -> dict[str, Any] | None:
-    """A core/v1 Event on the violating policy (cluster-scoped policies' Events go to
-    `default`, as client-go does)."""
+def violation_event(violation: Violation, node: str, suppressed: int, now: dt.datetime) -> dict[str, Any] | None:
+    """An Event on the violating policy, or None when the profile's policy is unknown."""
     owner = violation.owner
     if owner is None or owner.policy is None:
         return None
@@ -134,28 +133,17 @@ def event_body(violation: Violation, node: str, suppressed: int) -> dict[str, An
     message += f" (profile {record.profile})"
     if suppressed:
         message += f"; {suppressed} more since the previous event"
-    now = now_rfc3339()
-    return {
-        "apiVersion": "v1",
-        "kind": "Event",
-        "metadata": {"generateName": f"{policy.name}.", "namespace": policy.namespace or "default"},
-        "involvedObject": {
-            "apiVersion": api.API_VERSION,
-            "kind": policy.kind,
-            "name": policy.name,
-            "namespace": policy.namespace,
-            "uid": policy.uid,
-        },
-        "type": "Warning" if record.action == "DENIED" else "Normal",
-        "reason": REASONS[record.action],
-        "message": message[:1024],
-        "source": {"component": "varmor-agent", "host": node},
-        "reportingComponent": "varmor.org/agent",
-        "reportingInstance": node,
-        "firstTimestamp": now,
-        "lastTimestamp": now,
-        "count": 1 + suppressed,
-    }
+    ref = ObjectRef(kind=policy.kind, name=policy.name, namespace=policy.namespace, uid=policy.uid)
+    return event_body(
+        ref,
+        "Warning" if record.action == "DENIED" else "Normal",
+        REASONS[record.action],
+        message,
+        component="agent",
+        instance=node,
+        now=now,
+        count=1 + suppressed,
+    )
 
 
 # -- the reporter ----------------------------------------------------------------------
@@ -227,7 +215,7 @@ class ViolationReporter:
         if not send:
             metrics.VIOLATION_EVENTS.labels("suppressed").inc()
             return
-        body = event_body(violation, self.node, suppressed)
+        body = violation_event(violation, self.node, suppressed, utc_now())
         if body is None:
             return
         try:
@@ -239,9 +227,8 @@ class ViolationReporter:
         assert self.kube is not None
         while True:
             body = await self.events.get()
-            namespace = quote(body["metadata"]["namespace"], safe="")
             try:
-                await self.kube.request("POST", f"/api/v1/namespaces/{namespace}/events", body=body)
+                await self.kube.post_event(body)
                 metrics.VIOLATION_EVENTS.labels("sent").inc()
             except Exception as exc:
                 metrics.VIOLATION_EVENTS.labels("error").inc()

@@ -32,14 +32,6 @@ async def _delete(api_client: Any, path: str) -> bool:
     return True
 
 
-def _custom(resource: api.Resource, namespace: str | None = None, name: str | None = None) -> str:
-    path = f"/apis/{api.GROUP}/{api.VERSION}"
-    if namespace:
-        path += f"/namespaces/{namespace}"
-    path += f"/{resource.plural}"
-    return f"{path}/{name}" if name else path
-
-
 async def delete_webhook_configurations(api_client: Any, name: str) -> list[str]:
     deleted = []
     for kind in ("MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"):
@@ -50,7 +42,7 @@ async def delete_webhook_configurations(api_client: Any, name: str) -> list[str]
 
 async def _delete_all(api_client: Any, resource: api.Resource) -> int:
     try:
-        items = await list_all(api_client, _custom(resource))
+        items = await list_all(api_client, paths.custom_path(resource))
     except ApiException as exc:
         if exc.status == 404:  # CRD not installed
             return 0
@@ -58,7 +50,7 @@ async def _delete_all(api_client: Any, resource: api.Resource) -> int:
     count = 0
     for item in items:
         meta = item["metadata"]
-        count += await _delete(api_client, _custom(resource, meta.get("namespace"), meta["name"]))
+        count += await _delete(api_client, paths.custom_path(resource, meta.get("namespace"), meta["name"]))
     return count
 
 
@@ -67,7 +59,7 @@ async def _wait_unloaded(api_client: Any, limit: float) -> bool:
     deadline = loop.time() + limit
     while True:
         try:
-            nodes = await list_all(api_client, _custom(api.ARMOR_NODE))
+            nodes = await list_all(api_client, paths.custom_path(api.ARMOR_NODE))
         except ApiException as exc:
             if exc.status == 404:
                 return True

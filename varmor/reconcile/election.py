@@ -32,6 +32,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from varmor.clock import micro_time, parse_time
+from varmor.kube import paths
 from varmor.kube.client import JSON, ApiException
 from varmor.kube.kube import Kube
 from varmor.kube.tasks import cancel_and_wait
@@ -189,7 +190,7 @@ class KubeLeaseStore:
         self.namespace = namespace
         self.name = name
         self.request_timeout = request_timeout
-        self._base = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
+        self._base = paths.lease_path(namespace)
 
     def _body(self, record: LeaseRecord) -> JSON:
         spec: JSON = {
@@ -208,7 +209,9 @@ class KubeLeaseStore:
 
     async def get(self) -> LeaseRecord | None:
         try:
-            lease = await self.kube.request("GET", f"{self._base}/{self.name}", request_timeout=self.request_timeout)
+            lease = await self.kube.request(
+                "GET", paths.lease_path(self.namespace, self.name), request_timeout=self.request_timeout
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -228,7 +231,10 @@ class KubeLeaseStore:
     async def update(self, record: LeaseRecord) -> LeaseRecord:
         try:
             lease = await self.kube.request(
-                "PUT", f"{self._base}/{self.name}", body=self._body(record), request_timeout=self.request_timeout
+                "PUT",
+                paths.lease_path(self.namespace, self.name),
+                body=self._body(record),
+                request_timeout=self.request_timeout,
             )
         except ApiException as exc:
             if exc.status == 409:

@@ -41,13 +41,13 @@ from varmor.kube.tasks import task_group
 from varmor.kube.workqueue import WorkQueue
 from varmor.pipeline import CompileError, compile_policy
 from varmor.reconcile import metrics
+from varmor.reconcile.armorprofiles import ArmorProfileWriter
 from varmor.reconcile.audit import AuditResult, findings_of
 from varmor.reconcile.profiles import (
     ROLLOUT_FINALIZER,
     PolicyKey,
     changed_profiles,
     desired_armor_profile,
-    merged_for_update,
     owner_key,
     policy_key,
     transition_events,
@@ -92,7 +92,8 @@ class PolicyController:
     ) -> None:
         self.settings = settings
         self.clock = clock
-        self.kube = kube or Kube(api_client, component="reconcile")
+        self.kube = kube or Kube(api_client, component="reconcile", role="leader")
+        self.writer = ArmorProfileWriter(self.kube, self._policy_alive)
         rs = settings.resync_seconds
         self.policies = Informer(api_client, api.VARMOR_POLICY, resync_seconds=rs)
         self.cluster_policies = Informer(api_client, api.VARMOR_CLUSTER_POLICY, resync_seconds=rs)
@@ -102,7 +103,6 @@ class PolicyController:
             self._reconcile_counted, concurrency=settings.workers, name="policies"
         )
         self._node_seen: dict[str, JSON] = {}
-        self._name_locks: dict[str, asyncio.Lock] = {}
         self._delayed: set[PolicyKey] = set()
         self._extra_conditions: dict[str, JSON] = {}  # policy uid -> condition (Rollout)
         self._audit: AuditResult | None = None  # the latest unprotected-workload audit
@@ -272,15 +272,15 @@ class PolicyController:
         if error is None and built is not None and profile_name is not None:
             desired = desired_armor_profile(policy, profile_name, ap_ns, built.text, built.mode, built.sha256)
             if ap is None:
-                async with self._lock(profile_name):
-                    conflict = await self._name_conflict(profile_name, uid)
+                async with self.writer.lock(profile_name):
+                    conflict = await self.writer.name_conflict(profile_name, uid)
                     if conflict:
                         error = ("ProfileNameConflict", conflict)
                     else:
-                        ap = await self._create_profile(desired)
+                        ap = await self.writer.create(desired)
                         events.append(("Normal", "ProfileCreated", f"ArmorProfile {ap_ns}/{profile_name} created"))
             else:
-                ap, spec_written = await self._apply(ap, desired)
+                ap, spec_written = await self.writer.apply(ap, desired)
                 if spec_written:
                     events.append(("Normal", "ProfileUpdated", f"ArmorProfile updated for generation {generation}"))
             if ap is not None and built.warnings and previous.get("observedGeneration") != generation:
@@ -310,33 +310,6 @@ class PolicyController:
         if ap is not None and ps is not None and ps.ready and self.on_ready is not None:
             self.on_ready({**policy, "status": self._last_status[uid]}, ap)
 
-    def _lock(self, profile_name: str) -> asyncio.Lock:
-        return self._name_locks.setdefault(profile_name, asyncio.Lock())
-
-    async def _name_conflict(self, profile_name: str, uid: str) -> str | None:
-        """None if the name is free for policy `uid`, else a message naming the holder.
-        Raises TemporaryError while the name is held by an ArmorProfile that is going away.
-
-        A live list (not the cache): the cache may not yet show a profile another worker
-        created a moment ago."""
-        path = paths.custom_path(api.ARMOR_PROFILE)
-        listing = await self.kube.request("GET", path, query={"fieldSelector": f"metadata.name={profile_name}"})
-        for other in listing.get("items", []):
-            owner = owner_key(other)
-            if owner is not None and owner[1] == uid:
-                continue
-            if other["metadata"].get("deletionTimestamp"):
-                raise TemporaryError(f"profile name {profile_name} is held by an ArmorProfile being deleted")
-            if owner is not None and not self._policy_alive(owner[0], owner[1]):
-                await self._delete_profile(other)
-                raise TemporaryError(f"profile name {profile_name} was held by a deleted policy's ArmorProfile")
-            holder = f"{owner[0][0]} {'/'.join(p for p in owner[0][1:] if p)}" if owner else "an unowned ArmorProfile"
-            return (
-                f"profile name {profile_name} is already used by {holder} "
-                f"(ArmorProfile {other['metadata'].get('namespace')}/{profile_name}); rename this policy"
-            )
-        return None
-
     def _policy_alive(self, key: PolicyKey, uid: str) -> bool:
         policy = self.get_policy(key)
         return policy is not None and policy["metadata"].get("uid") == uid
@@ -351,60 +324,16 @@ class PolicyController:
             if owner is None or owner[0] != key or ap["metadata"].get("deletionTimestamp"):
                 continue
             if not self._policy_alive(owner[0], owner[1]):
-                await self._delete_profile(ap)
+                await self.writer.delete(ap)
 
     async def sweep_orphans(self) -> None:
         """Once after start: profiles whose policy vanished while no leader was running."""
         for ap in self.profiles.list():
             owner = owner_key(ap)
             if owner is not None and not self._policy_alive(*owner) and not ap["metadata"].get("deletionTimestamp"):
-                await self._delete_profile(ap)
+                await self.writer.delete(ap)
 
     # -- writes ---------------------------------------------------------------------
-    async def _create_profile(self, body: JSON) -> JSON:
-        ns = body["metadata"]["namespace"]
-        try:
-            return await self.kube.request("POST", paths.custom_path(api.ARMOR_PROFILE, ns), body=body)
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        # Created concurrently (or the cache lagged): take it only if it is ours.
-        current = await self.kube.request("GET", paths.custom_path(api.ARMOR_PROFILE, ns, body["metadata"]["name"]))
-        owner = owner_key(current)
-        if owner is None or owner[1] != body["metadata"]["ownerReferences"][0]["uid"]:
-            raise RuntimeError(f"ArmorProfile {ns}/{body['metadata']['name']} exists for another policy")
-        return (await self._apply(current, body))[0]
-
-    async def _apply(self, ap: JSON, desired: JSON) -> tuple[JSON, bool]:
-        """Bring `ap` to `desired` (our fields only). PUT with the resourceVersion the update
-        was computed from; on 409 (someone wrote first, or our cache lagged our own last
-        write) re-read once and recompute, else let the queue retry with backoff.
-        Returns the object and whether this call changed its spec."""
-        meta = ap["metadata"]
-        path = paths.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
-        for attempt in range(2):
-            update = merged_for_update(ap, desired)
-            if update is None:
-                return ap, False
-            try:
-                return await self.kube.request("PUT", path, body=update), ap.get("spec") != desired["spec"]
-            except ApiException as exc:
-                if exc.status != 409 or attempt:
-                    raise
-            ap = await self.kube.request("GET", path)
-        raise AssertionError("unreachable")
-
-    async def _delete_profile(self, ap: JSON) -> None:
-        meta = ap["metadata"]
-        path = paths.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
-        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": {"uid": meta["uid"]}}
-        try:
-            await self.kube.request("DELETE", path, body=body, query={"propagationPolicy": "Background"})
-            log.info("deleted ArmorProfile %s/%s (policy gone)", meta["namespace"], meta["name"])
-        except ApiException as exc:
-            if exc.status not in (404, 409):
-                raise
-
     def liveness(self) -> Liveness:
         return Liveness(self.clock(), self.settings.lost_after)
 

@@ -60,7 +60,9 @@ async def lead(ctx: Any) -> None:
         lost_after=args.agent_lost_after,
         use_apparmor_field=await server_supports_field(ctx.api_client),
     )
-    controller = PolicyController(ctx.api_client, settings, kube=Kube(ctx.api_client, component="reconcile"))
+    controller = PolicyController(
+        ctx.api_client, settings, kube=Kube(ctx.api_client, component="reconcile", role="leader")
+    )
     rollouts = Rollouts(controller, qps=args.rollout_qps, burst=args.rollout_burst)
     async with task_group() as group:
         group.create_task(controller.run(), name="leader-policies")

@@ -50,7 +50,7 @@ async def resolve_owner(api_client: client.ApiClient, cluster_role: str) -> JSON
     if not cluster_role:
         return None
     try:
-        role = await raw_request(api_client, "GET", f"/apis/rbac.authorization.k8s.io/v1/clusterroles/{cluster_role}")
+        role = await raw_request(api_client, "GET", paths.cluster_role_path(cluster_role))
     except ApiException as exc:
         if exc.status == 404:
             raise OwnerMissingError(f"ClusterRole {cluster_role} not found") from None

@@ -1,6 +1,6 @@
 """Leader election logic on a fake clock: client-go timings, optimistic concurrency, and
 leader tasks stopping at once on loss. The store is an in-memory Lease with a
-resourceVersion check (the real API is exercised in tests/cluster/test_leader.py)."""
+resourceVersion check (the real API is exercised in tests/cluster/test_reconcile_election.py)."""
 
 from __future__ import annotations
 

@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 from kubernetes.aio import client
 
-from tests.cluster.test_reconcile import Api, condition, vpol, wait_for
-from tests.cluster.test_smoke import deployment
+from tests.helpers import Api, condition, deployment, vpol, wait_for
 from varmor import api
 
 pytestmark = pytest.mark.cluster

@@ -9,7 +9,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_parser import assert_compiles
+from tests.helpers import assert_compiles
 from varmor.policy import parse_policy
 from varmor.profile import build_profile, disposition
 from varmor.rules import load_catalog

@@ -6,25 +6,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.unit.test_policy import policy_doc
+from tests.helpers import BAD_TEXT, NOT_ENFORCED, profile_text
 from varmor.nodeexec.files import ProfileDir
 from varmor.nodeexec.parser_runner import ParserConfig, ParserRunner, blame, succeeded
 from varmor.nodeexec.standin import Op, StandInSecurityfs, decode_blob
-from varmor.policy import parse_policy
-from varmor.profile import build_profile
-
-BAD_TEXT = "abi <abi/3.0>,\nprofile {name} {{\n  bogus rule here,\n}}\n"
-NOT_ENFORCED = "abi <abi/3.0>,\nprofile {name} {{\n  file,\n  deny unix addr=@/containerd-shim/**,\n}}\n"
-
-
-def profile_text(name: str, **enhance: Any) -> str:
-    """A real generated profile; by default one that uses the node-local include."""
-    enhance = enhance or {"hardeningRules": ["disallow-mount-disk-device", "disallow-write-core-pattern"]}
-    return build_profile(parse_policy(policy_doc(**enhance)), name).text
 
 
 @pytest.fixture

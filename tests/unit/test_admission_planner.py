@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import random
 from typing import Any
 
@@ -11,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import helpers
 from varmor import api
 from varmor.admission import planner
 from varmor.admission.jsonpatch import PatchError, apply_patch
@@ -23,66 +25,32 @@ def policy(
     name: str,
     *,
     namespace: str | None = "demo",
-    kind: str = "Deployment",
-    target_name: str | None = None,
     selector: dict[str, Any] | None = None,
-    containers: list[str] | None = None,
     profile: str | None = "auto",
     created: str = "2025-01-01T00:00:00Z",
+    **target: Any,
 ) -> dict[str, Any]:
-    target: dict[str, Any] = {"kind": kind}
-    if target_name is not None:
-        target["name"] = target_name
-    else:
-        target["selector"] = selector if selector is not None else {"matchLabels": {"app": "web"}}
-    if containers:
-        target["containers"] = containers
-    meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}", "creationTimestamp": created}
-    if namespace is not None:
-        meta["namespace"] = namespace
-    doc: dict[str, Any] = {
-        "apiVersion": api.API_VERSION,
-        "kind": "VarmorPolicy" if namespace is not None else "VarmorClusterPolicy",
-        "metadata": meta,
-        "spec": {"target": target, "policy": {"enforcer": "AppArmor", "mode": "RuntimeDefault"}},
-    }
+    """`helpers.policy` as the admission sees it: in demo (None: cluster-scoped), for
+    `app: web`, accepted (`profile="auto"`: the name the leader gives), with uid and
+    creation time; `target` keywords: kind, target_name, containers."""
     if profile == "auto":
         profile = f"varmor-{namespace}-{name}" if namespace else f"varmor-cluster-varmor-{name}"
-    if profile:
-        doc["status"] = {"profileName": profile}
-    return doc
+    return helpers.policy(
+        name,
+        namespace,
+        cluster=namespace is None,
+        selector=selector if selector is not None else {"matchLabels": {"app": "web"}},
+        profile=profile,
+        meta={"uid": f"uid-{name}", "creationTimestamp": created},
+        **target,
+    )
 
 
-def deployment(name: str = "web", labels: dict[str, str] | None = None, **template: Any) -> dict[str, Any]:
-    labels = {"app": "web"} if labels is None else labels
-    tmpl: dict[str, Any] = {
-        "metadata": {"labels": dict(labels)},
-        "spec": {"containers": [{"name": "app", "image": "x"}, {"name": "side", "image": "y"}]},
-    }
-    tmpl.update(template)
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name, "namespace": "demo", "labels": dict(labels)},
-        "spec": {"selector": {"matchLabels": labels}, "template": tmpl},
-    }
-
-
-def pod(name: str = "p", labels: dict[str, str] | None = None) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name}
-    if labels is not None:
-        meta["labels"] = labels
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": meta,
-        "spec": {
-            "initContainers": [{"name": "init", "image": "i"}],
-            "containers": [{"name": "c", "image": "x"}],
-            "ephemeralContainers": [{"name": "dbg", "image": "d"}],
-        },
-    }
-
+# A Deployment in demo (app: web) with two containers; a Pod with every container kind.
+deployment = functools.partial(helpers.deployment, namespace="demo", containers=("app", "side"), image=("x", "y"))
+pod = functools.partial(
+    helpers.pod, typed=True, image="x", init=("init",), init_image="i", ephemeral=("dbg",), ephemeral_image="d"
+)
 
 VARMOR_OPT_OUT_SIDE = api.VARMOR_APPARMOR_ANNOTATION_PREFIX + "side"
 

@@ -9,6 +9,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests import helpers
+from tests.helpers import deployment
 from varmor import api
 from varmor.admission.jsonpatch import apply_patch
 from varmor.admission.planner import plan_patch, select_policy
@@ -28,17 +30,17 @@ REG = Registration(name="varmor", namespace="varmor", excluded_namespaces=("kube
 
 
 def pol(name: str, kind: str, namespace: str | None, profile: str | None = "p") -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "resourceVersion": "7"}
-    if namespace:
-        meta["namespace"] = namespace
-    doc: dict[str, Any] = {
-        "kind": "VarmorPolicy" if namespace else "VarmorClusterPolicy",
-        "metadata": meta,
-        "spec": {"target": {"kind": kind, "selector": {"matchLabels": {"app": "web"}}}},
-    }
-    if profile:
-        doc["status"] = {"profileName": f"varmor-{namespace}-{name}" if profile == "p" else profile}
-    return doc
+    """A policy for `app: web` (cluster-scoped when `namespace` is None); `profile="p"`:
+    accepted under the leader's name for it."""
+    return helpers.policy(
+        name,
+        namespace,
+        kind,
+        cluster=namespace is None,
+        selector={"matchLabels": {"app": "web"}},
+        profile=f"varmor-{namespace}-{name}" if profile == "p" else profile,
+        meta={"resourceVersion": "7"},
+    )
 
 
 def test_no_policies_register_nothing() -> None:
@@ -108,22 +110,17 @@ def test_differs_ignores_server_defaults_only() -> None:
     assert not differs({"metadata": {"name": "varmor", "labels": {api.MANAGED_BY_LABEL: "varmor"}}}, empty)
 
 
-def dep(name: str, ns: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "namespace": ns, "labels": labels},
-        "spec": {"template": {"spec": {"containers": [{"name": "app"}]}}},
-    }
-
-
 def test_audit_counts_selected_but_unprotected_workloads() -> None:
     policies = [pol("web", "Deployment", "team-a"), pol("new", "Deployment", "team-b", profile=None)]
-    bare = dep("bare", "team-a", {"app": "web"})
-    patched = apply_patch(dep("ok", "team-a", {"app": "web"}), plan_patch("Deployment", bare, "varmor-team-a-web"))
+    bare = deployment("bare", {"app": "web"}, namespace="team-a")
+    patched = apply_patch(
+        deployment("ok", {"app": "web"}, namespace="team-a"), plan_patch("Deployment", bare, "varmor-team-a-web")
+    )
     legacy = apply_patch(bare, plan_patch("Deployment", bare, "varmor-team-a-web", use_field=False))
     legacy["metadata"]["name"] = "legacy"
-    other = dep("other", "team-a", {"app": "db"})
-    pending = dep("pending", "team-b", {"app": "web"})
-    deleting = dep("gone", "team-a", {"app": "web"})
+    other = deployment("other", {"app": "db"}, namespace="team-a")
+    pending = deployment("pending", {"app": "web"}, namespace="team-b")
+    deleting = deployment("gone", {"app": "web"}, namespace="team-a")
     deleting["metadata"]["deletionTimestamp"] = "2026-01-01T00:00:00Z"
     result = audit(policies, {"Deployment": [bare, patched, legacy, other, pending, deleting]})
     assert result.per_policy == {("team-a", "web"): 1, ("team-b", "new"): 1}
@@ -171,7 +168,7 @@ def test_unprotected_findings_are_written_with_the_status_and_only_on_change() -
 def test_a_policy_that_loses_workloads_to_another_gets_a_conflict_condition() -> None:
     by_name = sel_pol("by-name", "Deployment", "team-a", name="web")  # a name match takes precedence
     by_label = sel_pol("by-label", "Deployment", "team-a", selector={"matchLabels": {"app": "web"}})
-    result = audit([by_name, by_label], {"Deployment": [dep("web", "team-a", {"app": "web"})]})
+    result = audit([by_name, by_label], {"Deployment": [deployment("web", {"app": "web"}, namespace="team-a")]})
     assert result.lost == {("team-a", "by-name"): 0, ("team-a", "by-label"): 1}
     assert result.lost_examples[("team-a", "by-label")] == ("Deployment team-a/web",)
     status = audited_status(by_label, result, ("team-a", "by-label"), "2026-01-01T00:00:00Z")
@@ -183,7 +180,7 @@ def test_a_policy_that_loses_workloads_to_another_gets_a_conflict_condition() ->
     assert list(audit_conditions_of(winner)) == ["Unprotected"]  # the winner only learns of its gap
     # Once the targets are disjoint the condition turns False (it does not just vanish).
     by_label["status"] = status
-    resolved = audit([by_name, by_label], {"Deployment": [dep("api", "team-a", {"app": "api"})]})
+    resolved = audit([by_name, by_label], {"Deployment": [deployment("api", {"app": "api"}, namespace="team-a")]})
     later = audited_status(by_label, resolved, ("team-a", "by-label"), "2026-01-02T00:00:00Z")
     conflict = audit_conditions_of(later)["Conflict"]
     assert (conflict["status"], conflict["reason"]) == ("False", "NoConflict")

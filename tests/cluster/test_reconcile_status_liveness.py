@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.test_reconcile import Api, condition, vpol, wait_for
+from tests.helpers import Api, condition, vpol, wait_for
 
 pytestmark = pytest.mark.cluster
 

@@ -36,7 +36,7 @@ async def test_cleanup_removes_configurations_a_running_leader_re_registered(
 ) -> None:
     """The leader keeps running during the hook and re-registers when the policies go;
     the hook ends by deleting what it wrote, so nothing waits for the garbage collector."""
-    from tests.cluster.test_webhook import policy_body
+    from tests.helpers import policy, wait_for
     from varmor import api
     from varmor.clock import now_rfc3339
     from varmor.kube import paths
@@ -48,22 +48,25 @@ async def test_cleanup_removes_configurations_a_running_leader_re_registered(
         body = {"metadata": {"name": name}, "webhooks": []}
         await raw_request(api_client, "POST", paths.webhook_config_path(kind), body=body)
     custom = client.CustomObjectsApi(api_client)
-    policy = policy_body("p", namespace, "Pod", selector={})
-    await custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, policy)
+    body = policy("p", namespace, "Pod", selector={})
+    await custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, body)
     node = await nodes.add("busy", heartbeat=True)
     loaded = {"varmor-x-y": {"namespace": "x", "sha256": "0" * 64, "mode": "enforce"}}
     await nodes.write(node, {**await nodes.status(node), "profiles": loaded, "heartbeatTime": now_rfc3339()})
 
     async def still_running_leader() -> None:
         """Once the policies are gone: register again, then (as the agent) unload."""
-        while True:
+
+        async def policy_gone() -> bool:
             try:
                 await custom.get_namespaced_custom_object(api.GROUP, api.VERSION, namespace, "varmorpolicies", "p")
             except ApiException as exc:
                 if exc.status == 404:
-                    break
+                    return True
                 raise
-            await asyncio.sleep(0.05)
+            return False
+
+        await wait_for(policy_gone, timeout=60, interval=0.05)
         await raw_request(api_client, "POST", mutating, body={"metadata": {"name": name}, "webhooks": []})
         await nodes.write(node, {**await nodes.status(node), "profiles": {}, "heartbeatTime": now_rfc3339()})
 

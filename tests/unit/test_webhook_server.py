@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import http.client
 import threading
 from collections.abc import Iterator
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY
 
+from tests import helpers
 from varmor import api
 from varmor.admission.jsonpatch import apply_patch
 from varmor.admission.planner import PolicyIndex
@@ -31,16 +33,15 @@ MAX_BODY = 64 * 1024
 
 
 def _policy(pname: str, kind: str, namespace: str | None, **target: Any) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": pname, "uid": f"u-{pname}", "creationTimestamp": "2025-01-01T00:00:00Z"}
-    if namespace:
-        meta["namespace"] = namespace
-    return {
-        "apiVersion": api.API_VERSION,
-        "kind": "VarmorPolicy" if namespace else "VarmorClusterPolicy",
-        "metadata": meta,
-        "spec": {"target": {"kind": kind, **target}, "policy": {"enforcer": "AppArmor", "mode": "RuntimeDefault"}},
-        "status": {"profileName": f"varmor-{namespace or 'cluster-varmor'}-{pname}"},
-    }
+    """An accepted RuntimeDefault policy (cluster-scoped when `namespace` is None)."""
+    return helpers.policy(
+        pname,
+        namespace,
+        cluster=namespace is None,
+        target={"kind": kind, **target},
+        profile=f"varmor-{namespace or 'cluster-varmor'}-{pname}",
+        meta={"uid": f"u-{pname}", "creationTimestamp": "2025-01-01T00:00:00Z"},
+    )
 
 
 POLICIES = [
@@ -137,11 +138,8 @@ def review(
     )
 
 
-def pod(name: str = "p", labels: dict[str, str] | None = None) -> dict[str, Any]:
-    return {
-        "metadata": {"name": name, "labels": labels or {}},
-        "spec": {"containers": [{"name": "c", "image": "busybox"}], "initContainers": [{"name": "i", "image": "x"}]},
-    }
+# A Pod with one container and one init container.
+pod = functools.partial(helpers.pod, labels={}, init=("i",), init_image="x")
 
 
 def answer(data: bytes) -> dict[str, Any]:

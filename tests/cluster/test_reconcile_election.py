@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import purge_policies
-from tests.cluster.test_reconcile import Api, vpol, wait_for
+from tests.helpers import Api, vpol, wait_for
 from varmor import api
 from varmor.dev.cluster import free_port
 from varmor.kube.client import ApiException

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from hypothesis import given
 from hypothesis import strategies as st
 
+from tests.helpers import SHA, loaded, node
 from varmor.reconcile.status import (
     Outcome,
     ProfileStatus,
@@ -17,18 +16,9 @@ from varmor.reconcile.status import (
     status_patch,
 )
 
-SHA = "a" * 64
 OLD = "b" * 64
 NOW = "2026-11-28T13:00:00Z"
 LATER = "2026-11-28T14:00:00Z"
-
-
-def node(name: str, *, phase: str = "Supported", ready: bool = True, **status: Any) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "status": {"phase": phase, "ready": ready, **status}}
-
-
-def loaded(sha: str = SHA, ns: str = "demo") -> dict[str, Any]:
-    return {"varmor-demo-web": {"namespace": ns, "sha256": sha, "mode": "enforce"}}
 
 
 def test_all_loaded_is_ready() -> None:

@@ -11,7 +11,8 @@ from typing import Any
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tests.unit.test_status import NOW, OLD, SHA, loaded, node
+from tests.helpers import SHA, loaded, node
+from tests.unit.test_reconcile_status import NOW, OLD
 from varmor.reconcile.status import (
     DEFAULT_LOST_AFTER,
     Liveness,

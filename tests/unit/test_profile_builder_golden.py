@@ -1,6 +1,6 @@
 """Golden profiles per mode and feature: the exact bytes, reviewed once, compiled always.
 
-Regenerate after an intended change with `VARMOR_UPDATE_GOLDEN=1 pytest tests/unit/test_profile_golden.py`
+Regenerate after an intended change with `VARMOR_UPDATE_GOLDEN=1 pytest tests/unit/test_profile_builder_golden.py`
 and review the diff.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.unit.test_parser import assert_compiles
+from tests.helpers import assert_compiles
 from varmor.policy import parse_policy
 from varmor.profile import BuiltProfile, build_profile
 

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 
+from tests.helpers import wait_for
 from varmor.kube.workqueue import WorkQueue
 
 
@@ -40,10 +41,10 @@ async def test_key_is_never_processed_twice_at_once_and_readd_while_active_runs_
     q: WorkQueue[str] = WorkQueue(handle, concurrency=4)
     runner = asyncio.create_task(q.run())
     q.add("k")
-    await asyncio.sleep(0.01)
+    await wait_for(lambda: "k" in running, timeout=5, interval=0.001, what="the first run of k")
     q.add("k")  # arrives while the first run is active
     release.set()
-    await asyncio.sleep(0.05)
+    await wait_for(lambda: calls == 2, timeout=5, interval=0.001, what="the second run of k")
     await asyncio.wait_for(q.wait_idle(), 5)
     runner.cancel()
     assert overlaps == 0
@@ -62,9 +63,7 @@ async def test_failures_are_retried_with_backoff() -> None:
     q: WorkQueue[str] = WorkQueue(handle, base_delay=0.01)
     runner = asyncio.create_task(q.run())
     q.add("x")
-    for _ in range(200):
-        if attempts >= 3:
-            break
-        await asyncio.sleep(0.01)
+    await wait_for(lambda: attempts >= 3, timeout=10, interval=0.005, what="the third attempt")
+    await asyncio.wait_for(q.wait_idle(), 5)
     runner.cancel()
     assert attempts == 3

@@ -1,0 +1,79 @@
+"""ArmorNode: what one node's agent has loaded, written by that agent only.
+
+Pure; see `varmor.models` for the conventions every model follows.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Final
+
+from msgspec import UNSET, Meta, UnsetType
+
+from varmor import api
+from varmor.models.base import KindName, KubeObject, NodePhase, ProfileMode, Timestamp, Wire
+
+
+class LoadedProfile(Wire):
+    """A profile loaded in the node's kernel."""
+
+    namespace: Annotated[str, Meta(description="The ArmorProfile's namespace.")] | UnsetType = UNSET
+    sha256: Annotated[str, Meta(description="The content hash it was loaded at.")] | UnsetType = UNSET
+    mode: Annotated[ProfileMode, Meta(description="How it was loaded.")] | UnsetType = UNSET
+
+
+class FailedProfile(Wire):
+    """A profile the node failed to load."""
+
+    namespace: Annotated[str, Meta(description="The ArmorProfile's namespace.")] | UnsetType = UNSET
+    sha256: Annotated[str, Meta(description="The content hash that failed.")] | UnsetType = UNSET
+    message: Annotated[str, Meta(description="The parser's message.")] | UnsetType = UNSET
+
+
+# Atomic maps: the agent rewrites them whole, and the API server then tracks one managed
+# field per map instead of three per profile (a 200-profile write costs a fraction of the CPU).
+_ATOMIC_MAP: Final = {"x-kubernetes-map-type": "atomic"}
+
+
+class ArmorNodeStatus(Wire):
+    """Written by the node's agent only."""
+
+    phase: Annotated[NodePhase, Meta(description="Whether this node can load AppArmor profiles.")] | UnsetType = UNSET
+    reason: Annotated[str, Meta(description="Why the node is Unsupported.")] | UnsetType = UNSET
+    parser_version: Annotated[str, Meta(description="apparmor_parser version.")] | UnsetType = UNSET
+    agent_version: Annotated[str, Meta(description="varmor agent version.")] | UnsetType = UNSET
+    ready: Annotated[bool, Meta(description="The agent finished its initial sync.")] | UnsetType = UNSET
+    profiles: (
+        Annotated[
+            dict[str, LoadedProfile],
+            Meta(description="Loaded varmor profiles, keyed by profile name.", extra_json_schema=_ATOMIC_MAP),
+        ]
+        | UnsetType
+    ) = UNSET
+    failures: (
+        Annotated[
+            dict[str, FailedProfile],
+            Meta(description="Profiles that failed to load, keyed by profile name.", extra_json_schema=_ATOMIC_MAP),
+        ]
+        | UnsetType
+    ) = UNSET
+    last_update_time: Annotated[Timestamp, Meta(description="When the agent last wrote this status.")] | UnsetType = (
+        UNSET
+    )
+    heartbeat_time: (
+        Annotated[
+            Timestamp,
+            Meta(
+                description="When the agent last said it is alive (renewed every --agent-heartbeat seconds, 60 by "
+                "default). The leader treats a node whose heartbeat is older than --agent-lost-after (180 s) as "
+                "AgentLost: not counted, not blocking Ready. Absent: an agent without heartbeats, always counted."
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class ArmorNode(KubeObject, kw_only=True):
+    """ArmorNode is what one node's varmor agent has loaded (written by that agent only)."""
+
+    kind: KindName = api.ARMOR_NODE.kind
+    status: ArmorNodeStatus | UnsetType = UNSET

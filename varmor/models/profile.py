@@ -1,0 +1,97 @@
+"""ArmorProfile: the profile a policy compiled to (spec) and how many nodes loaded it (status).
+
+Pure; see `varmor.models` for the conventions every model follows.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from msgspec import UNSET, Meta, UnsetType
+
+from varmor import api
+from varmor.models.base import ConditionStatus, Enforcer, Int32, KindName, KubeObject, ProfileMode, Timestamp, Wire
+from varmor.models.policy import DESIRED_DESCRIPTION, Target
+
+
+class Profile(Wire):
+    """The AppArmor profile agents load on every node."""
+
+    name: Annotated[
+        str, Meta(description="The profile name; equals the object's name.", max_length=api.MAX_PROFILE_NAME)
+    ]
+    enforcer: Annotated[Enforcer, Meta(description="The enforcer.")]
+    mode: Annotated[ProfileMode, Meta(description="How agents load it.")]
+    app_armor: Annotated[str, Meta(description="The full profile text.")]
+    sha256: Annotated[str, Meta(description="Hex SHA-256 of the profile text (UTF-8).", pattern="^[0-9a-f]{64}$")]
+
+
+class ArmorProfileSpec(Wire):
+    """The profile a policy compiled to, and where it applies. Written by the leader only."""
+
+    target: Target
+    profile: Profile
+    update_existing_workloads: Annotated[bool, Meta(description="Copied from the policy.")] = False
+
+
+class NodeCondition(Wire):
+    """A condition."""
+
+    type: Annotated[str, Meta(description="The condition type.")]
+    status: Annotated[ConditionStatus, Meta(description="True, False or Unknown.")]
+    reason: Annotated[str, Meta(description="A CamelCase word naming the cause.")] | UnsetType = UNSET
+    message: Annotated[str, Meta(description="What happened, and what to do about it.")] | UnsetType = UNSET
+    last_transition_time: Annotated[Timestamp, Meta(description="When the status last changed.")] | UnsetType = UNSET
+    node_name: Annotated[str, Meta(description="The node this condition is about.")] | UnsetType = UNSET
+
+
+class ArmorProfileStatus(Wire):
+    """Aggregated from ArmorNode objects by the leader."""
+
+    desired_number_loaded: Annotated[Int32, Meta(description=DESIRED_DESCRIPTION)] | UnsetType = UNSET
+    current_number_loaded: (
+        Annotated[Int32, Meta(description="Nodes reporting this profile loaded at spec.profile.sha256.")] | UnsetType
+    ) = UNSET
+    # Spec and status are separate writes: this says which content the counts are about.
+    observed_sha256: (
+        Annotated[
+            str,
+            Meta(
+                description="The spec.profile.sha256 the counts and conditions refer to; while it differs from "
+                "spec.profile.sha256 they describe the previous content."
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    conditions: (
+        Annotated[
+            list[NodeCondition],
+            Meta(
+                description="One entry per failed, unsupported, stale or lost (AgentLost) node.",
+                max_length=10000,
+                extra_json_schema={"x-kubernetes-list-type": "atomic"},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+class ArmorProfile(KubeObject, kw_only=True):
+    """ArmorProfile is a compiled policy (internal, written by the varmor leader)."""
+
+    kind: KindName = api.ARMOR_PROFILE.kind
+    spec: ArmorProfileSpec | UnsetType = UNSET
+    status: ArmorProfileStatus | UnsetType = UNSET
+
+
+# Agents refuse an ArmorProfile whose name differs from its profile's; the API server too.
+ArmorProfileRoot = Annotated[
+    ArmorProfile,
+    Meta(
+        extra_json_schema={
+            "x-kubernetes-validations": [
+                {"rule": "self.metadata.name == self.spec.profile.name", "message": "name must equal spec.profile.name"}
+            ]
+        }
+    ),
+]
