@@ -6,7 +6,7 @@ AppArmor abi/tunables/abstractions, the static `vprobe` helper and a generic /in
 appends a small per-batch archive of cases; boots the Debian kernel once per batch
 under qemu TCG; and parses `CHECK <id> PASS|FAIL <detail>` lines from a second serial
 port. Everything is written without root: the cpio archive is produced in Python.
-See tests/kernel/README.md and /work/shared/reference/qemu-apparmor.md.
+See tests/kernel/README.md.
 """
 
 from __future__ import annotations

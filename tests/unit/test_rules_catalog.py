@@ -112,7 +112,7 @@ VARMOR_IDS = {
         "copy-fail-mitigation",
     ],
 }
-# vArmor's exact AppArmor lines for a sample of IDs (varmor-facts §3), qualifier stripped.
+# vArmor's exact AppArmor lines for a sample of IDs (from its published rule set), qualifier stripped.
 VARMOR_LINES = {
     "disallow-write-core-pattern": ["/proc/sys/kernel/core_pattern w"],
     "disallow-load-bpf-prog": ["capability sys_admin", "capability bpf"],

@@ -7,13 +7,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import msgspec
+
 from varmor import api
 from varmor.events import Severity
-from varmor.kube.client import JSON
+from varmor.models import ArmorProfile, ArmorProfileSpec, ObjectMeta, OwnerReference, Profile, ProfileMode, Target
 
 PolicyKey = tuple[str, str, str]  # (kind, namespace or "", name)
 ROLLOUT_FINALIZER = "varmor.org/rollout"
 POLICY_KIND_LABEL = "varmor.org/policy-kind"
+JSON = dict[str, Any]
+POLICY_KINDS = (api.VARMOR_POLICY.kind, api.VARMOR_CLUSTER_POLICY.kind)
 
 
 def policy_key(obj: Mapping[str, Any]) -> PolicyKey:
@@ -24,50 +28,54 @@ def policy_key(obj: Mapping[str, Any]) -> PolicyKey:
 
 
 def owner_key(ap: Mapping[str, Any]) -> tuple[PolicyKey, str] | None:
-    """(policy key, policy uid) of an ArmorProfile's controlling policy."""
-    meta = ap.get("metadata", {})
-    for ref in meta.get("ownerReferences") or []:
-        if ref.get("controller") and ref.get("kind") in (api.VARMOR_POLICY.kind, api.VARMOR_CLUSTER_POLICY.kind):
-            ns = "" if ref["kind"] == api.VARMOR_CLUSTER_POLICY.kind else str(meta.get("namespace") or "")
-            return (ref["kind"], ns, ref["name"]), str(ref.get("uid") or "")
+    """(policy key, policy uid) of an ArmorProfile's controlling policy; None when it has
+    none or its metadata is not an ObjectMeta (an object varmor did not write)."""
+    meta = ap.get("metadata") or {}
+    try:
+        refs = msgspec.convert(meta.get("ownerReferences") or [], list[OwnerReference])
+    except msgspec.ValidationError:
+        return None
+    for ref in refs:
+        if ref.controller is True and ref.kind in POLICY_KINDS:
+            ns = "" if ref.kind == api.VARMOR_CLUSTER_POLICY.kind else str(meta.get("namespace") or "")
+            return (ref.kind, ns, ref.name), ref.uid
     return None
 
 
 def desired_armor_profile(
-    policy: Mapping[str, Any], profile_name: str, namespace: str, text: str, mode: str, sha256: str
+    policy: Mapping[str, Any], profile_name: str, namespace: str, text: str, mode: ProfileMode, sha256: str
 ) -> JSON:
-    """The ArmorProfile a policy compiles to (pure)."""
+    """The ArmorProfile a policy compiles to (pure), as the API's JSON."""
     meta = policy["metadata"]
     spec = policy.get("spec") or {}
+    kind = policy.get("kind", api.VARMOR_POLICY.kind)
     update_existing = bool(spec.get("updateExistingWorkloads"))
-    body: JSON = {
-        "apiVersion": api.API_VERSION,
-        "kind": api.ARMOR_PROFILE.kind,
-        "metadata": {
-            "name": profile_name,
-            "namespace": namespace,
-            "labels": {api.MANAGED_BY_LABEL: "varmor", POLICY_KIND_LABEL: policy.get("kind", api.VARMOR_POLICY.kind)},
-            "ownerReferences": [
-                {
-                    "apiVersion": api.API_VERSION,
-                    "kind": policy.get("kind", api.VARMOR_POLICY.kind),
-                    "name": meta["name"],
-                    "uid": meta["uid"],
-                    "controller": True,
-                    "blockOwnerDeletion": True,
-                }
+    body = ArmorProfile(
+        metadata=ObjectMeta(
+            name=profile_name,
+            namespace=namespace,
+            labels={api.MANAGED_BY_LABEL: "varmor", POLICY_KIND_LABEL: kind},
+            owner_references=[
+                OwnerReference(
+                    api_version=api.API_VERSION,
+                    kind=kind,
+                    name=meta["name"],
+                    uid=meta["uid"],
+                    controller=True,
+                    block_owner_deletion=True,
+                )
             ],
-        },
-        "spec": {
-            "target": spec.get("target") or {},
-            "profile": {"name": profile_name, "enforcer": "AppArmor", "mode": mode, "appArmor": text, "sha256": sha256},
-            "updateExistingWorkloads": update_existing,
-        },
-    }
-    if update_existing:
-        # Lets the leader roll workloads back before the profile disappears from nodes.
-        body["metadata"]["finalizers"] = [ROLLOUT_FINALIZER]
-    return body
+            # Lets the leader roll workloads back before the profile disappears from nodes.
+            finalizers=[ROLLOUT_FINALIZER] if update_existing else msgspec.UNSET,
+        ),
+        spec=ArmorProfileSpec(
+            target=msgspec.convert(spec.get("target") or {}, Target),
+            profile=Profile(name=profile_name, enforcer="AppArmor", mode=mode, app_armor=text, sha256=sha256),
+            update_existing_workloads=update_existing,
+        ),
+    )
+    built: JSON = msgspec.to_builtins(body)
+    return built
 
 
 def merged_for_update(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> JSON | None:

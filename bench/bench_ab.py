@@ -1,0 +1,86 @@
+"""A/B in one run: this checkout against another commit, on the two figures a refactor
+must not move (the webhook's throughput relative to a bare aiohttp handler, and the
+leader's all-Ready time for a 100-node burst).
+
+    git worktree add /tmp/base COMMIT
+    (cd /tmp/base && python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]')
+    .venv/bin/python bench/bench_ab.py --baseline /tmp/base [--rounds 3]
+
+Each side runs its own copy of `bench/bench_webhook.py --part server` and
+`bench/bench_leader.py` with its own venv; the sides alternate within every round (and
+the order flips each round), so both see the same machine load. Prints each run, the
+medians and the ratio current/baseline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+READY = re.compile(r"all (\d+) Ready after ([0-9.]+)s")
+
+
+def run(side: Path, script: str, *args: str) -> str:
+    env = {**os.environ, "PATH": f"{side / '.venv' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}"}
+    cmd = [str(side / ".venv" / "bin" / "python"), str(side / "bench" / script), *args]
+    done = subprocess.run(cmd, cwd=side, env=env, capture_output=True, text=True, timeout=1800)
+    if done.returncode != 0:
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def webhook_ratio(side: Path, seconds: float) -> float:
+    """varmor /mutate throughput over the faster bare aiohttp ceiling (what `varmor run` serves)."""
+    out = run(side, "bench_webhook.py", "--part", "server", "--rounds", "1", "--seconds", str(seconds))
+    summary = json.loads(out.strip().splitlines()[-1])
+    return float(summary["server"]["product_vs_best_bare"])
+
+
+def leader_all_ready(side: Path, nodes: int, policies: int) -> float:
+    out = run(side, "bench_leader.py", "--nodes", str(nodes), "--policies", str(policies), "--single", "0")
+    found = READY.search(out)
+    if found is None:
+        raise SystemExit(f"no all-Ready figure in:\n{out}")
+    return float(found.group(2))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--baseline", type=Path, required=True, help="checkout of the commit to compare against")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--seconds", type=float, default=8.0, help="per webhook load-generator run")
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--policies", type=int, default=200)
+    args = parser.parse_args()
+    sides = {"baseline": args.baseline.resolve(), "current": ROOT}
+    for name, side in sides.items():
+        if not (side / ".venv" / "bin" / "python").exists():
+            raise SystemExit(f"{name}: {side}/.venv is missing (see this script's docstring)")
+    webhook: dict[str, list[float]] = {name: [] for name in sides}
+    leader: dict[str, list[float]] = {name: [] for name in sides}
+    for i in range(args.rounds):
+        order = list(sides) if i % 2 == 0 else list(reversed(sides))
+        for name in order:
+            webhook[name].append(webhook_ratio(sides[name], args.seconds))
+            print(f"round {i + 1} {name:8s} webhook/bare {webhook[name][-1]:.1%}", flush=True)
+        for name in order:
+            leader[name].append(leader_all_ready(sides[name], args.nodes, args.policies))
+            print(f"round {i + 1} {name:8s} all {args.policies} Ready after {leader[name][-1]:.2f}s", flush=True)
+    result = {}
+    for figure, runs in (("webhook_vs_bare", webhook), ("leader_all_ready_s", leader)):
+        base, cur = statistics.median(runs["baseline"]), statistics.median(runs["current"])
+        result[figure] = {"baseline": base, "current": cur, "current/baseline": cur / base, "runs": runs}
+        print(f"{figure}: baseline {base:.3f}, current {cur:.3f}, current/baseline {cur / base:.3f}")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
