@@ -43,13 +43,22 @@ class NodeSim:
         return paths.custom_path(api.ARMOR_NODE, None, name)
 
     async def add(
-        self, short: str, *, phase: str = "Supported", ready: bool = True, reason: str = "", heartbeat: bool = False
+        self,
+        short: str,
+        *,
+        phase: str = "Supported",
+        ready: bool = True,
+        reason: str = "",
+        heartbeat: bool = False,
+        at: Any = None,
     ) -> str:
+        """A Node with its ArmorNode; `heartbeat` adds heartbeatTime (at `at`, a datetime,
+        when given: tests that drive the leader's clock write heartbeats on it)."""
         from varmor import api
         from varmor.clock import now_rfc3339
 
         name = f"{self.prefix}-{short}"
-        node = await self.kube.request("POST", "/api/v1/nodes", body={"metadata": {"name": name}})
+        node = await self.kube.request("POST", paths.core_path("nodes"), body={"metadata": {"name": name}})
         self.names.append(name)
         body = {
             "apiVersion": api.API_VERSION,
@@ -66,16 +75,17 @@ class NodeSim:
         status["profiles"] = {}
         status["failures"] = {}
         if heartbeat:  # else: an agent from before heartbeats, alive forever
-            status["heartbeatTime"] = now_rfc3339()
+            status["heartbeatTime"] = now_rfc3339(lambda: at) if at is not None else now_rfc3339()
         await self.write(name, status)
         return name
 
-    async def beat(self, name: str) -> None:
-        """Renew heartbeatTime alone, as an idle agent does."""
+    async def beat(self, name: str, at: Any = None) -> None:
+        """Renew heartbeatTime alone, as an idle agent does (at `at`, a datetime, if given)."""
         from varmor.clock import now_rfc3339
         from varmor.kube.kube import JSON_PATCH
 
-        body = [{"op": "add", "path": "/status/heartbeatTime", "value": now_rfc3339()}]
+        stamp = now_rfc3339(lambda: at) if at is not None else now_rfc3339()
+        body = [{"op": "add", "path": "/status/heartbeatTime", "value": stamp}]
         await self.kube.request("PATCH", self._path(name) + "/status", body=body, content_type=JSON_PATCH)
 
     async def write(self, name: str, status: dict[str, Any]) -> None:
@@ -120,7 +130,7 @@ class NodeSim:
 
         for name in self.names:
             try:
-                await self.kube.request("DELETE", f"/api/v1/nodes/{name}")
+                await self.kube.request("DELETE", paths.core_path("nodes", None, name))
             except ApiException as exc:
                 if exc.status != 404:
                     raise
@@ -170,7 +180,9 @@ class InProcessLeader:
 
         opts = {"workers": 4, "resync_seconds": 30.0, "status_delay": 0.05, **settings}
         qps = opts.pop("rollout_qps", 50.0)
-        self.controller = PolicyController(api_client, Settings(install_namespace=install_namespace, **opts))
+        clock = opts.pop("clock", None)
+        extra = {"clock": clock} if clock is not None else {}
+        self.controller = PolicyController(api_client, Settings(install_namespace=install_namespace, **opts), **extra)
         self.rollouts = Rollouts(self.controller, qps=qps, burst=10)
         self.tasks: list[asyncio.Task[None]] = []
 

@@ -33,3 +33,7 @@ REGISTRATION_UPDATES = Counter(
 REGISTERED_KINDS = Gauge(
     "varmor_webhook_registered_kinds", "Kinds the mutating webhook is registered for (1) or not (0).", ["kind"]
 )
+REGISTRATION_WITHHELD = Counter(
+    "varmor_webhook_registration_withheld_total",
+    "Registrations not written because the chart's owner ClusterRole is gone (varmor is being uninstalled).",
+)

@@ -148,6 +148,7 @@ class Registrar:
                 await self.apply()
                 backoff.reset()
             except OwnerMissingError as exc:
+                metrics.REGISTRATION_WITHHELD.inc()
                 log.warning("not registering webhooks: %s (uninstalling?)", exc)
             except Exception as exc:
                 log.warning("webhook registration failed: %s; retrying", getattr(exc, "status", exc))
