@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -48,6 +49,19 @@ def spawn(name: str, argv: list[str]) -> int:
     proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     log.close()
     return proc.pid
+
+
+def wait_path(path: Path, timeout: float, pid: int) -> None:
+    """Until `path` exists. The agent detects AppArmor once, at start: starting it before
+    the stand-in is up would report the node Unsupported, so this fails loudly instead."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout}s (see {dev_dir()}/securityfs-standin.log)")
+        with contextlib.suppress(ChildProcessError):
+            if os.waitpid(pid, os.WNOHANG) != (0, 0):
+                raise RuntimeError(f"the securityfs stand-in exited (see {dev_dir()}/securityfs-standin.log)")
+        time.sleep(0.05)
 
 
 def wait_http_ok(url: str, timeout: float) -> None:
@@ -188,10 +202,7 @@ def _start_varmor(kubeconfig: str) -> None:
         pids["securityfs-standin"] = spawn(
             "securityfs-standin", [sys.executable, "-m", "varmor.cli", "dev", "securityfs-standin", str(securityfs)]
         )
-        for _ in range(100):
-            if (securityfs / "apparmor" / "profiles").exists():
-                break
-            time.sleep(0.05)
+        wait_path(securityfs / "apparmor" / "profiles", 60, pids["securityfs-standin"])
         enabled = dev_dir() / "apparmor-enabled"
         enabled.write_text("Y\n")
         agent_args = [f"--securityfs={securityfs}", f"--apparmor-enabled-file={enabled}"]

@@ -63,6 +63,16 @@ class ObjectMeta(Wire):
     finalizers: list[str] | UnsetType = UNSET
 
 
+class Condition(Wire):
+    """The fields every condition has (metav1.Condition's, less what varmor does not use)."""
+
+    type: Annotated[str, Meta(description="The condition type.")]
+    status: Annotated[ConditionStatus, Meta(description="True, False or Unknown.")]
+    reason: Annotated[str, Meta(description="A CamelCase word naming the cause.")] | UnsetType = UNSET
+    message: Annotated[str, Meta(description="What happened, and what to do about it.")] | UnsetType = UNSET
+    last_transition_time: Annotated[Timestamp, Meta(description="When the status last changed.")] | UnsetType = UNSET
+
+
 class KubeObject(Wire, kw_only=True):
     """The envelope every object has. The CRD generator keeps only the types of these three
     fields (Kubernetes fixes their schema): no defaults, metadata just `type: object`."""

@@ -11,7 +11,7 @@ from msgspec import UNSET, Meta, UnsetType
 
 from varmor import api
 from varmor.models.base import (
-    ConditionStatus,
+    Condition,
     Enforcer,
     Int32,
     Int64,
@@ -20,7 +20,6 @@ from varmor.models.base import (
     PolicyMode,
     PolicyPhase,
     TargetKind,
-    Timestamp,
     Wire,
 )
 from varmor.rules import load_catalog
@@ -285,14 +284,9 @@ class PolicySpec(Wire):
     ] = False
 
 
-class PolicyCondition(Wire):
+class PolicyCondition(Condition):
     """A condition."""
 
-    type: Annotated[str, Meta(description="The condition type.")]
-    status: Annotated[ConditionStatus, Meta(description="True, False or Unknown.")]
-    reason: Annotated[str, Meta(description="A CamelCase word naming the cause.")] | UnsetType = UNSET
-    message: Annotated[str, Meta(description="What happened, and what to do about it.")] | UnsetType = UNSET
-    last_transition_time: Annotated[Timestamp, Meta(description="When the status last changed.")] | UnsetType = UNSET
     observed_generation: (
         Annotated[Int64, Meta(description="The policy generation the condition was computed for.")] | UnsetType
     ) = UNSET

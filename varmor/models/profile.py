@@ -10,7 +10,7 @@ from typing import Annotated
 from msgspec import UNSET, Meta, UnsetType
 
 from varmor import api
-from varmor.models.base import ConditionStatus, Enforcer, Int32, KindName, KubeObject, ProfileMode, Timestamp, Wire
+from varmor.models.base import Condition, Enforcer, Int32, KindName, KubeObject, ProfileMode, Wire
 from varmor.models.policy import DESIRED_DESCRIPTION, Target
 
 
@@ -34,14 +34,9 @@ class ArmorProfileSpec(Wire):
     update_existing_workloads: Annotated[bool, Meta(description="Copied from the policy.")] = False
 
 
-class NodeCondition(Wire):
+class NodeCondition(Condition):
     """A condition."""
 
-    type: Annotated[str, Meta(description="The condition type.")]
-    status: Annotated[ConditionStatus, Meta(description="True, False or Unknown.")]
-    reason: Annotated[str, Meta(description="A CamelCase word naming the cause.")] | UnsetType = UNSET
-    message: Annotated[str, Meta(description="What happened, and what to do about it.")] | UnsetType = UNSET
-    last_transition_time: Annotated[Timestamp, Meta(description="When the status last changed.")] | UnsetType = UNSET
     node_name: Annotated[str, Meta(description="The node this condition is about.")] | UnsetType = UNSET
 
 
