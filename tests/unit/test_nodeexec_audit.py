@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from varmor.nodeexec.audit import parse_fields, parse_line
+from varmor.nodeexec.audit import CLASSES, parse_fields, parse_line
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "audit"
 
@@ -26,6 +26,11 @@ KERN_LOG = (
     'apparmor="AUDIT" operation="capable" class="cap" profile="varmor-cluster-varmor-base" pid=7 comm="mount" '
     'capability=21  capname="sys_admin"'
 )
+
+
+def kernel(message: str) -> str:
+    """`message` as the kernel log carries an AVC record."""
+    return f"[    1.000000] audit: type=1400 audit(1764336000.000:1): {message}"
 
 
 def test_dmesg_line_with_child_profile() -> None:
@@ -67,34 +72,92 @@ def test_kern_log_line_capability() -> None:
         'name="varmor-demo-web" pid=1 comm="apparmor_parser"',
         'type=SYSCALL msg=audit(1.0:2): arch=c000003e syscall=257 success=no exit=-13 comm="cat"',
         'audit: type=1400 audit(1.0:3): apparmor="DENIED" operation="open"',  # no profile
-        'apparmor="DENIED" profile="varmor-x" name="unterminated',
+        kernel('apparmor="DENIED" profile="varmor-x" name="unterminated'),
     ],
 )
 def test_not_a_violation(line: str) -> None:
-    record = parse_line(line)
-    assert record is None or record.profile == "varmor-x"
+    assert parse_line(line) is None
 
 
 def test_class_is_inferred_on_kernels_without_class_field() -> None:
     signal = parse_line(
-        'apparmor="DENIED" operation="signal" profile="varmor-a" pid=1 comm="kill" signal=kill peer="x"'
+        kernel('apparmor="DENIED" operation="signal" profile="varmor-a" pid=1 comm="kill" signal=kill peer="x"')
     )
     assert signal is not None
     assert (signal.klass, signal.target) == ("signal", "x")
-    net = parse_line('apparmor="DENIED" operation="create" profile="varmor-a" family="inet6" sock_type="stream"')
+    net = parse_line(
+        kernel('apparmor="DENIED" operation="create" profile="varmor-a" family="inet6" sock_type="stream"')
+    )
     assert net is not None
     assert net.klass == "net"
-    mount = parse_line('apparmor="DENIED" operation="mount" profile="varmor-a" name="/mnt" fstype="ext4"')
+    mount = parse_line(kernel('apparmor="DENIED" operation="mount" profile="varmor-a" name="/mnt" fstype="ext4"'))
     assert mount is not None
     assert mount.klass == "mount"
-    exe = parse_line('apparmor="DENIED" operation="exec" profile="varmor-a" name="/bin/sh" requested_mask="x"')
+    exe = parse_line(kernel('apparmor="DENIED" operation="exec" profile="varmor-a" name="/bin/sh" requested_mask="x"'))
     assert exe is not None
     assert exe.klass == "file"
 
 
-def test_parse_fields_keeps_first_and_quoted_values_verbatim() -> None:
-    fields = parse_fields('a="1 2" b=3 name="41" name=42 profile=4142')
+def test_parse_fields_decodes_hex_and_keeps_quoted_values_verbatim() -> None:
+    fields = parse_fields('a="1 2" b=3 name="41" profile=4142')
     assert fields == {"a": "1 2", "b": "3", "name": "41", "profile": "AB"}
+
+
+@pytest.mark.parametrize(
+    ("line", "why"),
+    [
+        (
+            'apparmor="DENIED" operation="open" profile="varmor-a" name="/x"',
+            "no kernel record header: any process can print this",
+        ),
+        (
+            'type=USER_AVC msg=audit(1.0:1): apparmor="DENIED" operation="open" profile="varmor-a"',
+            "userspace AVC records (dbus and friends) are not the kernel's",
+        ),
+        (
+            kernel('apparmor="DENIED" operation="open" profile="varmor-a" profile="varmor-b"'),
+            "a repeated key is injected text; the first one must not win",
+        ),
+        (
+            kernel('apparmor="DENIED" operation="open" profile="varmor-a" name="/x" junk'),
+            "trailing text that is not a key=value pair",
+        ),
+        (
+            kernel('apparmor="DENIED" operation="open" profile="varmor-a" name="/x\x1b[31m"'),
+            "a control character in a quoted value (the kernel hex-encodes those)",
+        ),
+        (
+            "Nov 28 13:00:00 node-1 myapp[9]: " + 'apparmor="DENIED" operation="open" profile="varmor-a" name="/x"',
+            "a syslog line from a process, not the kernel",
+        ),
+        (
+            kernel('operation="open" apparmor="DENIED" profile="varmor-a"'),
+            "the AppArmor message starts with apparmor= right after the stamp",
+        ),
+    ],
+)
+def test_forged_or_malformed_records_are_refused(line: str, why: str) -> None:
+    assert parse_line(line) is None, why
+
+
+def test_class_is_one_of_a_fixed_set() -> None:
+    """The class labels a metric: a record cannot invent label values."""
+    record = parse_line(kernel('apparmor="DENIED" operation="open" class="x' + "a" * 50 + '" profile="varmor-a"'))
+    assert record is not None
+    assert record.klass == "other"
+
+
+def test_decoded_values_reach_events_escaped() -> None:
+    """A hex-encoded file name may decode to terminal escapes: Event messages show them as
+    escapes, never as raw control characters."""
+    from varmor.events import printable
+
+    name = b"/tmp/\x1b]0;pwned\x07".hex().upper()
+    record = parse_line(kernel(f'apparmor="DENIED" operation="open" profile="varmor-a" name={name}'))
+    assert record is not None
+    assert "\x1b" in record.target
+    assert "\x1b" not in printable(record.target)
+    assert "\\x1b" in printable(record.target)
 
 
 def _recorded_lines() -> list[str]:
@@ -122,7 +185,7 @@ def test_real_kernel_lines_parse() -> None:
         assert record.action == kind
         assert record.profile, line
         assert record.operation, line
-        assert record.klass in ("file", "net", "cap", "signal", "ptrace", "mount", "domain", "unix", "other"), line
+        assert record.klass in CLASSES, line
         parsed += 1
     assert parsed > 0
 

@@ -15,7 +15,7 @@ from varmor.nodeexec.files import ProfileDir, atomic_write, is_varmor_name, pars
 from varmor.nodeexec.state import Failed, Loaded, NodeState, choose, node_status, validate
 from varmor.nodeexec.violations import Follower, RateLimiter
 
-TEXT = "profile varmor-demo-web { file, }\n"
+TEXT = "profile varmor-demo-web {\n  file,\n}\n"
 
 
 def armor_profile(

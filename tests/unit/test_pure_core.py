@@ -30,6 +30,7 @@ PURE_GLOBS = (
     "reconcile/findings.py",
     "reconcile/profiles.py",
     "nodeexec/audit.py",
+    "nodeexec/trust.py",
 )
 FORBIDDEN = {
     "aiohttp",

@@ -8,7 +8,7 @@ import shlex
 
 import pytest
 
-from tests.helpers import assert_compiles
+from tests.helpers import assert_compiles, policy_doc
 from varmor.cli import main
 from varmor.policy import parse_policy
 from varmor.profile import build_profile, disposition
@@ -135,6 +135,11 @@ UNENFORCEABLE = [
     "dirty-pipe-mitigation",
     "ingress-nightmare-mitigation",
     "disable-chmod-x-bit",
+    # vArmor's BPF-only metadata-service IDs: accepted with the same warning, never refused.
+    "block-access-to-aws-metadata-service",
+    "block-access-to-volc-metadata-service",
+    "block-access-to-alibaba-metadata-service",
+    "block-access-to-oci-metadata-service",
 ]
 PROBE_OPS = {
     "read": 1,
@@ -206,6 +211,15 @@ def test_unenforceable_ids_warn(rule_id: str) -> None:
     assert not rule.apparmor
     assert rule.warning
     assert rule.warning.startswith(rule.id)
+
+
+@pytest.mark.parametrize("rule_id", [i for i in UNENFORCEABLE if "metadata" in i])
+def test_varmor_bpf_only_ids_apply_unchanged_with_a_warning(rule_id: str) -> None:
+    """A vArmor policy naming a BPF-only metadata-service rule is accepted under AppArmor and
+    the user is told it is not enforced (vArmor itself ignores them silently)."""
+    doc = policy_doc(attackProtectionRules=[{"rules": [rule_id.upper().replace("-", "_")]}])
+    policy = parse_policy(doc)
+    assert any(w.startswith(CATALOG[rule_id].id) and "not enforced" in w for w in policy.warnings)
 
 
 @pytest.mark.parametrize("rule", [r for r in CATALOG if r.enforceable], ids=lambda r: r.id)

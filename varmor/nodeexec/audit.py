@@ -5,6 +5,13 @@ Accepts a line from any of the places the kernel's records end up: auditd's audi
 dmesg (`audit: type=1400 audit(...)`), and syslog's kern.log (`... kernel: [..] audit:`).
 Values the kernel considered untrusted (a space, a quote, a control character) are logged
 hex-encoded without quotes; those are decoded. No I/O.
+
+The log is hostile input (a workload controls file names, comm, and can write to syslog):
+only the kernel's exact record format is accepted. The record must be a kernel AVC record
+(`type=AVC` or `type=1400`, never a userspace `USER_AVC`) whose message starts with
+`apparmor=` right after its `audit(ts:serial):` stamp, and the message must be a clean
+sequence of `key=value` pairs with no key repeated (the kernel never repeats one; a repeat
+means injected text). The record's class is one of a fixed set, so it can label a metric.
 """
 
 from __future__ import annotations
@@ -12,13 +19,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from varmor.events import printable
+
 ACTIONS = ("DENIED", "AUDIT", "ALLOWED")
 # Fields the kernel logs with audit_log_untrustedstring (hex when they hold odd bytes).
 STRING_FIELDS = frozenset(
     {"profile", "name", "comm", "peer", "target", "exe", "srcname", "label", "peer_label", "info", "fstype", "flags"}
 )
-_STAMP = re.compile(r"audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\)")
-_PAIR = re.compile(r'(?P<key>[a-zA-Z_][a-zA-Z0-9_]*)=(?:"(?P<quoted>[^"]*)"|(?P<bare>[^\s"]*))')
+# The kernel's record header, as auditd (`type=AVC msg=audit(..)`) and the kernel log
+# (`audit: type=1400 audit(..)`) write it, followed at once by the AppArmor message.
+_RECORD = re.compile(
+    r"(?:^(?:node=\S+ )?type=AVC msg=|(?:^|\s)audit: type=1400 )"
+    r"audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\): (?=apparmor=)"
+)
+_PAIR = re.compile(
+    r'(?P<key>[a-z_][a-z0-9_]*)=(?:"(?P<quoted>[^"\x00-\x1f\x7f]*)"|(?P<bare>[^\s"\x00-\x1f\x7f]*))(?: +|$)'
+)
+CLASSES = ("file", "net", "cap", "signal", "ptrace", "mount", "domain", "unix", "dbus", "io_uring", "other")
 _HEX = re.compile(r"^(?:[0-9A-F]{2})+$")
 _CLASS_BY_OPERATION = {
     "capable": "cap",
@@ -80,15 +97,17 @@ class AuditRecord:
         return f.get("peer", f.get("target", ""))
 
     def as_json(self) -> dict[str, object]:
+        """For the violation log: decoded values may hold control, bidi or format
+        characters (a workload names its files), shown as escapes."""
         return {
             "action": self.action,
-            "profile": self.profile,
-            "operation": self.operation,
+            "profile": printable(self.profile),
+            "operation": printable(self.operation),
             "class": self.klass,
-            "target": self.target,
+            "target": printable(self.target),
             "timestamp": self.timestamp,
             "serial": self.serial,
-            "fields": self.fields,
+            "fields": {k: printable(v) for k, v in self.fields.items()},
         }
 
 
@@ -101,21 +120,31 @@ def _decode(key: str, value: str, quoted: bool) -> str:
         return value
 
 
-def parse_fields(text: str) -> dict[str, str]:
-    """`key=value` pairs of one audit message, decoded."""
+def parse_fields(text: str) -> dict[str, str] | None:
+    """The `key=value` pairs of one audit message, decoded; None unless the whole text is
+    such pairs, each key once (anything else is not the kernel's writing)."""
     pairs: dict[str, str] = {}
-    for match in _PAIR.finditer(text):
+    pos = 0
+    text = text.rstrip()
+    while pos < len(text):
+        match = _PAIR.match(text, pos)
+        if match is None or match.end() == pos:
+            return None
         key = match["key"]
+        if key in pairs:
+            return None
         quoted = match["quoted"] is not None
-        value = match["quoted"] if quoted else match["bare"]
-        pairs.setdefault(key, _decode(key, value or "", quoted))
+        pairs[key] = _decode(key, (match["quoted"] if quoted else match["bare"]) or "", quoted)
+        pos = match.end()
     return pairs
 
 
 def classify(fields: dict[str, str]) -> str:
+    """One of CLASSES (a metric label: a fixed set, whatever the record says)."""
     klass = fields.get("class")
     if klass:
-        return {"network": "net", "capability": "cap"}.get(klass, klass)
+        klass = {"network": "net", "capability": "cap"}.get(klass, klass)
+        return klass if klass in CLASSES else "other"
     operation = fields.get("operation", "")
     if operation in _CLASS_BY_OPERATION:
         return _CLASS_BY_OPERATION[operation]
@@ -128,14 +157,14 @@ def classify(fields: dict[str, str]) -> str:
 
 def parse_line(line: str) -> AuditRecord | None:
     """An AppArmor DENIED/AUDIT/ALLOWED record, or None for anything else (other audit
-    types, AppArmor STATUS records, unrelated log lines)."""
-    at = line.find("apparmor=")
-    if at < 0:
+    types, AppArmor STATUS records, unrelated or forged log lines)."""
+    line = line.rstrip("\n").split("\x1d", 1)[0]  # auditd's enriched fields
+    header = _RECORD.search(line)
+    if header is None:
         return None
-    line = line.split("\x1d", 1)[0]  # auditd's enriched fields
-    stamp = _STAMP.search(line)
-    body = line[stamp.end() :] if stamp and stamp.end() <= at else line[at:]
-    fields = parse_fields(body)
+    fields = parse_fields(line[header.end() :])
+    if fields is None:
+        return None
     action = fields.get("apparmor", "")
     profile = fields.get("profile", "")
     if action not in ACTIONS or not profile:
@@ -145,7 +174,7 @@ def parse_line(line: str) -> AuditRecord | None:
         profile=profile,
         operation=fields.get("operation", ""),
         klass=classify(fields),
-        timestamp=float(stamp["ts"]) if stamp else None,
-        serial=int(stamp["serial"]) if stamp else None,
+        timestamp=float(header["ts"]),
+        serial=int(header["serial"]),
         fields=fields,
     )

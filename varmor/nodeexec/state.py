@@ -10,6 +10,7 @@ from typing import Any
 
 from varmor import api
 from varmor.nodeexec.files import is_varmor_name
+from varmor.nodeexec.trust import check_profile_text
 
 JSON = dict[str, Any]
 MODES = ("enforce", "complain")
@@ -74,8 +75,9 @@ def policy_ref(obj: Mapping[str, Any]) -> PolicyRef | None:
 
 def validate(obj: Mapping[str, Any]) -> Desired | Failed:
     """An ArmorProfile as something to load, or why it cannot be loaded. Strict on
-    purpose: a profile name outside `varmor-*`, or a text whose hash does not match,
-    never reaches the kernel."""
+    purpose: a profile name outside `varmor-*`, a text whose hash does not match, or a text
+    that could do more than varmor's builder writes (`trust.check_profile_text`) never
+    reaches the kernel."""
     meta = obj.get("metadata", {})
     spec = obj.get("spec", {}) or {}
     profile = spec.get("profile", {}) or {}
@@ -100,6 +102,9 @@ def validate(obj: Mapping[str, Any]) -> Desired | Failed:
         return fail("spec.profile.appArmor is empty")
     if declared != actual:
         return fail(f"spec.profile.sha256 {declared} does not match the text's sha256 {actual}")
+    refused = check_profile_text(name, text)
+    if refused is not None:
+        return fail(f"refused to load: {refused}")
     return Desired(name, namespace, text, actual, mode, policy_ref(obj))
 
 
