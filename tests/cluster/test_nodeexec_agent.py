@@ -573,3 +573,36 @@ async def test_refresh_repairs_drift_and_node_deletion_collects_armor_node(
         return await armor_node(api_client, host.node) is None
 
     await wait_for(collected, timeout=60)  # the owner reference lets the GC remove it
+
+
+# -- the agent trusts nothing -------------------------------------------------------------
+HOSTILE = {
+    "attach": "abi <abi/3.0>,\nprofile {name} /** {{\n  file,\n}}\n",
+    "unconfined": "abi <abi/3.0>,\nprofile {name} {{\n  file,\n  /bin/sh ux,\n}}\n",
+    "include": 'abi <abi/3.0>,\nprofile {name} {{\n  #include "/etc/shadow"\n  file,\n}}\n',
+    "escape": "abi <abi/3.0>,\nprofile {name} {{\n  file,\n  change_profile -> unconfined,\n}}\n",
+}
+
+
+async def test_an_armor_profile_that_does_more_than_varmor_writes_never_reaches_the_kernel(
+    api_client: Any, namespace: str, host: Host, cleanup_node: None
+) -> None:
+    """Whoever can write ArmorProfiles (the leader's token) cannot use the agent to confine
+    host processes, leave confinement or read host files: each is refused and reported, and
+    the parser never sees the text."""
+    for short, text in HOSTILE.items():
+        await put(api_client, armor_profile(namespace, short, text=text))
+    await put(api_client, armor_profile(namespace, "good"))
+    names = {f"varmor-{namespace}-{short}" for short in HOSTILE}
+    async with running(Agent(host.config(), api_client)):
+        status = await node_status_when(
+            api_client, host.node, lambda s: s.get("ready") and names <= set(s.get("failures") or {})
+        )
+        failures = mine(status["failures"], namespace)
+        assert set(mine(status["profiles"], namespace)) == {f"varmor-{namespace}-good"}
+        for name in names:
+            assert "refused to load" in failures[name]["message"], failures[name]
+            assert "root:" not in failures[name]["message"]  # no host file content, ever
+            assert not (host.profile_dir / name).exists()
+    host.kernel.settle()
+    assert not names & set(host.kernel.top_level())
