@@ -1,15 +1,15 @@
-"""A/B in one run: this checkout against another commit, on the two figures a refactor
-must not move (the webhook's throughput relative to a bare aiohttp handler, and the
-leader's all-Ready time for a 100-node burst).
+"""A/B in one run: this checkout against other commits, on the two figures a change to
+the structure must not move (the webhook's throughput relative to a bare aiohttp handler,
+and the leader's all-Ready time for a 100-node burst).
 
     git worktree add /tmp/base COMMIT
     (cd /tmp/base && python3 -m venv .venv && .venv/bin/pip install -q -e '.[dev]')
-    .venv/bin/python bench/bench_ab.py --baseline /tmp/base [--rounds 3]
+    .venv/bin/python bench/bench_ab.py --side base=/tmp/base [--side other=DIR ...] [--rounds 3]
 
 Each side runs its own copy of `bench/bench_webhook.py --part server` and
-`bench/bench_leader.py` with its own venv; the sides alternate within every round (and
-the order flips each round), so both see the same machine load. Prints each run, the
-medians and the ratio current/baseline.
+`bench/bench_leader.py` with its own venv; the sides take turns within every round (the
+order rotates each round), so all see the same machine load. Prints each run, the medians
+and each side's median relative to the first side.
 """
 
 from __future__ import annotations
@@ -53,31 +53,37 @@ def leader_all_ready(side: Path, nodes: int, policies: int) -> float:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--baseline", type=Path, required=True, help="checkout of the commit to compare against")
+    parser.add_argument(
+        "--side", action="append", default=[], required=True, help="NAME=DIR: a checkout to compare (repeatable)"
+    )
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=8.0, help="per webhook load-generator run")
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--policies", type=int, default=200)
     args = parser.parse_args()
-    sides = {"baseline": args.baseline.resolve(), "current": ROOT}
+    sides = {name: Path(path).resolve() for name, path in (item.split("=", 1) for item in args.side)}
+    sides["current"] = ROOT
     for name, side in sides.items():
         if not (side / ".venv" / "bin" / "python").exists():
             raise SystemExit(f"{name}: {side}/.venv is missing (see this script's docstring)")
     webhook: dict[str, list[float]] = {name: [] for name in sides}
     leader: dict[str, list[float]] = {name: [] for name in sides}
     for i in range(args.rounds):
-        order = list(sides) if i % 2 == 0 else list(reversed(sides))
+        names = list(sides)
+        order = names[i % len(names) :] + names[: i % len(names)]
         for name in order:
             webhook[name].append(webhook_ratio(sides[name], args.seconds))
             print(f"round {i + 1} {name:8s} webhook/bare {webhook[name][-1]:.1%}", flush=True)
         for name in order:
             leader[name].append(leader_all_ready(sides[name], args.nodes, args.policies))
             print(f"round {i + 1} {name:8s} all {args.policies} Ready after {leader[name][-1]:.2f}s", flush=True)
-    result = {}
+    result: dict[str, dict[str, object]] = {}
+    first = next(iter(sides))
     for figure, runs in (("webhook_vs_bare", webhook), ("leader_all_ready_s", leader)):
-        base, cur = statistics.median(runs["baseline"]), statistics.median(runs["current"])
-        result[figure] = {"baseline": base, "current": cur, "current/baseline": cur / base, "runs": runs}
-        print(f"{figure}: baseline {base:.3f}, current {cur:.3f}, current/baseline {cur / base:.3f}")
+        medians = {name: statistics.median(values) for name, values in runs.items()}
+        result[figure] = {"median": medians, "runs": runs}
+        shown = ", ".join(f"{name} {m:.3f} ({m / medians[first]:.3f}x of {first})" for name, m in medians.items())
+        print(f"{figure} medians: {shown}")
     print(json.dumps(result))
     return 0
 
