@@ -15,7 +15,8 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
-# The agent runs as root (privileged, set by the chart); webhook, leader and cleanup run as this user.
+# The agent runs as root with CAP_MAC_ADMIN only (set by the chart, never privileged); webhook, leader
+# and cleanup run as this user with no capabilities.
 USER 65532:65532
 ENTRYPOINT ["varmor"]
 CMD ["run"]

@@ -13,7 +13,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Coroutine, Sequence
 from typing import Any
 
 import orjson
@@ -216,10 +216,10 @@ def _roles_on_command_line(argv: list[str]) -> list[str]:
     return roles or list(ROLES)
 
 
-def register(sub: Any) -> None:
+def register(sub: Any, argv: Sequence[str] | None = None) -> None:
     run = sub.add_parser("run", help="run varmor's roles (webhook, leader, agent) in this process")
     add_common_arguments(run)
-    for role in _roles_on_command_line(sys.argv[1:]):
+    for role in _roles_on_command_line(list(sys.argv[1:] if argv is None else argv)):
         role_module(role).add_arguments(run)
 
     def handler(args: argparse.Namespace) -> int:

@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from varmor.certs.bundle import CertConfig
+from varmor.parser import DEFAULT_BUDGET, CompileBudget
 
 DAY = 86400.0
 
@@ -32,6 +33,10 @@ def _timeout(value: str) -> int:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The webhook and certificate flags; both the webhook and the leader role add them
+    (the leader registers what the webhook serves), so a second call is a no-op."""
+    if any(group.title == "webhook" for group in parser._action_groups):
+        return
     g = parser.add_argument_group("webhook")
     g.add_argument("--webhook-port", type=int, default=8443, help="HTTPS port of /mutate and /validate")
     g.add_argument("--webhook-service", default="varmor-webhook", help="Service the API server calls")
@@ -52,6 +57,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--owner-cluster-role", default="", help="cluster-scoped owner of the webhook configurations")
     g.add_argument("--unprotected-audit-interval", type=float, default=60.0, help="seconds; 0 disables")
     g.add_argument("--conflict-event-interval", type=float, default=300.0, help="min seconds between equal Events")
+    g.add_argument("--webhook-compile-slots", type=int, default=2, help="policy compiles run at once at admission")
+    g.add_argument(
+        "--webhook-compile-waiting", type=int, default=2, help="compiles that may wait for a slot; more: 'busy, retry'"
+    )
+    g.add_argument(
+        "--webhook-client-ca",
+        default="",
+        help="PEM file: require a client certificate signed by this CA on /mutate and /validate (the API "
+        "server's, from its AdmissionConfiguration kubeConfigFile); default: no client authentication",
+    )
+    add_budget_arguments(parser)
     c = parser.add_argument_group("certificates")
     c.add_argument("--cert-secret", default="varmor-webhook-tls")
     c.add_argument("--cert-mode", choices=("self", "external"), default="self")
@@ -59,6 +75,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     c.add_argument("--ca-validity-days", type=float, default=0.0, help="CA lifetime (default: 10x the serving cert)")
     c.add_argument("--cert-rotation-grace", type=float, default=30.0, help="seconds between rotation phases")
     c.add_argument("--cert-extra-sans", default="", help="comma-separated extra DNS names / IPs")
+
+
+def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
+    """The compile budget of every apparmor_parser run (webhook, leader, agent). Idempotent,
+    so each role module may call it."""
+    if "--compile-cpu-seconds" in parser._option_string_actions:
+        return
+    b = parser.add_argument_group("compile budget")
+    b.add_argument(
+        "--compile-cpu-seconds",
+        type=float,
+        default=DEFAULT_BUDGET.cpu_seconds,
+        help="CPU-seconds one apparmor_parser process may use (RLIMIT_CPU); over it the profile is refused",
+    )
+    b.add_argument(
+        "--compile-memory-mib",
+        type=int,
+        default=DEFAULT_BUDGET.memory_mib,
+        help="address space one apparmor_parser process may use (RLIMIT_AS), in MiB",
+    )
+
+
+def budget_from_args(args: Any) -> CompileBudget:
+    """The budget the flags ask for; the default budget where a parser lacks the flags."""
+    return CompileBudget(
+        float(getattr(args, "compile_cpu_seconds", DEFAULT_BUDGET.cpu_seconds)),
+        int(getattr(args, "compile_memory_mib", DEFAULT_BUDGET.memory_mib)),
+    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +123,16 @@ class WebhookSettings:
     cert_secret: str
     cert_mode: str
     cert: CertConfig
+    budget: CompileBudget = DEFAULT_BUDGET
+    client_ca: str = ""
+    compile_slots: int = 2
+    compile_waiting: int = 2
+
+    @property
+    def compile_deadline(self) -> float:
+        """Seconds an admission compile may take: the API server's timeout less a margin
+        for the network and the rest of the review."""
+        return max(0.5, self.timeout_seconds - 1.0)
 
     @property
     def excluded_namespaces(self) -> tuple[str, ...]:
@@ -143,4 +197,8 @@ def from_args(args: Any) -> WebhookSettings:
             ca_lifetime=dt.timedelta(seconds=ca_days * DAY),
             grace=dt.timedelta(seconds=args.cert_rotation_grace),
         ),
+        budget=budget_from_args(args),
+        client_ca=args.webhook_client_ca,
+        compile_slots=max(1, args.webhook_compile_slots),
+        compile_waiting=max(0, args.webhook_compile_waiting),
     )

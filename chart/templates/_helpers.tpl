@@ -44,7 +44,7 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - --cert-secret={{ include "varmor.certSecret" . }}
 - --cert-mode={{ .Values.certificates.mode }}
 - --cert-validity-days={{ .Values.certificates.validityDays }}
-- --owner-cluster-role={{ include "varmor.fullname" . }}-manager
+- --owner-cluster-role={{ include "varmor.fullname" . }}-leader
 {{- end -}}
 
 {{- define "varmor.leaderArgs" -}}
@@ -93,4 +93,62 @@ livenessProbe:
   hostPath: {path: {{ .Values.agent.profileDir }}, type: DirectoryOrCreate}
 - name: audit
   hostPath: {path: {{ dir .Values.agent.auditLog }}, type: DirectoryOrCreate}
+{{- end -}}
+
+{{/* The ServiceAccount that runs every role in one process (allinone) or webhook+leader (split). */}}
+{{- define "varmor.managerSA" -}}
+{{ include "varmor.fullname" . }}-manager
+{{- end -}}
+
+{{- define "varmor.agentSA" -}}
+{{ include "varmor.fullname" . }}-agent
+{{- end -}}
+
+{{/*
+A process that loads AppArmor policy. Not privileged: loading, replacing and removing
+profiles needs CAP_MAC_ADMIN and euid 0 (apparmor_parser refuses other users, and
+securityfs's load files are root-only), nothing else (docs/security.md). Unconfined: a
+task that can replace profiles can replace whatever confines it, so an AppArmor profile
+on the agent would add nothing. Files it needs are root-owned (profile dir, securityfs,
+audit.log): no DAC override capability.
+*/}}
+{{- define "varmor.agentSecurityContext" -}}
+privileged: false
+runAsUser: 0
+runAsGroup: 0
+runAsNonRoot: false
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+  add: [MAC_ADMIN]
+appArmorProfile: {type: Unconfined}
+seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{/* Webhook, leader and cleanup: no root, no capabilities, nothing writable but /tmp. */}}
+{{- define "varmor.restrictedSecurityContext" -}}
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities: {drop: [ALL]}
+{{- end -}}
+
+{{/* Node affinity for leaderEligibleNodes: `in` selects the matching nodes (every label
+matches), otherwise the complement (some label differs or is absent). */}}
+{{- define "varmor.leaderAffinity" -}}
+{{- $sel := .selector -}}
+nodeAffinity:
+  requiredDuringSchedulingIgnoredDuringExecution:
+    nodeSelectorTerms:
+      {{- if .in }}
+      - matchExpressions:
+          {{- range $k, $v := $sel }}
+          - {key: {{ $k | quote }}, operator: In, values: [{{ $v | quote }}]}
+          {{- end }}
+      {{- else }}
+      {{- range $k, $v := $sel }}
+      - matchExpressions: [{key: {{ $k | quote }}, operator: NotIn, values: [{{ $v | quote }}]}]
+      - matchExpressions: [{key: {{ $k | quote }}, operator: DoesNotExist}]
+      {{- end }}
+      {{- end }}
 {{- end -}}

@@ -2,9 +2,10 @@
 
 The chart is rendered with Helm, every object is applied, and varmor runs as local
 processes with exactly the arguments the rendered Deployment and DaemonSet give it, each
-authenticated with a token of the chart's own ServiceAccount (so the chart's RBAC is
-what is exercised). Three agents stand in for three nodes, each with its own stand-in
-securityfs that records what reached the kernel interface.
+authenticated with a token of the chart's own ServiceAccount (so the chart's RBAC, its
+webhook configurations and its ValidatingAdmissionPolicy are what is exercised). Three
+agents stand in for three nodes, each with its own stand-in securityfs that records what
+reached the kernel interface, and a token bound to its Node, as a DaemonSet pod's is.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from tests import helpers
-from tests.cluster.test_chart_rbac import apply
+from tests.cluster.test_chart_rbac import apply, remove_cluster_scoped
 from tests.helpers import deployment, wait_for
 from varmor import api
 from varmor.dev.chart import is_hook, render
@@ -73,16 +74,19 @@ class Install:
         return "\n".join(f"==== {p.name}\n{p.log.read_text(errors='replace')[-3000:]}" for p in self.processes)
 
 
-async def token_kubeconfig(api_client: Any, install: Install, service_account: str) -> Path:
-    """A kubeconfig that authenticates as one of the chart's ServiceAccounts."""
+async def token_kubeconfig(api_client: Any, install: Install, service_account: str, node: str = "") -> Path:
+    """A kubeconfig that authenticates as one of the chart's ServiceAccounts; with `node`,
+    the token is bound to that Node and carries its node claim (what the chart's
+    ValidatingAdmissionPolicy checks an agent's ArmorNode writes against)."""
     core = client.CoreV1Api(api_client)
-    token = await core.create_namespaced_service_account_token(
-        service_account, install.namespace, {"spec": {"expirationSeconds": 3600}}
-    )
+    spec: dict[str, Any] = {"expirationSeconds": 3600}
+    if node:
+        spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Node", "name": node}
+    token = await core.create_namespaced_service_account_token(service_account, install.namespace, {"spec": spec})
     admin = yaml.safe_load(Path(install.kubeconfig).read_text())
     admin["users"] = [{"name": service_account, "user": {"token": token.status.token}}]
     admin["contexts"][0]["context"]["user"] = service_account
-    path = install.tmp / f"{service_account}.kubeconfig"
+    path = install.tmp / f"{service_account}{'-' + node if node else ''}.kubeconfig"
     path.write_text(yaml.safe_dump(admin))
     return path
 
@@ -134,13 +138,14 @@ async def install(
     for node in NODES:
         with contextlib.suppress(ApiException):
             await core.create_node({"metadata": {"name": node}})
-    manager_cfg = await token_kubeconfig(api_client, inst, f"{release}-manager")
-    agent_cfg = await token_kubeconfig(api_client, inst, f"{release}-agent")
+    # split: the agent-only DaemonSet runs as the agent's account; allinone: the DaemonSet
+    # runs every role as the manager's
+    node_account = f"{release}-agent" if topology == "split" else f"{release}-manager"
     if topology == "split":
+        manager_cfg = await token_kubeconfig(api_client, inst, f"{release}-manager")
         start(inst, "manager", container_args(inst.rendered("Deployment")), manager_cfg, webhook_args())
-    else:
-        agent_cfg = manager_cfg  # the DaemonSet runs every role under the manager's account
     for node in NODES:
+        agent_cfg = await token_kubeconfig(api_client, inst, node_account, node)
         root = tmp_path / node
         root.mkdir()
         write_enabled_file(root / "enabled")
@@ -171,14 +176,8 @@ async def install(
             process.stop()
         for kernel in inst.kernels.values():
             kernel.stop()
-        rbac = client.RbacAuthorizationV1Api(api_client)
         custom = client.CustomObjectsApi(api_client)
-        for obj in objects:
-            with contextlib.suppress(ApiException):
-                if obj["kind"] == "ClusterRole":
-                    await rbac.delete_cluster_role(obj["metadata"]["name"])
-                elif obj["kind"] == "ClusterRoleBinding":
-                    await rbac.delete_cluster_role_binding(obj["metadata"]["name"])
+        await remove_cluster_scoped(api_client, objects)
         for node in NODES:
             with contextlib.suppress(ApiException):
                 await custom.delete_cluster_custom_object(G, V, "armornodes", node)
@@ -327,7 +326,7 @@ async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custo
         try:
             await custom.get_namespaced_custom_object(G, V, ns, "armorprofiles", profile)
         except ApiException as exc:
-            return exc.status == 404
+            return bool(exc.status == 404)
         return False
 
     await wait_for(ap_gone, timeout=30)
@@ -356,9 +355,9 @@ async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custo
         names |= {c.metadata.name for c in (await admission.list_validating_webhook_configuration()).items}
         return install.release not in names
 
-    # Then Helm deletes the release's objects: the processes stop, the ClusterRole goes,
-    # and the garbage collector removes anything the leader re-registers in the meantime
-    # (the configurations are owned by that ClusterRole).
+    # Then Helm deletes the release's objects: the processes stop and the ClusterRoles go.
+    # The leader cannot re-create a deleted configuration in the meantime (no create
+    # right: the chart creates them), and what it updates is owned by its ClusterRole.
     for process in install.processes:
         process.stop()
     rbac = client.RbacAuthorizationV1Api(api_client)

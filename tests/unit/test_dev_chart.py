@@ -9,7 +9,7 @@ import helm_python as helm
 import kubernetes_validate
 import pytest
 
-from varmor.dev.chart import CHART_DIR, render
+from varmor.dev.chart import CHART_DIR, is_hook, render
 
 MATRIX: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -18,7 +18,15 @@ MATRIX: dict[str, dict[str, Any]] = {
     "servicemonitor": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
     "fail-closed": {"webhook": {"failurePolicy": "Fail", "timeoutSeconds": 3}},
     "no-cleanup": {"cleanup": {"enabled": False}},
+    "leader-eligible": {"leaderEligibleNodes": {"varmor.org/leader": "true", "pool": "system"}},
+    "kern-log": {"agent": {"auditLog": "/var/log/kern.log", "supplementalGroups": [4]}},
+    "opt-outs": {"networkPolicy": {"enabled": False}, "nodeReportGuard": {"enabled": False}},
+    "metrics-from": {"networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "mon"}}}]}},
 }
+TOPOLOGIES = {k: MATRIX[k] for k in ("defaults", "split", "leader-eligible")}
+AGENT_CAPABILITIES = {"drop": ["ALL"], "add": ["MAC_ADMIN"]}
+NO_CAPABILITIES = {"drop": ["ALL"]}
+WEBHOOK_CONFIG_KINDS = {"mutatingwebhookconfigurations", "validatingwebhookconfigurations"}
 KUBE_VERSIONS = ("1.30.0", "1.34.0")
 NO_SCHEMA_KINDS = {"ServiceMonitor"}  # a CRD-defined kind; not in the upstream schemas
 
@@ -30,7 +38,16 @@ def test_lint_is_clean_in_strict_mode(values: dict[str, Any]) -> None:
     assert not errors, errors
 
 
-@pytest.mark.parametrize("bad", [{"bogus": 1}, {"topology": "cluster"}, {"webhook": {"failurePolicy": "Maybe"}}])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"bogus": 1},
+        {"topology": "cluster"},
+        {"webhook": {"failurePolicy": "Maybe"}},
+        {"topology": "split", "leaderEligibleNodes": {"a": "b"}},  # split has no all-roles pods
+        {"agent": {"supplementalGroups": ["adm"]}},
+    ],
+)
 def test_schema_rejects_unknown_or_invalid_values(bad: dict[str, Any]) -> None:
     with pytest.raises(helm.HelmError):
         render(bad)
@@ -53,14 +70,118 @@ def container_args(obj: dict[str, Any]) -> list[str]:
     return list(obj["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
-def test_default_topology_is_one_privileged_daemonset_running_every_role() -> None:
+def pod_specs(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [o["spec"]["template"]["spec"] for o in objects if o["kind"] in ("DaemonSet", "Deployment", "Job")]
+
+
+def roles_of(pod: dict[str, Any]) -> str:
+    """The roles a pod's `varmor run` runs; "" for other commands (the cleanup hook)."""
+    roles = [a.removeprefix("--roles=") for a in pod["containers"][0]["args"] if a.startswith("--roles=")]
+    return roles[0] if roles else ""
+
+
+@pytest.mark.parametrize("values", MATRIX.values(), ids=MATRIX.keys())
+def test_nothing_runs_privileged_and_capabilities_are_exact(values: dict[str, Any]) -> None:
+    """Only a process that loads profiles gets a capability, and only CAP_MAC_ADMIN; every
+    other container runs non-root with none."""
+    for pod in pod_specs(render(values)):
+        for container in pod["containers"] + pod.get("initContainers", []):
+            ctx = container["securityContext"]
+            assert ctx.get("privileged") is not True
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["readOnlyRootFilesystem"] is True
+            if "agent" in roles_of(pod).split(","):
+                assert ctx["capabilities"] == AGENT_CAPABILITIES
+                assert ctx["runAsUser"] == 0  # AppArmor policy admin needs euid 0 as well
+                assert ctx["appArmorProfile"] == {"type": "Unconfined"}
+                assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+            else:
+                assert ctx["capabilities"] == NO_CAPABILITIES
+                assert pod["securityContext"]["runAsNonRoot"] is True
+                assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        assert not [k for k in ("hostNetwork", "hostPID", "hostIPC") if pod.get(k)]
+
+
+def test_default_topology_is_one_daemonset_running_every_role_as_the_manager() -> None:
     objects = render({})
     assert not by_kind(objects, "Deployment")
     (ds,) = by_kind(objects, "DaemonSet")
     assert "--roles=webhook,leader,agent" in container_args(ds)
-    container = ds["spec"]["template"]["spec"]["containers"][0]
-    assert container["securityContext"]["privileged"] is True
-    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "varmor-manager"
+    assert "affinity" not in pod  # every node
+    assert pod["containers"][0]["readinessProbe"]["httpGet"]["path"] == "/readyz"
+
+
+def test_leader_eligible_nodes_split_the_nodes_between_two_daemonsets() -> None:
+    """Matching nodes run every role as the manager; every other node runs only the agent
+    as the agent. The affinities are complements, and the pod selectors are disjoint."""
+    selector = {"varmor.org/leader": "true", "pool": "system"}
+    daemonsets = {d["metadata"]["name"]: d for d in by_kind(render({"leaderEligibleNodes": selector}), "DaemonSet")}
+    assert set(daemonsets) == {"varmor-allinone", "varmor-agent"}
+    full, agent = daemonsets["varmor-allinone"], daemonsets["varmor-agent"]
+    assert (roles_of(full["spec"]["template"]["spec"]), roles_of(agent["spec"]["template"]["spec"])) == (
+        "webhook,leader,agent",
+        "agent",
+    )
+    assert full["spec"]["template"]["spec"]["serviceAccountName"] == "varmor-manager"
+    assert agent["spec"]["template"]["spec"]["serviceAccountName"] == "varmor-agent"
+
+    def terms(ds: dict[str, Any]) -> list[list[dict[str, Any]]]:
+        affinity = ds["spec"]["template"]["spec"]["affinity"]["nodeAffinity"]
+        required = affinity["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"]
+        return [t["matchExpressions"] for t in required]
+
+    # all-roles: one term, every label must match (AND)
+    assert terms(full) == [[{"key": k, "operator": "In", "values": [v]} for k, v in sorted(selector.items())]]
+    # agent-only: any label differs or is missing (OR of terms)
+    expected = []
+    for k, v in sorted(selector.items()):
+        expected += [[{"key": k, "operator": "NotIn", "values": [v]}], [{"key": k, "operator": "DoesNotExist"}]]
+    assert terms(agent) == expected
+    components = {d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/component"] for d in daemonsets.values()}
+    assert len(components) == 2
+    assert "varmor.org/webhook" not in agent["spec"]["template"]["metadata"]["labels"]
+
+
+@pytest.mark.parametrize("values", TOPOLOGIES.values(), ids=TOPOLOGIES.keys())
+def test_no_role_may_create_or_list_webhook_configurations(values: dict[str, Any]) -> None:
+    """Helm creates both configurations (no webhooks of its own); every role that touches
+    them is limited to their names and never creates."""
+    objects = render(values)
+    configs = [o for o in objects if o["kind"].endswith("WebhookConfiguration")]
+    assert sorted(c["kind"] for c in configs) == ["MutatingWebhookConfiguration", "ValidatingWebhookConfiguration"]
+    for config in configs:
+        assert config["metadata"]["name"] == "varmor"
+        assert "webhooks" not in config  # the leader's field: never reset by helm upgrade
+    for role in by_kind(objects, "ClusterRole") + by_kind(objects, "Role"):
+        for rule in role["rules"]:
+            if WEBHOOK_CONFIG_KINDS & set(rule["resources"]):
+                assert rule["resourceNames"] == ["varmor"], role["metadata"]["name"]
+                assert not {"create", "list", "watch", "*"} & set(rule["verbs"]), role["metadata"]["name"]
+            assert "*" not in rule["verbs"] + rule["resources"]
+
+
+def test_node_report_guard_binds_the_agents_to_their_own_armornode() -> None:
+    objects = render({}, namespace="vns")
+    (policy,) = by_kind(objects, "ValidatingAdmissionPolicy")
+    (binding,) = by_kind(objects, "ValidatingAdmissionPolicyBinding")
+    assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
+    (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
+    assert rule["resources"] == ["armornodes", "armornodes/status"]
+    (condition,) = policy["spec"]["matchConditions"]
+    for sa in ("varmor-agent", "varmor-manager"):
+        assert f"'system:serviceaccount:vns:{sa}'" in condition["expression"]
+    assert not by_kind(render({"nodeReportGuard": {"enabled": False}}), "ValidatingAdmissionPolicy")
+
+
+def test_network_policy_admits_only_the_webhook_and_metrics_ports() -> None:
+    (netpol,) = by_kind(render({}), "NetworkPolicy")
+    assert netpol["spec"]["policyTypes"] == ["Ingress"]
+    ports = [p["port"] for rule in netpol["spec"]["ingress"] for p in rule["ports"]]
+    assert ports == ["webhook", "metrics"]
+    assert not any("from" in rule for rule in netpol["spec"]["ingress"])  # the API server: anywhere
+    assert not by_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy")
 
 
 def test_split_topology_runs_webhook_and_leader_unprivileged() -> None:
@@ -70,10 +191,20 @@ def test_split_topology_runs_webhook_and_leader_unprivileged() -> None:
     assert "--roles=webhook,leader" in container_args(deploy)
     assert "--roles=agent" in container_args(ds)
     pod = deploy["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == "varmor-manager"
+    assert ds["spec"]["template"]["spec"]["serviceAccountName"] == "varmor-agent"
     assert pod["securityContext"]["runAsNonRoot"] is True
-    assert pod["containers"][0]["securityContext"]["capabilities"] == {"drop": ["ALL"]}
+    assert pod["containers"][0]["securityContext"]["capabilities"] == NO_CAPABILITIES
     assert "privileged" not in pod["containers"][0]["securityContext"]
     assert by_kind(objects, "PodDisruptionBudget")
+    # the agent's account is bound to the agent's ClusterRole only
+    bindings = {b["roleRef"]["name"]: b for b in by_kind(objects, "ClusterRoleBinding") if not is_hook(b)}
+    subjects = {name: {s["name"] for s in b["subjects"]} for name, b in bindings.items()}
+    assert subjects == {
+        "varmor-webhook": {"varmor-manager"},
+        "varmor-leader": {"varmor-manager"},
+        "varmor-agent": {"varmor-agent"},
+    }
 
 
 def test_external_certificates_name_the_users_secret() -> None:

@@ -23,7 +23,7 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     args = list(sys.argv[1:] if argv is None else argv)
     from varmor import app
 
-    app.register(sub)
+    app.register(sub, args)
     if args and args[0] == "run":
         return parser
     # Each module exposes `register(subparsers)`; a subcommand sets `func` on its parser.

@@ -11,6 +11,7 @@ import argparse
 import logging
 from typing import Any
 
+from varmor import settings as webhook_settings
 from varmor.api import DEFAULT_LOST_AFTER
 from varmor.kube.kube import Kube
 from varmor.kube.policycache import server_supports_field
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    webhook_settings.add_arguments(parser)  # the leader registers the webhook it describes
     g = parser.add_argument_group("leader")
     g.add_argument("--lease-name", default="varmor-leader", help="Lease (in --namespace) used for election")
     g.add_argument("--lease-duration", type=float, default=15.0, help="seconds a lease is valid without renewal")

@@ -63,8 +63,18 @@ async def resolve_owner(api_client: client.ApiClient, cluster_role: str) -> JSON
     }
 
 
+class RegistrationForbiddenError(RuntimeError):
+    """A configuration is missing and this account may not create it (the chart's case)."""
+
+
 class Registrar:
-    """Keeps both webhook configurations equal to the desired ones."""
+    """Keeps both webhook configurations equal to the desired ones.
+
+    The Helm chart creates both configurations empty and lets the leader only get and
+    update those two names, so no varmor account can create a webhook configuration.
+    Creating one on a 404 is kept for installs without the chart (dev, tests), where the
+    account may; the leader never lists configurations.
+    """
 
     def __init__(self, api_client: client.ApiClient, reg: Registration, cache: PolicyCache, owner_role: str) -> None:
         self.api_client = api_client
@@ -96,14 +106,29 @@ class Registrar:
                 except ApiException as create_exc:
                     if create_exc.status == 409:
                         continue
+                    if create_exc.status == 403:
+                        raise RegistrationForbiddenError(
+                            f"{kind} {name} does not exist and this account may not create it: the Helm "
+                            "chart creates it (empty) at install; run `helm upgrade` to restore it"
+                        ) from None
                     raise
                 metrics.REGISTRATION_UPDATES.labels(kind).inc()
                 log.info("created %s %s", kind, name)
                 return True
-            if not differs(current, desired):
-                return False
             body = {**desired, "metadata": {**desired["metadata"]}}
+            # Owners are set at creation only: changing them later needs `delete` on the
+            # object (OwnerReferencesPermissionEnforcement), which the chart does not grant;
+            # its configurations are owned by the Helm release instead.
+            body["metadata"].pop("ownerReferences", None)
+            if current["metadata"].get("ownerReferences"):
+                body["metadata"]["ownerReferences"] = current["metadata"]["ownerReferences"]
+            if not differs(current, body):
+                return False
             body["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            for key in ("labels", "annotations"):  # keep Helm's ownership metadata
+                merged = {**(current["metadata"].get(key) or {}), **(desired["metadata"].get(key) or {})}
+                if merged:
+                    body["metadata"][key] = merged
             try:
                 await raw_request(self.api_client, "PUT", paths.webhook_config_path(kind, name), body=body)
             except ApiException as exc:
@@ -150,6 +175,10 @@ class Registrar:
             except OwnerMissingError as exc:
                 metrics.REGISTRATION_WITHHELD.inc()
                 log.warning("not registering webhooks: %s (uninstalling?)", exc)
+            except RegistrationForbiddenError as exc:
+                log.error("not registering webhooks: %s", exc)
+                await asyncio.sleep(backoff.next())
+                self.wake.set()
             except Exception as exc:
                 log.warning("webhook registration failed: %s; retrying", getattr(exc, "status", exc))
                 await asyncio.sleep(backoff.next())
