@@ -218,6 +218,15 @@ BAD_TEXT = "abi <abi/3.0>,\nprofile {name} {{\n  bogus rule here,\n}}\n"
 NOT_ENFORCED = "abi <abi/3.0>,\nprofile {name} {{\n  file,\n  deny unix addr=@/containerd-shim/**,\n}}\n"
 
 
+def slow_rule(marks: int = 16) -> str:
+    """A valid raw rule whose compile costs exponential time and memory in the parser's DFA
+    construction (roughly 10x per two more `?`): the compile-budget tests' load."""
+    return f"deny /**a{'?' * marks} r,"
+
+
+SLOW_TEXT = "abi <abi/3.0>,\nprofile {name} {{\n  file,\n  " + slow_rule().replace("{", "{{") + "\n}}\n"
+
+
 def profile_text(name: str, **enhance: Any) -> str:
     """A real generated profile; by default one that uses the node-local include."""
     enhance = enhance or {"hardeningRules": ["disallow-mount-disk-device", "disallow-write-core-pattern"]}

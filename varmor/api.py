@@ -42,7 +42,12 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 DEFAULT_HEARTBEAT = 60.0  # seconds (`--agent-heartbeat`)
 DEFAULT_LOST_AFTER = 3 * DEFAULT_HEARTBEAT  # `--agent-lost-after`: two missed beats tolerated
 
-_DNS_LABELISH = re.compile(r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+# Kubernetes names: a namespace is a DNS-1123 label, a policy name a DNS-1123 subdomain.
+_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_DNS_LABEL = re.compile(_LABEL)
+_DNS_SUBDOMAIN = re.compile(rf"{_LABEL}(\.{_LABEL})*")
+# Namespaces whose plain name could read as a cluster policy's `varmor-cluster-<installns>-...`.
+_CLUSTER_LIKE = "cluster-"
 
 
 class ProfileNameError(ValueError):
@@ -50,19 +55,35 @@ class ProfileNameError(ValueError):
 
 
 def profile_name(namespace: str | None, policy_name: str, install_namespace: str) -> str:
-    """`varmor-<ns>-<policy>` for VarmorPolicy, `varmor-cluster-<installns>-<policy>` for
-    VarmorClusterPolicy (namespace=None). Refuses names over 63 characters: truncating
-    could make two policies share one profile."""
+    """The profile (and ArmorProfile) name of a policy: injective over (kind, namespace, name).
+
+    - VarmorClusterPolicy (namespace=None): `varmor-cluster-<installns>-<name>`, as vArmor.
+    - VarmorPolicy whose name has no `-` (and whose namespace does not start with
+      `cluster-`): `varmor-<ns>-<name>`, as vArmor. The last `-` splits namespace from name.
+    - Any other VarmorPolicy: `varmor-<len(ns)>.<ns>-<name>`. vArmor's form would be
+      ambiguous there (`a-b`/`c` and `a`/`b-c`); the length says where the namespace ends,
+      and the `.` in the first `-`-separated segment (which no namespace has) keeps these
+      names apart from the two forms above.
+
+    Refuses names over 63 characters (truncating could make two policies share one profile)
+    and inputs that are not Kubernetes names (lowercasing them could, too).
+    See docs/contracts.md "Profile names".
+    """
+    if not _DNS_SUBDOMAIN.fullmatch(policy_name) or len(policy_name) > 253:
+        raise ProfileNameError(f"policy name {policy_name!r} is not a DNS-1123 subdomain")
     if namespace is None:
+        if not _DNS_LABEL.fullmatch(install_namespace):
+            raise ProfileNameError(f"install namespace {install_namespace!r} is not a DNS-1123 label")
         name = f"{PROFILE_PREFIX}cluster-{install_namespace}-{policy_name}"
-    else:
+    elif not _DNS_LABEL.fullmatch(namespace) or len(namespace) > 63:
+        raise ProfileNameError(f"namespace {namespace!r} is not a DNS-1123 label")
+    elif "-" not in policy_name and not namespace.startswith(_CLUSTER_LIKE):
         name = f"{PROFILE_PREFIX}{namespace}-{policy_name}"
-    name = name.lower()
+    else:
+        name = f"{PROFILE_PREFIX}{len(namespace)}.{namespace}-{policy_name}"
     if len(name) > MAX_PROFILE_NAME:
         raise ProfileNameError(
             f"derived profile name {name!r} is {len(name)} characters; the limit is "
             f"{MAX_PROFILE_NAME}: shorten the policy name"
         )
-    if not _DNS_LABELISH.match(name):
-        raise ProfileNameError(f"derived profile name {name!r} is not a valid name")
     return name

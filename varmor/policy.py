@@ -17,7 +17,8 @@ from typing import Any, Literal
 
 from varmor import api
 from varmor.admission.selector import LabelSelector, SelectorError
-from varmor.profile.raw import RawRuleError, validate_raw_rules
+from varmor.models.policy import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, EXECUTABLE_PATTERN
+from varmor.profile.raw import RawRuleError, check_raw_rules
 from varmor.rules import Catalog, Rule, load_catalog, normalize_id
 
 PolicyKind = Literal["VarmorPolicy", "VarmorClusterPolicy"]
@@ -33,8 +34,11 @@ _KINDS: dict[str, PolicyKind] = {
 _LATER_MODES = {"BehaviorModeling", "DefenseInDepth"}
 _OTHER_ENFORCERS = ("BPF", "Seccomp", "NetworkProxy")
 # A target is an absolute executable path; AppArmor globs are fine, block syntax is not.
-_TARGET = re.compile(r"^/[A-Za-z0-9._+\-/*?\[\]:~%=]*[^/]$")
-_CONTAINER = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+# Always `fullmatch`: `$` alone would let a trailing newline through.
+_TARGET = re.compile(EXECUTABLE_PATTERN)
+_CONTAINER = re.compile(DNS_LABEL_PATTERN)
+_WORKLOAD_NAME = re.compile(DNS_SUBDOMAIN_PATTERN)
+_LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
 # Where each category's IDs go in spec.policy.enhanceProtect.
 _CATEGORY_FIELD = {
     "hardening": "hardeningRules",
@@ -106,6 +110,7 @@ class Policy:
     enforcer: str = "AppArmor"
     enhance_protect: EnhanceProtect | None = None
     update_existing_workloads: bool = False
+    allow_opt_out: bool = False
     generation: int | None = None
     warnings: tuple[str, ...] = field(default=(), compare=False)
 
@@ -176,6 +181,17 @@ def _selector(raw: Any, path: str) -> LabelSelector:
         raise PolicyError(f"{path}.{exc.path}" if exc.path else path, exc.reason) from None
     if selector.empty:
         raise PolicyError(path, "must not be empty (an empty selector would match every workload)")
+    labels = [(k, f"{path}.matchLabels", v, f"{path}.matchLabels.{k}") for k, v in selector.match_labels]
+    for i, req in enumerate(selector.match_expressions):
+        at = f"{path}.matchExpressions[{i}]"
+        labels += [(req.key, f"{at}.key", v, f"{at}.values[{j}]") for j, v in enumerate(req.values or ("",))]
+    for key, key_path, value, value_path in labels:  # the API server refuses an objectSelector with others
+        prefix, _, name = key.rpartition("/")
+        valid_prefix = not prefix or (len(prefix) <= 253 and _WORKLOAD_NAME.fullmatch(prefix))
+        if not valid_prefix or len(name) > 63 or not _LABEL_NAME.fullmatch(name):
+            raise PolicyError(key_path, f"{key!r} is not a valid label key")
+        if value and (len(value) > 63 or not _LABEL_NAME.fullmatch(value)):
+            raise PolicyError(value_path, f"{value!r} is not a valid label value")
     return selector
 
 
@@ -193,10 +209,12 @@ def _target(raw: Any) -> Target:
     if not has_name and not has_selector:
         raise PolicyError(path, "one of name or selector is required")
     name = _string(tgt["name"], f"{path}.name") if has_name else None
+    if name is not None and (len(name) > 253 or not _WORKLOAD_NAME.fullmatch(name)):
+        raise PolicyError(f"{path}.name", f"{name!r} is not a workload name (a DNS-1123 subdomain)")
     selector = _selector(tgt["selector"], f"{path}.selector") if has_selector else None
     containers = _strings(tgt.get("containers"), f"{path}.containers")
     for i, c in enumerate(containers):
-        if not _CONTAINER.match(c):
+        if len(c) > 63 or not _CONTAINER.fullmatch(c):
             raise PolicyError(f"{path}.containers[{i}]", f"{c!r} is not a container name")
     return Target(kind, name, selector, tuple(dict.fromkeys(containers)))
 
@@ -231,14 +249,22 @@ class _RuleChecker:
 
 
 def _targets(raw: Any, path: str) -> tuple[str, ...]:
+    """Executable paths, matched whole against the one grammar (models.policy.EXECUTABLE_PATTERN):
+    they are written unquoted into the profile, so any character with a meaning there (or a
+    control character, which would also reach logs and kubectl output) is refused."""
     items = _strings(raw, path)
     for i, t in enumerate(items):
         if not t.startswith("/"):
             raise PolicyError(f"{path}[{i}]", f"{t!r} must be an absolute executable path")
-        if not _TARGET.match(t):
+        if len(t) > 4096:
+            raise PolicyError(f"{path}[{i}]", "is longer than 4096 characters")
+        if not _TARGET.fullmatch(t):
+            bad = next((ch for ch in t if ch != "/" and not _TARGET.fullmatch("/" + ch)), None)
+            why = f"contains {bad!r}" if bad is not None else "ends in '/'"
             raise PolicyError(
                 f"{path}[{i}]",
-                f"{t!r} is not a plain executable path (no spaces, commas, braces or quotes)",
+                f"{t!r} is not a plain executable path: it {why}; allowed are letters, digits and "
+                ". _ + - / * ? [ ] : ~ % = (no quotes, commas, braces, #, whitespace or control characters)",
             )
     return tuple(dict.fromkeys(items))
 
@@ -284,10 +310,11 @@ def _enhance_protect(raw: Any, checker: _RuleChecker) -> EnhanceProtect:
         _only(group, ("rules", "targets"), gpath)
         text = _string(group.get("rules"), f"{gpath}.rules")
         try:
-            rules = tuple(validate_raw_rules(text))
+            checked = check_raw_rules(text)
         except RawRuleError as exc:
             raise PolicyError(f"{gpath}.rules", str(exc)) from None
-        raws.append(RawRuleGroup(rules, _targets(group.get("targets"), f"{gpath}.targets")))
+        checker.warnings += [f"{gpath}.rules: {w}" for w in checked.warnings]
+        raws.append(RawRuleGroup(checked.rules, _targets(group.get("targets"), f"{gpath}.targets")))
     audit = _bool(ep.get("auditViolations"), f"{path}.auditViolations")
     allow = _bool(ep.get("allowViolations"), f"{path}.allowViolations")
     if allow and not audit:
@@ -360,7 +387,7 @@ def parse_policy(
     for key in unsupported:
         if pol.get(key) is not None:
             raise PolicyError(f"spec.policy.{key}", "is not supported by varmor")
-    _only(pol, ("enforcer", "mode", "enhanceProtect", *unsupported), "spec.policy")
+    _only(pol, ("enforcer", "mode", "enhanceProtect", "allowOptOut", *unsupported), "spec.policy")
     checker = _RuleChecker(catalog or load_catalog())
     enhance: EnhanceProtect | None = None
     if mode == "EnhanceProtect":
@@ -379,6 +406,7 @@ def parse_policy(
         enforcer=enforcer,
         enhance_protect=enhance,
         update_existing_workloads=_bool(spec.get("updateExistingWorkloads"), "spec.updateExistingWorkloads"),
+        allow_opt_out=_bool(pol.get("allowOptOut"), "spec.policy.allowOptOut"),
         generation=generation,
         warnings=tuple(dict.fromkeys(checker.warnings)),
     )

@@ -32,6 +32,7 @@ from varmor.nodeexec.files import ProfileDir
 from varmor.nodeexec.standin import StandInSecurityfs, write_enabled_file
 from varmor.nodeexec.state import sha256_text
 from varmor.nodeexec.violations import ViolationReporter
+from varmor.parser import CompileBudget
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("crds")]
 G, V = api.GROUP, api.VERSION
@@ -573,6 +574,40 @@ async def test_refresh_repairs_drift_and_node_deletion_collects_armor_node(
         return await armor_node(api_client, host.node) is None
 
     await wait_for(collected, timeout=60)  # the owner reference lets the GC remove it
+
+
+async def test_a_profile_over_the_compile_budget_is_reported_and_never_retried(
+    api_client: Any, namespace: str, host: Host, cleanup_node: None
+) -> None:
+    await put(api_client, armor_profile(namespace, "slow", text=helpers.SLOW_TEXT))
+    await put(api_client, armor_profile(namespace, "good"))
+    slow, good = f"varmor-{namespace}-slow", f"varmor-{namespace}-good"
+    config = host.config(budget=CompileBudget(cpu_seconds=1), retry_seconds=0.0)  # other failures: retried at once
+    async with running(Agent(config, api_client)) as agent:
+        status = await node_status_when(api_client, host.node, lambda s: s.get("ready") and slow in s["failures"])
+        assert set(mine(status["profiles"], namespace)) == {good}
+        message = status["failures"][slow]["message"]
+        assert message.startswith("CompileBudgetExceeded: ")
+        assert "1 CPU-seconds" in message
+        assert agent.loader is not None
+        tried: list[str] = []
+        load = agent.loader.load
+
+        async def counted(name: str, path: Path, *, complain: bool) -> Any:
+            tried.append(name)
+            return await load(name, path, complain=complain)
+
+        agent.loader.load = counted  # type: ignore[method-assign]
+        for _ in range(3):  # events, resyncs and forced repairs all come back to the same content
+            agent._force.add(slow)
+            agent.queue.add(slow)
+            await agent.queue.wait_idle()
+        assert tried == []
+        # New content is tried (and loads).
+        await put(api_client, armor_profile(namespace, "slow"))
+        status = await node_status_when(api_client, host.node, lambda s: slow in s["profiles"])
+        assert slow not in status["failures"]
+        assert tried == [slow]
 
 
 # -- the agent trusts nothing -------------------------------------------------------------

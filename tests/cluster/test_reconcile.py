@@ -15,10 +15,12 @@ from typing import Any
 import pytest
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
+from prometheus_client import REGISTRY
 
 from tests.cluster.conftest import purge_policies
-from tests.helpers import Api, condition, vpol, wait_for
-from varmor import api
+from tests.helpers import Api, condition, slow_rule, vpol, wait_for
+from varmor import api, parser
+from varmor.parser import CompileBudget
 
 pytestmark = pytest.mark.cluster
 
@@ -247,6 +249,87 @@ async def test_new_leader_deletes_profiles_orphaned_while_down(k: Api, namespace
         return got is not None and got["metadata"]["ownerReferences"][0]["uid"] == policy["metadata"]["uid"]
 
     await wait_for(reowned, timeout=60)
+
+
+def _raw(name: str, rules: str) -> dict[str, Any]:
+    body = vpol(name)
+    body["spec"]["policy"]["enhanceProtect"]["appArmorRawRules"] = [{"rules": rules}]
+    return body
+
+
+async def test_slow_compile_never_delays_another_policy(
+    k: Api, api_client: Any, namespace: str, nodes: Any, leader: Any
+) -> None:
+    """Causal: the fast policy in another namespace is Ready while the slow policy's compile
+    is still running (the gate and the gauge say so at that moment)."""
+    n1 = await nodes.add("n1")
+    run = await leader(budget=CompileBudget(cpu_seconds=600, memory_mib=4096))
+    gate = run.controller.compiles
+    core = client.CoreV1Api(api_client)
+    other = f"{namespace}-b"
+    await core.create_namespace({"metadata": {"name": other}})
+    try:
+        await k.create(namespace, _raw("slow", slow_rule(24)))
+        await wait_for(lambda: list(gate.running.values()) == ["full"])  # past the probe, on the full budget
+        await k.create(other, vpol("fast"))
+        ap = await wait_for(lambda: k.armor_profile(other, f"varmor-{other}-fast"))
+        await nodes.load(n1, ap)
+        await wait_for(lambda: _having(lambda: k.get_policy(other, "fast"), lambda p: p["status"].get("ready")))
+        assert list(gate.running.values()) == ["full"]  # the slow compile is still running now
+        assert REGISTRY.get_sample_value("varmor_leader_compiles_running", {"lane": "full"}) == 1
+        assert await k.armor_profile(namespace, f"varmor-{namespace}-slow") is None
+        assert "status" not in await k.get_policy(namespace, "slow")  # no verdict yet, nothing written
+        pids = set(parser.RUNNING)
+        assert pids
+    finally:
+        await k.delete_policy(other, "fast")
+        await wait_for(lambda: _is_none(k.armor_profile(other, f"varmor-{other}-fast")))
+        await core.delete_namespace(other)
+    await run.stop()  # losing the lease cancels the compile, and its parser dies with it
+    await wait_for(lambda: not pids & parser.RUNNING and all(_gone(pid) for pid in pids))
+    assert REGISTRY.get_sample_value("varmor_leader_compiles_running", {"lane": "full"}) == 0
+
+
+async def test_over_budget_policy_gets_error_and_no_profile(k: Api, namespace: str, nodes: Any, leader: Any) -> None:
+    await nodes.add("n1")
+    await leader(budget=CompileBudget(cpu_seconds=1))
+
+    def errored(name: str) -> Callable[[], Awaitable[Any]]:
+        get = lambda: k.get_policy(namespace, name)  # noqa: E731
+        return lambda: _having(get, lambda p: (p.get("status") or {}).get("phase") == "Error")
+
+    await k.create(namespace, _raw("slow", slow_rule()))
+    pol = await wait_for(errored("slow"))
+    created = condition(pol, "Created")
+    assert created["reason"] == "CompileBudgetExceeded"
+    assert "1 CPU-seconds" in created["message"]
+    assert await k.armor_profile(namespace, f"varmor-{namespace}-slow") is None
+    reasons = await wait_for(lambda: _events_with(k, namespace, "slow", {"CompileBudgetExceeded"}))
+    assert reasons
+    # An update over budget keeps the previous profile; one that does not compile is Invalid.
+    await k.create(namespace, _raw("good", "deny /etc/shadow r,"))
+    profile = f"varmor-{namespace}-good"
+    ap = await wait_for(lambda: k.armor_profile(namespace, profile))
+    for rules, reason in ((slow_rule(), "CompileBudgetExceeded"), ("deny unix addr=@/x,", "Invalid")):
+        body = await k.get_policy(namespace, "good")
+        body["spec"]["policy"]["enhanceProtect"]["appArmorRawRules"] = [{"rules": rules}]
+        await k.replace_policy(namespace, body)
+        pol = await wait_for(
+            lambda r=reason: _having(
+                lambda: k.get_policy(namespace, "good"), lambda p: condition(p, "Updated").get("reason") == r
+            )
+        )
+        assert (await k.armor_profile(namespace, profile))["spec"]["profile"]["sha256"] == ap["spec"]["profile"][
+            "sha256"
+        ]
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] in ("Z", "X")
+    except FileNotFoundError:
+        return True
 
 
 async def _having(get: Callable[[], Awaitable[Any]], check: Callable[[Any], bool]) -> Any:

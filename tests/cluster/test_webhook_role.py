@@ -12,11 +12,13 @@ import asyncio
 import base64
 import contextlib
 import functools
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 import pytest
 from kubernetes.aio import client
 from prometheus_client import REGISTRY
@@ -260,7 +262,7 @@ async def test_api_server_admits_pods_and_deployments_through_varmor(
     dep = await wait_for(deployment_mutated, timeout=30, interval=0.3)
     spec = dep.spec.template.spec
     assert [profile_of(c) for c in spec.containers] == [f"varmor-{namespace}-web"] * 2
-    assert profile_of(spec.init_containers[0]) is None
+    assert profile_of(spec.init_containers[0]) == f"varmor-{namespace}-web"  # init containers too
     plain = await apps.create_namespaced_deployment(namespace, deployment("plain", {"app": "other"}))
     assert profile_of(plain.spec.template.spec.containers[0]) is None
     assert plain.spec.template.metadata.annotations is None
@@ -337,7 +339,7 @@ async def test_conflict_is_reported_on_the_losing_policy(api_client: Any, namesp
         return dep if profile_of(dep.spec.template.spec.containers[0]) else None
 
     dep = await wait_for(created, interval=0.5)
-    assert profile_of(dep.spec.template.spec.containers[0]) == f"varmor-{namespace}-by-name"
+    assert profile_of(dep.spec.template.spec.containers[0]) == api.profile_name(namespace, "by-name", varmor.install_ns)
 
     async def conflict_event() -> Any:
         events = await core.list_namespaced_event(namespace)
@@ -392,6 +394,66 @@ async def test_validating_webhook_rejects_uncompilable_raw_rules(
 
     message = await wait_for(rejected, interval=0.5)
     assert "appArmorRawRules" in message
+
+
+async def _refused(api_client: Any, namespace: str, rules: str) -> str | None:
+    """Create a policy with these raw rules through the API server: its refusal, or None
+    when it was admitted (deleted again, so a retry can reuse nothing)."""
+    custom = client.CustomObjectsApi(api_client)
+    body = policy_body(f"raw-{uuid.uuid4().hex[:8]}", namespace, "Deployment", target_name="web")
+    body["spec"]["policy"] = {
+        "enforcer": "AppArmor",
+        "mode": "EnhanceProtect",
+        "enhanceProtect": {"appArmorRawRules": [{"rules": rules}]},
+    }
+    try:
+        await custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, body)
+    except ApiException as exc:
+        return str(exc.body)
+    await custom.delete_namespaced_custom_object(
+        api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, body["metadata"]["name"]
+    )
+    return None
+
+
+async def test_a_slow_policy_is_refused_within_the_api_servers_timeout(
+    api_client: Any, namespace: str, varmor: Varmor
+) -> None:
+    """The compile that fails open today: refused with CompileBudgetExceeded, inside the
+    API server's 5 s webhook timeout (a timeout would admit it under failurePolicy Ignore)."""
+    varmor.start_webhook()
+    varmor.start_leader()
+    await wait_for(varmor.validating)
+    await wait_for(lambda: _refused(api_client, namespace, "deny unix addr=@/x,"), interval=0.5)  # registered
+    message = await _refused(api_client, namespace, helpers.slow_rule())
+    assert message is not None
+    assert "CompileBudgetExceeded" in message
+    assert "appArmorRawRules" in message
+    again = await _refused(api_client, namespace, helpers.slow_rule())  # remembered: no second compile
+    assert again is not None
+    assert "CompileBudgetExceeded" in again
+
+
+async def test_webhook_accepts_only_the_api_servers_client_certificate(
+    api_client: Any, namespace: str, varmor: Varmor, control_plane: Any
+) -> None:
+    varmor.extra.append(f"--webhook-client-ca={control_plane.webhook_client_ca}")
+    varmor.start_webhook()
+    varmor.start_leader()
+    await wait_for(varmor.validating)
+    # The API server presents its webhook client certificate: its calls get answers.
+    message = await wait_for(lambda: _refused(api_client, namespace, "deny unix addr=@/x,"), interval=0.5)
+    assert "appArmorRawRules" in message
+    # Any other caller fails the TLS handshake before reaching /validate.
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+        async with (
+            aiohttp.ClientSession() as session,
+            session.post(f"https://127.0.0.1:{varmor.port}/validate", data=b"{}", ssl=context) as resp,
+        ):
+            await resp.read()
 
 
 async def test_webhook_down_admits_with_ignore_and_the_gap_is_visible(
@@ -594,3 +656,120 @@ async def test_racing_creators_agree_on_one_certificate_secret(api_client: Any, 
     winners = {certbundle.from_secret(s).serving.cert_pem for s in secrets}
     assert len(winners) == 1
     assert winners <= {b.serving.cert_pem for b in bundles}
+
+
+# -- every container kind, and opt-outs the policy decides on ----------------------------
+
+OPT_OUT_SIDE = api.VARMOR_APPARMOR_ANNOTATION_PREFIX + "side"
+
+
+async def _mutated_deployment(api_client: Any, namespace: str, name: str, template: dict[str, Any]) -> Any:
+    """Create Deployments `<name>-<n>` (template entries replaced by `template`) until the
+    webhook mutates one (the API server picks up the configuration asynchronously); the
+    ones admitted before are deleted, so the audit sees only the mutated one."""
+    apps = client.AppsV1Api(api_client)
+    counter = iter(range(1000))
+
+    async def created() -> Any:
+        body = deployment(f"{name}-{next(counter)}", {"app": name}, template=template)
+        got = await apps.create_namespaced_deployment(namespace, body)
+        if profile_of(got.spec.template.spec.containers[0]):
+            return got
+        await apps.delete_namespaced_deployment(got.metadata.name, namespace)
+        return None
+
+    return await wait_for(created, interval=0.3)
+
+
+def _excluded(ctx: RoleContext) -> tuple[str, ...]:
+    from varmor import settings
+
+    return settings.from_args(ctx.args).excluded_namespaces
+
+
+def _template(annotations: dict[str, str], **app_security: Any) -> dict[str, Any]:
+    spec = helpers.pod_spec(("app", "side"), init=("init",))
+    if app_security:
+        spec["containers"][0]["securityContext"] = app_security
+    return {"metadata": {"labels": {"app": "web"}, "annotations": annotations}, "spec": spec}
+
+
+async def test_init_containers_and_disallowed_opt_outs_get_the_profile(
+    api_client: Any, namespace: str, varmor: Varmor
+) -> None:
+    """A policy without allowOptOut overrides the varmor annotation, the beta annotation
+    (on an init container) and `Unconfined`, and the audit finds everything protected."""
+    varmor.start_webhook()
+    leader_ctx = varmor.start_leader()
+    body = policy_body("web", namespace, "Deployment", selector={"matchLabels": {"app": "web"}})
+    await create_policy(api_client, body, install_ns=varmor.install_ns)
+    await wait_for(lambda: _has(varmor.registered_kinds(), {"deployments"}))
+    profile = api.profile_name(namespace, "web", varmor.install_ns)
+    annotations = {OPT_OUT_SIDE: "unconfined", api.K8S_APPARMOR_ANNOTATION_PREFIX + "init": "unconfined"}
+    dep = await _mutated_deployment(
+        api_client, namespace, "web", _template(annotations, appArmorProfile={"type": "Unconfined"})
+    )
+    spec = dep.spec.template.spec
+    assert [profile_of(c) for c in spec.containers + spec.init_containers] == [profile] * 3
+    assert "unconfined" not in dep.spec.template.metadata.annotations.values()
+    async with audited(api_client, varmor.install_ns, _excluded(leader_ctx)) as result:
+        assert result.per_policy[(namespace, "web")] == 0
+
+
+async def test_allowed_opt_out_is_kept_and_counted_unprotected(api_client: Any, namespace: str, varmor: Varmor) -> None:
+    custom = client.CustomObjectsApi(api_client)
+    varmor.start_webhook()
+    leader_ctx = varmor.start_leader()
+    body = policy_body("web", namespace, "Deployment", selector={"matchLabels": {"app": "web"}})
+    body["spec"]["policy"]["allowOptOut"] = True
+    await create_policy(api_client, body, install_ns=varmor.install_ns)
+    await wait_for(lambda: _has(varmor.registered_kinds(), {"deployments"}))
+    dep = await _mutated_deployment(api_client, namespace, "web", _template({OPT_OUT_SIDE: "unconfined"}))
+    profile = api.profile_name(namespace, "web", varmor.install_ns)
+    spec = dep.spec.template.spec
+    assert [profile_of(c) for c in spec.containers + spec.init_containers] == [profile, None, profile]
+    assert dep.spec.template.metadata.annotations[OPT_OUT_SIDE] == "unconfined"
+    excluded = _excluded(leader_ctx)
+
+    async def counted() -> Any:
+        got = await custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, "web"
+        )
+        return got if got["status"].get("unprotectedWorkloads") == 1 else None
+
+    async with audited(api_client, varmor.install_ns, excluded) as result:
+        assert result.per_policy[(namespace, "web")] == 1
+        got = await wait_for(counted)
+    (cond,) = [c for c in got["status"]["conditions"] if c["type"] == "Unprotected"]
+    assert cond["status"] == "True"
+    assert f"{dep.metadata.name}: container side opted out (allowed by spec.policy.allowOptOut)" in cond["message"]
+
+
+async def test_an_ephemeral_container_added_to_a_selected_pod_gets_the_profile(
+    api_client: Any, namespace: str, varmor: Varmor
+) -> None:
+    """`kubectl debug` adds ephemeral containers through pods/ephemeralcontainers."""
+    core = client.CoreV1Api(api_client)
+    varmor.start_webhook()
+    varmor.start_leader()
+    await create_policy(
+        api_client,
+        policy_body("dbg", namespace, "Pod", selector={"matchLabels": {"app": "dbg"}}),
+        install_ns=varmor.install_ns,
+    )
+    await wait_for(lambda: _has(varmor.registered_kinds(), {"pods", "pods/ephemeralcontainers"}))
+    profile = api.profile_name(namespace, "dbg", varmor.install_ns)
+    counter = iter(range(1000))
+
+    async def pod_mutated() -> Any:
+        created = await core.create_namespaced_pod(namespace, pod(f"d-{next(counter)}", {"app": "dbg"}))
+        return created if profile_of(created.spec.containers[0]) else None
+
+    p = await wait_for(pod_mutated, interval=0.3)
+    assert profile_of(p.spec.containers[0]) == profile
+    debug = {"name": "debugger", "image": "busybox", "securityContext": {"appArmorProfile": {"type": "Unconfined"}}}
+    current = await raw_request(api_client, "GET", paths.workload_path("Pod", namespace, p.metadata.name))
+    current["spec"]["ephemeralContainers"] = [debug]
+    await core.replace_namespaced_pod_ephemeralcontainers(p.metadata.name, namespace, current)
+    debugged = await core.read_namespaced_pod(p.metadata.name, namespace)
+    assert [profile_of(c) for c in debugged.spec.ephemeral_containers] == [profile]

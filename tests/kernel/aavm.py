@@ -489,6 +489,17 @@ class Case:
         cid = self._id(check)
         self.lines.append(" ".join(["vh_check_label", q(cid), q(label), *map(q, pre), "--", "current"]))
 
+    def expect_label_after(
+        self, check: str, want: str, label: str, op: str, profile: str | None = None, target: str | None = None
+    ) -> None:
+        """vprobe OP under PROFILE must give WANT, and the label it reads AFTER the
+        operation must be LABEL (a refused profile change leaves the process where it was)."""
+        assert want in ("ALLOW", "DENY", "ERROR"), want
+        pre = (["-p", profile] if profile else []) + (["-t", target] if target else [])
+        cid = self._id(check)
+        args = [q(cid), want, q(label), *map(q, pre), "--", *map(q, shlex.split(op))]
+        self.lines.append(" ".join(["vh_check_label_after", *args]))
+
     def expect_audit(self, check: str, *substrings: str) -> None:
         """The kernel must log a record containing all SUBSTRINGS (checked on the host)."""
         self.audits.append(AuditExpect(self._id(check), tuple(substrings)))

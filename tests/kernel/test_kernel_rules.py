@@ -16,8 +16,9 @@ the host with the pinned features, loaded into the guest kernel, and the probe i
 Rules with targets also show that another binary under the same profile is unaffected.
 CLAIMS adds probes for more of what some rules promise; CLAIM_GAPS are the ones this
 kernel does not deliver, kept as strict xfails so they are reported, not hidden.
-The RuntimeDefault base's own denies, application granularity with a real shell, and an
-in-guest `apparmor_parser -r` of a builder profile are separate cases. One boot.
+The RuntimeDefault base's own denies, application granularity with a real shell, an
+in-guest `apparmor_parser -r` of a builder profile, and a profile with raw rules that its
+processes cannot leave (issue 13) are separate cases. One boot.
 """
 
 from __future__ import annotations
@@ -284,6 +285,43 @@ def add_in_guest_parser_case(b: aavm.Batch) -> None:
     c.expect_audit("audit-record", 'apparmor="AUDIT"', 'profile="vr-text"', 'family="packet"')
 
 
+#: Raw rules the validator accepts, among them the kinds of the issue-13 escapes
+#: (pivot_root, mount with '->', a signal rule naming unconfined, an ix exec).
+RAW_RULES = (
+    "pivot_root oldroot=/tmp/vr-raw-old/ /tmp/vr-raw-new/,\n"
+    "mount options=(ro,bind) /tmp/vr-raw-a/ -> /tmp/vr-raw-b/,\n"
+    "signal (send) peer=unconfined,\n"
+    "/usr/bin/vr-rawx rix,\n"
+)
+
+
+def add_raw_rules_case(b: aavm.Batch) -> None:
+    """Issue 13: a process under a profile built with accepted raw rules stays in it.
+    Moving to `unconfined` or to another tenant's profile, now (changeprofile) or at the
+    next exec (change_onexec), is refused, from the profile and from its child, and the
+    label read after each attempt is unchanged; an `ix` exec stays. Control: an
+    unconfined process may change profile (the probe works)."""
+    c = b.case("raw-rules-stay-confined")
+    target = "/usr/bin/vr-rawt"
+    ep = {
+        "privileged": False,
+        "appArmorRawRules": [{"rules": RAW_RULES}, {"rules": "deny /etc/vr-raw r,", "targets": [target]}],
+    }
+    text = build("vr-raw", policy_doc("EnhanceProtect", ep))
+    child = text.split("profile child_", 1)[1].split()[0]
+    c.load_bin("load", "raw.bin", text)
+    c.load_bin("load-other", "other.bin", build("vr-raw-other", policy_doc("RuntimeDefault")))
+    c.sh(f"cp /vprobe /usr/bin/vr-rawx && cp /vprobe {target}")
+    for where, via, label in (("parent", None, "vr-raw"), ("child", target, f"vr-raw//child_{child}")):
+        for op in ("change-profile", "change-onexec"):
+            for dest in ("unconfined", "vr-raw-other"):
+                check = f"{where}-{op}-{dest}-refused"
+                c.expect_label_after(check, "DENY", f"{label} (enforce)", f"{op} {dest}", profile="vr-raw", target=via)
+    c.expect_label_after("ix-exec-stays", "ALLOW", "vr-raw (enforce)", "current", "vr-raw", "/usr/bin/vr-rawx")
+    c.expect_label_after("unconfined-may-change", "ALLOW", "vr-raw-other (enforce)", "change-profile vr-raw-other")
+    c.expect_audit("refusal-record", 'apparmor="DENIED"', 'operation="change_profile"', 'profile="vr-raw"')
+
+
 def probed_rules() -> list[Rule]:
     return [r for r in CATALOG if r.enforceable and r.probe is not None]
 
@@ -295,6 +333,7 @@ def build_batch() -> aavm.Batch:
     add_runtime_default_case(b)
     add_granularity_case(b)
     add_in_guest_parser_case(b)
+    add_raw_rules_case(b)
     for rule in probed_rules():
         add_rule_case(b, rule)
     return b

@@ -1194,6 +1194,38 @@ static int op_drain(int argc, char **argv)
 	return 0;
 }
 
+/* change-profile NAME: move this process to NAME now ("changeprofile NAME" to
+ * /proc/self/attr/current, what aa_change_profile(3) does). change-onexec NAME: at the
+ * next exec ("exec NAME" to /proc/self/attr/exec), then exec ourselves (`current`), so
+ * the label shows where the exec landed. A refused change is DENY, and the LABEL line
+ * (read after the attempt) must still be the profile the process started in. */
+static int op_change_profile(int argc, char **argv, int onexec)
+{
+	char cmd[512];
+	if (argc < 1)
+		return report(2, EINVAL, "usage: change-profile|change-onexec NAME");
+	int len = snprintf(cmd, sizeof(cmd), "%s %s", onexec ? "exec" : "changeprofile", argv[0]);
+	int fd = open(onexec ? "/proc/self/attr/exec" : "/proc/self/attr/current", O_WRONLY | O_CLOEXEC);
+	if (fd < 0)
+		return failed(errno, "open attr");
+	ssize_t n = write(fd, cmd, (size_t)len);
+	int e = errno;
+	close(fd);
+	if (n != len)
+		return failed(n < 0 ? e : EIO, cmd);
+	if (!onexec)
+		return allow(cmd);
+	char self[512];
+	ssize_t sl = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	if (sl <= 0)
+		return report(2, errno, "readlink /proc/self/exe");
+	self[sl] = 0;
+	char *nargv[] = {self, "--", "current", NULL};
+	fflush(stdout);
+	execv(self, nargv);
+	return failed(errno, "exec after change_onexec");
+}
+
 static int op_current(int argc, char **argv)
 {
 	(void)argc;
@@ -1296,6 +1328,8 @@ static int run_op(int argc, char **argv)
 	if (strcmp(op, "ptrace-read") == 0) return op_ptrace_read(argc, argv);
 	if (strcmp(op, "cap") == 0) return op_cap(argc, argv);
 	if (strcmp(op, "current") == 0) return op_current(argc, argv);
+	if (strcmp(op, "change-profile") == 0) return op_change_profile(argc, argv, 0);
+	if (strcmp(op, "change-onexec") == 0) return op_change_profile(argc, argv, 1);
 	if (strcmp(op, "spawn-uid") == 0) return op_spawn_uid(argc, argv);
 	if (strcmp(op, "drain") == 0) return op_drain(argc, argv);
 	if (strcmp(op, "serve") == 0 && !serve_mode) return op_serve();

@@ -1,4 +1,5 @@
-"""The pure mutation planner: precedence, patches valid as sent, idempotence, opt-outs."""
+"""The pure mutation planner: precedence, patches valid as sent, idempotence, opt-outs,
+every container kind."""
 
 from __future__ import annotations
 
@@ -159,7 +160,8 @@ def test_index_agrees_with_select_policy() -> None:
 
 def confined(obj: dict[str, Any], container: str, kind: str = "Deployment") -> str | None:
     spec = obj["spec"] if kind == "Pod" else obj["spec"]["template"]["spec"]
-    for c in spec["containers"]:
+    every = spec["containers"] + spec.get("initContainers", []) + spec.get("ephemeralContainers", [])
+    for c in every:
         if c["name"] == container:
             prof = (c.get("securityContext") or {}).get("appArmorProfile") or {}
             return prof.get("localhostProfile") if prof.get("type") == "Localhost" else None
@@ -191,34 +193,122 @@ def test_annotation_patch_before_1_30() -> None:
     assert plan_patch("Deployment", out, "varmor-demo-web", use_field=False) == []
 
 
-def test_pod_patch_skips_init_and_ephemeral_containers() -> None:
+def test_pod_patch_confines_init_sidecar_and_ephemeral_containers() -> None:
     p = pod()
-    out = apply_patch(p, plan_patch("Pod", p, "varmor-demo-p"))
+    p["spec"]["initContainers"].append({"name": "sidecar", "image": "s", "restartPolicy": "Always"})
+    result = plan("Pod", p, "varmor-demo-p")
+    assert result.confined == ("c", "init", "sidecar", "dbg")
+    out = apply_patch(p, list(result.ops))
     assert confined(out, "c", "Pod") == "varmor-demo-p"
-    assert "securityContext" not in out["spec"]["initContainers"][0]
-    assert "securityContext" not in out["spec"]["ephemeralContainers"][0]
-    assert set(out["metadata"]["annotations"]) == {"container.apparmor.security.beta.varmor.org/c"}
+    for container in out["spec"]["initContainers"] + out["spec"]["ephemeralContainers"]:
+        assert container["securityContext"]["appArmorProfile"] == {
+            "type": "Localhost",
+            "localhostProfile": "varmor-demo-p",
+        }
+    assert set(out["metadata"]["annotations"]) == {
+        api.VARMOR_APPARMOR_ANNOTATION_PREFIX + c for c in ("c", "init", "sidecar", "dbg")
+    }
+    assert plan_patch("Pod", out, "varmor-demo-p") == []
 
 
-def test_target_containers_and_opt_outs() -> None:
-    dep = deployment()
-    dep["spec"]["template"]["metadata"]["annotations"] = {VARMOR_OPT_OUT_SIDE: "unconfined"}
-    result = plan("Deployment", dep, "varmor-demo-web")
-    assert result.confined == ("app",)
-    assert result.opted_out == ("side",)
-    out = apply_patch(dep, list(result.ops))
-    assert confined(out, "side") is None
+def test_init_containers_get_the_beta_annotation_before_1_30() -> None:
+    dep = deployment(init=("init",))
+    out = apply_patch(dep, plan_patch("Deployment", dep, "varmor-demo-web", use_field=False))
+    ann = out["spec"]["template"]["metadata"]["annotations"]
+    assert ann[api.K8S_APPARMOR_ANNOTATION_PREFIX + "init"] == "localhost/varmor-demo-web"
+
+
+def test_target_containers_name_any_container_kind() -> None:
     only = plan("Deployment", deployment(), "varmor-demo-web", containers=["side", "missing"])
     assert only.confined == ("side",)
-    dep2 = deployment()
-    dep2["spec"]["template"]["spec"]["containers"][0]["securityContext"] = {"appArmorProfile": {"type": "Unconfined"}}
-    assert plan("Deployment", dep2, "varmor-demo-web").opted_out == ("app",)
-    dep3 = deployment()
-    dep3["spec"]["template"]["spec"]["securityContext"] = {"appArmorProfile": {"type": "Unconfined"}}
-    assert plan("Deployment", dep3, "varmor-demo-web").confined == ()
-    dep4 = deployment()
-    dep4["spec"]["template"]["metadata"]["annotations"] = {api.K8S_APPARMOR_ANNOTATION_PREFIX + "app": "unconfined"}
-    assert plan("Deployment", dep4, "varmor-demo-web").opted_out == ("app",)
+    init_only = plan("Deployment", deployment(init=("init",)), "varmor-demo-web", containers=["init"])
+    assert init_only.confined == ("init",)
+
+
+OPT_OUTS = {
+    "varmor annotation": lambda t: t["metadata"].__setitem__("annotations", {VARMOR_OPT_OUT_SIDE: "unconfined"}),
+    "beta annotation": lambda t: t["metadata"].__setitem__(
+        "annotations", {api.K8S_APPARMOR_ANNOTATION_PREFIX + "side": "unconfined"}
+    ),
+    "container field": lambda t: t["spec"]["containers"][1].__setitem__(
+        "securityContext", {"appArmorProfile": {"type": "Unconfined"}}
+    ),
+    "pod field": lambda t: t["spec"].__setitem__("securityContext", {"appArmorProfile": {"type": "Unconfined"}}),
+}
+
+
+@pytest.mark.parametrize("how", list(OPT_OUTS))
+@pytest.mark.parametrize("use_field", [True, False])
+def test_opt_outs_are_overridden_unless_the_policy_allows_them(how: str, use_field: bool) -> None:
+    if how.endswith("field") and not use_field:
+        return  # before 1.30 there is no field to opt out with
+    dep = deployment()
+    OPT_OUTS[how](dep["spec"]["template"])
+    allowed = plan("Deployment", dep, "varmor-demo-web", use_field=use_field, allow_opt_out=True)
+    opted = ("app", "side") if how == "pod field" else ("side",)
+    assert allowed.opted_out == opted
+    assert allowed.overridden == ()
+    kept = apply_patch(dep, list(allowed.ops))
+    if use_field:
+        assert confined(kept, "side") is None
+
+    refused = plan("Deployment", dep, "varmor-demo-web", use_field=use_field)
+    assert (refused.opted_out, refused.overridden, refused.confined) == ((), opted, ("app", "side"))
+    out = apply_patch(dep, list(refused.ops))
+    tmpl = out["spec"]["template"]
+    annotations = tmpl["metadata"].get("annotations") or {}
+    assert "unconfined" not in annotations.values()  # both annotations follow the profile
+    if use_field:
+        assert confined(out, "side") == "varmor-demo-web"
+        if how == "pod field":  # the pod's field stays; the containers' own take precedence
+            assert tmpl["spec"]["securityContext"]["appArmorProfile"] == {"type": "Unconfined"}
+    else:
+        assert annotations[api.K8S_APPARMOR_ANNOTATION_PREFIX + "side"] == "localhost/varmor-demo-web"
+    assert plan("Deployment", out, "varmor-demo-web", use_field=use_field).ops == ()
+
+
+def test_runtime_default_and_other_profiles_are_overwritten() -> None:
+    dep = deployment()
+    containers = dep["spec"]["template"]["spec"]["containers"]
+    containers[0]["securityContext"] = {"appArmorProfile": {"type": "RuntimeDefault"}}
+    containers[1]["securityContext"] = {"appArmorProfile": {"type": "Localhost", "localhostProfile": "mine"}}
+    result = plan("Deployment", dep, "varmor-demo-web")
+    assert result.overridden == ()  # not opt-outs: replaced by the policy's profile as before
+    out = apply_patch(dep, list(result.ops))
+    assert confined(out, "app") == confined(out, "side") == "varmor-demo-web"
+
+
+def test_candidate_reads_allow_opt_out() -> None:
+    allowing = policy("a")
+    allowing["spec"]["policy"]["allowOptOut"] = True
+    cands = [planner.candidate_from(p) for p in (allowing, policy("b"))]
+    assert [c.allow_opt_out if c else None for c in cands] == [True, False]
+    dep = deployment()
+    dep["spec"]["template"]["metadata"]["annotations"] = {VARMOR_OPT_OUT_SIDE: "unconfined"}
+    assert cands[0] is not None
+    assert cands[1] is not None
+    assert planner.plan_for(cands[0], "Deployment", dep).opted_out == ("side",)
+    assert planner.plan_for(cands[1], "Deployment", dep).overridden == ("side",)
+
+
+def test_ephemeral_subresource_plans_only_new_ephemeral_containers() -> None:
+    old = pod(labels={"app": "web"})
+    old["spec"]["ephemeralContainers"][0]["securityContext"] = {"runAsUser": 0}  # added before: immutable
+    new = copy.deepcopy(old)
+    new["spec"]["ephemeralContainers"].append({"name": "dbg2", "image": "d"})
+    cand = planner.candidate_from(policy("p", kind="Pod"))
+    assert cand is not None
+    result = planner.plan_for(cand, "Pod", new, sub_resource="ephemeralcontainers", old=old)
+    assert result.confined == ("dbg2",)
+    assert [op["path"] for op in result.ops] == ["/spec/ephemeralContainers/1/securityContext"]
+    out = apply_patch(new, list(result.ops))
+    assert out["spec"]["ephemeralContainers"][1]["securityContext"]["appArmorProfile"]["localhostProfile"] == (
+        "varmor-demo-p"
+    )
+    before_1_30 = planner.plan_for(cand, "Pod", new, False, sub_resource="ephemeralcontainers", old=old)
+    assert before_1_30.ops == ()
+    assert before_1_30.unsupported
+    assert "annotations" in before_1_30.unsupported
 
 
 def test_field_mode_aligns_conflicting_legacy_annotation() -> None:
@@ -235,8 +325,9 @@ def test_field_mode_aligns_conflicting_legacy_annotation() -> None:
 def test_profile_change_overwrites_and_remove_patch_rolls_back() -> None:
     dep = deployment()
     dep["spec"]["template"]["metadata"]["annotations"] = {VARMOR_OPT_OUT_SIDE: "unconfined"}
-    once = apply_patch(dep, plan_patch("Deployment", dep, "varmor-demo-old"))
-    twice = apply_patch(once, plan_patch("Deployment", once, "varmor-demo-new"))
+    # A policy allowing opt-outs: the user's `unconfined` stays through changes and rollback.
+    once = apply_patch(dep, list(plan("Deployment", dep, "varmor-demo-old", allow_opt_out=True).ops))
+    twice = apply_patch(once, list(plan("Deployment", once, "varmor-demo-new", allow_opt_out=True).ops))
     assert confined(twice, "app") == "varmor-demo-new"
     assert remove_patch("Deployment", twice, "varmor-demo-old") == []
     back = apply_patch(twice, remove_patch("Deployment", twice, "varmor-demo-new"))
@@ -244,7 +335,7 @@ def test_profile_change_overwrites_and_remove_patch_rolls_back() -> None:
     assert back["spec"]["template"]["metadata"]["annotations"] == {
         "container.apparmor.security.beta.varmor.org/side": "unconfined"
     }
-    legacy = apply_patch(dep, plan_patch("Deployment", dep, "varmor-demo-x", use_field=False))
+    legacy = apply_patch(dep, list(plan("Deployment", dep, "varmor-demo-x", use_field=False, allow_opt_out=True).ops))
     assert apply_patch(legacy, remove_patch("Deployment", legacy)) == dep
 
 
@@ -285,7 +376,7 @@ def test_strict_applier_rejects_add_under_missing_parent() -> None:
 
 names = st.text(alphabet="abc-/~.", min_size=1, max_size=6)
 ann_values = st.sampled_from(["unconfined", "localhost/varmor-x", "runtime/default", "other"])
-sc_values = st.one_of(
+sc_values: st.SearchStrategy[dict[str, Any] | None] = st.one_of(
     st.none(),
     st.just({}),
     st.just({"appArmorProfile": {"type": "Unconfined"}}),
@@ -296,7 +387,7 @@ sc_values = st.one_of(
 
 @st.composite
 def pod_templates(draw: st.DrawFn) -> dict[str, Any]:
-    cnames = draw(st.lists(names, min_size=0, max_size=4, unique=True))
+    cnames = draw(st.lists(names, min_size=0, max_size=5, unique=True))
     containers = []
     for n in cnames:
         c: dict[str, Any] = {"name": n}
@@ -304,11 +395,19 @@ def pod_templates(draw: st.DrawFn) -> dict[str, Any]:
         if sc is not None:
             c["securityContext"] = copy.deepcopy(sc)
         containers.append(c)
+    split = draw(st.integers(0, len(containers)))  # the first ones are init containers
+    init, containers = containers[:split], containers[split:]
     meta: dict[str, Any] | None = draw(st.sampled_from([None, {}, {"annotations": None}, {"annotations": {}}]))
     if meta is not None and draw(st.booleans()) and cnames:
         prefix = draw(st.sampled_from([api.K8S_APPARMOR_ANNOTATION_PREFIX, api.VARMOR_APPARMOR_ANNOTATION_PREFIX]))
         meta = {"annotations": {prefix + draw(st.sampled_from(cnames)): draw(ann_values)}}
     tmpl: dict[str, Any] = {"spec": {"containers": containers}}
+    if init:
+        tmpl["spec"]["initContainers"] = init
+    if draw(st.booleans()):
+        tmpl["spec"]["securityContext"] = {
+            "appArmorProfile": {"type": draw(st.sampled_from(["Unconfined", "RuntimeDefault"]))}
+        }
     if meta is not None:
         tmpl["metadata"] = meta
     return {"spec": {"template": tmpl}}
@@ -332,9 +431,13 @@ def test_patches_apply_strictly_and_are_idempotent(
             assert confined(out, name) == profile
     for op in result.ops:
         assert op["op"] == "add"
-    # Rollback removes exactly what was added for the profile.
+    # Rollback removes what was added for the profile (overwritten opt-outs stay overwritten).
     back = apply_patch(out, remove_patch("Deployment", out, profile))
     assert plan("Deployment", back, profile, pick, use_field).confined == result.confined
+    # With opt-outs allowed, exactly the opted-out containers are left alone.
+    allowed = plan("Deployment", obj, profile, pick, use_field, allow_opt_out=True)
+    assert set(allowed.confined) | set(allowed.opted_out) == set(result.confined)
+    assert set(allowed.opted_out) == set(result.overridden)
 
 
 @settings(max_examples=200, deadline=None)

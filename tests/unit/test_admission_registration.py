@@ -15,6 +15,7 @@ from varmor import api
 from varmor.admission.jsonpatch import apply_patch
 from varmor.admission.planner import plan_patch, select_policy
 from varmor.admission.registration import (
+    EPHEMERAL_WEBHOOK,
     NAMESPACE_LABEL,
     Registration,
     differs,
@@ -43,6 +44,11 @@ def pol(name: str, kind: str, namespace: str | None, profile: str | None = "p") 
     )
 
 
+def kind_hooks(config: dict[str, Any]) -> list[dict[str, Any]]:
+    """The entries for the target kinds (all but the ephemeral containers' one)."""
+    return [w for w in config["webhooks"] if w["name"] != EPHEMERAL_WEBHOOK]
+
+
 def test_no_policies_register_nothing() -> None:
     config = mutating_configuration(REG, [], b"CA")
     assert config["webhooks"] == []
@@ -54,7 +60,7 @@ def test_rules_and_namespaces_narrow_to_policies() -> None:
     assert scopes(policies) == {"Deployment": frozenset({"team-a", "team-b"}), "Pod": frozenset({"varmor"})}
     config = mutating_configuration(REG, policies, b"CA")
     # Pod policy only in the (always excluded) install namespace: no pods webhook at all.
-    assert [w["name"] for w in config["webhooks"]] == ["deployments.mutate.varmor.org"]
+    assert [w["name"] for w in config["webhooks"]] == ["deployments.mutate.varmor.org", EPHEMERAL_WEBHOOK]
     hook = config["webhooks"][0]
     assert hook["rules"][0]["resources"] == ["deployments"]
     assert hook["rules"][0]["operations"] == ["CREATE", "UPDATE"]
@@ -76,7 +82,7 @@ def test_rules_and_namespaces_narrow_to_policies() -> None:
 
 def test_cluster_policy_opens_every_namespace_but_the_excluded() -> None:
     config = mutating_configuration(REG, [pol("a", "Pod", "team-a"), pol("c", "Pod", None)], b"CA")
-    (hook,) = config["webhooks"]
+    (hook,) = kind_hooks(config)
     assert hook["namespaceSelector"]["matchExpressions"] == [
         {"key": "kubernetes.io/metadata.name", "operator": "NotIn", "values": ["kube-system", "varmor"]}
     ]
@@ -125,7 +131,7 @@ def test_audit_counts_selected_but_unprotected_workloads() -> None:
     result = audit(policies, {"Deployment": [bare, patched, legacy, other, pending, deleting]})
     assert result.per_policy == {("team-a", "web"): 1, ("team-b", "new"): 1}
     assert result.per_kind["Deployment"] == 2
-    assert result.examples[("team-a", "web")] == ("Deployment team-a/bare",)
+    assert result.examples[("team-a", "web")] == ("Deployment team-a/bare: container app runs without a profile",)
     assert is_protected("Deployment", legacy, "varmor-team-a-web")
     assert not is_protected("Deployment", bare, "varmor-team-a-web")
 
@@ -196,7 +202,7 @@ def hooks_for(policies: list[dict[str, Any]]) -> list[tuple[Any, list[dict[str, 
     """(objectSelector, namespace expressions) per webhook entry."""
     return [
         (w["objectSelector"], w["namespaceSelector"]["matchExpressions"])
-        for w in mutating_configuration(REG, policies, b"CA")["webhooks"]
+        for w in kind_hooks(mutating_configuration(REG, policies, b"CA"))
     ]
 
 
@@ -219,7 +225,7 @@ def test_object_selectors_narrow_to_the_policies_selectors() -> None:
         (db, [NOT_EXCLUDED, ns_in("team-b")]),  # entries in the order of their selectors' JSON
         (web, [NOT_EXCLUDED, ns_in("team-a", "team-b")]),
     ]
-    names = [w["name"] for w in mutating_configuration(REG, policies, b"CA")["webhooks"]]
+    names = [w["name"] for w in kind_hooks(mutating_configuration(REG, policies, b"CA"))]
     assert names == ["pods.mutate.varmor.org", "pods-1.mutate.varmor.org"]
 
 
@@ -295,3 +301,25 @@ def test_every_object_a_policy_selects_is_sent_to_the_webhook(
     )
     if selection.selected:
         assert sent, (policies, labels, namespace)
+
+
+def test_ephemeral_containers_are_sent_from_every_namespace_with_a_policy() -> None:
+    """`kubectl debug` adds them through pods/ephemeralcontainers; a workload policy's Pods
+    carry its profile, not its selector, so the entry takes every Pod there."""
+    config = mutating_configuration(REG, [pol("a", "Deployment", "team-a"), pol("b", "Pod", "team-b")], b"CA")
+    (hook,) = [w for w in config["webhooks"] if w["name"] == EPHEMERAL_WEBHOOK]
+    assert hook["rules"] == [
+        {
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "operations": ["UPDATE"],
+            "resources": ["pods/ephemeralcontainers"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert hook["objectSelector"] == {}
+    assert hook["namespaceSelector"]["matchExpressions"] == [NOT_EXCLUDED, ns_in("team-a", "team-b")]
+    cluster = mutating_configuration(REG, [pol("a", "Deployment", "team-a"), pol("c", "StatefulSet", None)], b"CA")
+    (everywhere,) = [w for w in cluster["webhooks"] if w["name"] == EPHEMERAL_WEBHOOK]
+    assert everywhere["namespaceSelector"]["matchExpressions"] == [NOT_EXCLUDED]
+    assert mutating_configuration(REG, [], b"CA")["webhooks"] == []

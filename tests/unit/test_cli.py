@@ -26,3 +26,18 @@ def test_a_leader_alone_takes_the_webhook_flags_it_registers() -> None:
     args = build_parser(argv).parse_args(argv)
     assert args.webhook_config_name == "x"
     assert args.cert_secret == "y"
+
+
+def test_every_role_takes_the_compile_budget_flags() -> None:
+    """One budget for every apparmor_parser run: the agent alone and the leader alone
+    accept the flags and hand them to what compiles."""
+    from varmor.cli import build_parser
+    from varmor.nodeexec.role import config_from_args
+    from varmor.settings import budget_from_args
+
+    for role in ("agent", "leader", "webhook"):
+        argv = ["run", f"--roles={role}", "--compile-cpu-seconds=3", "--compile-memory-mib=128"]
+        args = build_parser(argv).parse_args(argv)
+        assert (budget_from_args(args).cpu_seconds, budget_from_args(args).memory_mib) == (3.0, 128)
+    argv = ["run", "--roles=agent", "--compile-cpu-seconds=3"]
+    assert config_from_args(build_parser(argv).parse_args(argv)).budget.cpu_seconds == 3.0

@@ -6,13 +6,15 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from tests.helpers import BAD_TEXT, NOT_ENFORCED, profile_text
+from tests.helpers import BAD_TEXT, NOT_ENFORCED, SLOW_TEXT, profile_text
 from varmor.nodeexec.files import ProfileDir
 from varmor.nodeexec.parser_runner import ParserConfig, ParserRunner, blame, succeeded
 from varmor.nodeexec.standin import Op, StandInSecurityfs, decode_blob
+from varmor.parser import CPU, CompileBudget
 
 
 @pytest.fixture
@@ -30,10 +32,28 @@ def profile_dir(tmp_path: Path) -> ProfileDir:
     return pd
 
 
-def runner_for(standin: StandInSecurityfs, profile_dir: ProfileDir) -> ParserRunner:
+def runner_for(standin: StandInSecurityfs, profile_dir: ProfileDir, **config: Any) -> ParserRunner:
     return ParserRunner(
-        ParserConfig(subdomainfs=standin.dir, include_dirs=(Path("/etc/apparmor.d"), profile_dir.root), timeout=60)
+        ParserConfig(
+            subdomainfs=standin.dir, include_dirs=(Path("/etc/apparmor.d"), profile_dir.root), timeout=60, **config
+        )
     )
+
+
+async def test_a_profile_over_the_budget_fails_alone_and_says_so(
+    standin: StandInSecurityfs, profile_dir: ProfileDir
+) -> None:
+    runner = runner_for(standin, profile_dir, budget=CompileBudget(cpu_seconds=1))
+    files = {f"varmor-t-ok{i}": profile_dir.write(f"varmor-t-ok{i}", profile_text(f"varmor-t-ok{i}")) for i in range(2)}
+    files["varmor-t-slow"] = profile_dir.write("varmor-t-slow", SLOW_TEXT.format(name="varmor-t-slow"))
+    assert all(o.ok for o in (await runner.check_names(files)).values())
+    results = await runner.replace(files, complain=False)
+    slow = results.pop("varmor-t-slow")
+    assert (slow.ok, slow.exceeded) == (False, CPU)
+    assert "1 CPU-seconds" in slow.message
+    assert all(o.ok for o in results.values()), results
+    standin.settle()
+    assert set(standin.top_level()) == {"varmor-t-ok0", "varmor-t-ok1"}
 
 
 async def test_batch_replace_reaches_replace_with_modes(standin: StandInSecurityfs, profile_dir: ProfileDir) -> None:

@@ -190,3 +190,95 @@ def test_cluster_name_limit_depends_on_install_namespace() -> None:
 def test_not_a_mapping() -> None:
     with pytest.raises(PolicyError, match="must be an object"):
         parse_policy([])  # type: ignore[arg-type]
+
+
+# -- strict targets (issue: executable targets matched loosely) -------------------------
+
+# Each character the review found accepted as a target's last character, and elsewhere.
+REVIEWED_CHARACTERS = ['"', ",", "{", "}", "#", "\x00", "\x1b", "\n"]
+TARGET_FIELDS = [
+    ("attackProtectionRules", lambda t: [{"rules": ["disable-shell"], "targets": [t]}]),
+    ("appArmorRawRules", lambda t: [{"rules": "deny /x r,", "targets": [t]}]),
+]
+
+
+@pytest.mark.parametrize("char", REVIEWED_CHARACTERS, ids=[repr(c) for c in REVIEWED_CHARACTERS])
+@pytest.mark.parametrize("where", ["last", "middle"])
+@pytest.mark.parametrize(("field", "make"), TARGET_FIELDS, ids=[f[0] for f in TARGET_FIELDS])
+def test_targets_refuse_every_reviewed_character(char: str, where: str, field: str, make: Any) -> None:
+    target = f"/usr/bin/sh{char}" if where == "last" else f"/usr/b{char}in/sh"
+    doc = with_path(policy_doc(), f"spec.policy.enhanceProtect.{field}", make(target))
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(doc)
+    message = str(exc.value)
+    assert message.startswith(f"spec.policy.enhanceProtect.{field}[0].targets[0]: "), message
+    assert repr(char) in message  # names the character, escaped
+    assert not any(ord(c) < 0x20 or c == "\x7f" for c in message)  # no control character gets through
+
+
+@pytest.mark.parametrize(
+    "target",
+    [" /usr/bin/sh", "/usr/bin/sh ", "/usr/bin/s h", "/usr/bin/sh\t", "/usr/bin/", "/", "/bin/\u202esh", "/bin/@{x}"],
+)
+def test_targets_refuse_whitespace_at_the_ends_and_block_syntax(target: str) -> None:
+    doc = with_path(
+        policy_doc(),
+        "spec.policy.enhanceProtect.attackProtectionRules",
+        [{"rules": ["disable-shell"], "targets": [target]}],
+    )
+    with pytest.raises(PolicyError, match=r"^spec\.policy\.enhanceProtect\.attackProtectionRules\[0\]\.targets\[0\]"):
+        parse_policy(doc)
+
+
+@pytest.mark.parametrize("target", ["/usr/bin/python3", "/usr/**/sh", "/usr/bin/python3.1?", "/opt/[ab]in/x", "/a/b~c"])
+def test_targets_accept_plain_paths_and_builder_globs(target: str) -> None:
+    doc = with_path(
+        policy_doc(),
+        "spec.policy.enhanceProtect.attackProtectionRules",
+        [{"rules": ["disable-shell"], "targets": [target]}],
+    )
+    assert parse_policy(doc).enhance_protect is not None
+
+
+def test_the_crd_pattern_is_the_parsers_grammar() -> None:
+    """The API server (CRD pattern) and varmor.policy refuse the same targets."""
+    import re
+
+    from varmor.models.policy import EXECUTABLE_PATTERN
+
+    for char in REVIEWED_CHARACTERS:
+        assert not re.fullmatch(EXECUTABLE_PATTERN, f"/usr/bin/sh{char}")
+    assert re.fullmatch(EXECUTABLE_PATTERN, "/usr/bin/sh")
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "message"),
+    [
+        ("spec.target", {"kind": "Deployment", "name": "web\x1b[31m"}, "spec.target.name: 'web\\x1b[31m' is not"),
+        ("spec.target", {"kind": "Deployment", "name": "web\n"}, "spec.target.name: 'web\\n' is not"),
+        ("spec.target.containers", ["web\n"], "spec.target.containers[0]: 'web\\n' is not"),
+        ("spec.target.selector", {"matchLabels": {"app": "w\x00"}}, "spec.target.selector.matchLabels.app: 'w\\x00'"),
+        ("spec.target.selector", {"matchLabels": {"a\x1bpp": "w"}}, "spec.target.selector.matchLabels: 'a\\x1bpp'"),
+        (
+            "spec.target.selector",
+            {"matchExpressions": [{"key": "app", "operator": "In", "values": ["ok", "bad\n"]}]},
+            "spec.target.selector.matchExpressions[0].values[1]: 'bad\\n'",
+        ),
+    ],
+)
+def test_control_characters_are_refused_in_every_user_string(path: str, value: Any, message: str) -> None:
+    """Workload, container and label names reach Events, logs and the webhook configuration
+    (which the API server would refuse, blocking registration for every policy)."""
+    with pytest.raises(PolicyError) as exc:
+        parse_policy(with_path(policy_doc(), path, value))
+    assert str(exc.value).startswith(message), str(exc.value)
+
+
+# -- opt-out ------------------------------------------------------------------------
+
+
+def test_opt_out_is_refused_by_default_and_a_policy_can_allow_it() -> None:
+    assert parse_policy(policy_doc()).allow_opt_out is False
+    assert parse_policy(with_path(policy_doc(), "spec.policy.allowOptOut", True)).allow_opt_out is True
+    with pytest.raises(PolicyError, match=r"^spec\.policy\.allowOptOut: must be true or false"):
+        parse_policy(with_path(policy_doc(), "spec.policy.allowOptOut", "yes"))

@@ -167,7 +167,11 @@ def test_pod_is_mutated_and_uid_echoed(http_client: Client) -> None:
         "type": "Localhost",
         "localhostProfile": "varmor-cluster-varmor-all-pods",
     }
-    assert "securityContext" not in patched["spec"]["initContainers"][0]
+    # Init containers get the profile too (opting out is the policy's decision, contracts.md).
+    assert (
+        patched["spec"]["initContainers"][0]["securityContext"]["appArmorProfile"]
+        == (patched["spec"]["containers"][0]["securityContext"]["appArmorProfile"])
+    )
     # Re-admission of the mutated object changes nothing, and is counted as such.
     labels = {"endpoint": "mutate", "kind": "Pod", "operation": "CREATE"}
     unchanged = metric("varmor_admission_requests_total", **labels, result="unchanged")
@@ -272,6 +276,53 @@ def test_validate_compiles_raw_rules(http_client: Client) -> None:
     pol["spec"]["policy"]["enhanceProtect"]["appArmorRawRules"] = [{"rules": "deny /etc/shadow r,"}]
     _, data = http_client.post("/validate", review(pol, kind="VarmorPolicy", group=api.GROUP))
     assert answer(data)["allowed"] is True
+
+
+def _deep_json(depth: int) -> bytes:
+    return b'{"a":' * depth + b"1" + b"}" * depth
+
+
+@pytest.mark.parametrize("path", ["/mutate", "/validate"])
+@pytest.mark.parametrize("depth", [1_000, 1_500, 4_000])
+def test_deeply_nested_json_gets_a_400_not_a_500(http_client: Client, path: str, depth: int) -> None:
+    status, data = http_client.post(path, _deep_json(depth))
+    assert status == 400, data
+    # Deep inside the object, where the decoders go on their own (a policy's selector, a
+    # Deployment's template), and in a field /mutate skips.
+    pol = _policy("deep", "Deployment", "demo", selector={"matchLabels": "DEEP"})
+    kind, group = ("VarmorPolicy", api.GROUP) if path == "/validate" else ("Deployment", "apps")
+    obj = pol if path == "/validate" else {"metadata": {"name": "x"}, "spec": {"template": "DEEP"}, "x": "DEEP"}
+    body = review(obj, kind=kind, group=group).replace(b'"DEEP"', _deep_json(depth))
+    status, data = http_client.post(path, body)
+    assert status in (200, 400), data
+    if status == 400:
+        assert "nested too deeply" in orjson.loads(data)["error"]
+    elif path == "/validate":
+        assert answer(data)["allowed"] is False
+
+
+@pytest.mark.parametrize("path", ["/mutate", "/validate"])
+def test_hostile_bodies_never_get_a_5xx(http_client: Client, path: str) -> None:
+    huge = "x" * (MAX_BODY // 3)
+    pol = _policy("h", "Deployment", "demo", name="web")
+    policies = (
+        {**pol, "spec": {"target": huge, "policy": [huge]}},
+        {**pol, "spec": {"target": {"kind": "Deployment", "name": huge}, "policy": pol["spec"]["policy"]}},
+        {**pol, "spec": 7},
+        {**pol, "metadata": []},
+        [1, 2],
+        huge,
+    )
+    bodies = [review({"metadata": {"name": huge}}), review(pod() | {"spec": huge})]
+    bodies += [review(p, kind="VarmorPolicy", group=api.GROUP) for p in policies]
+    bodies.append(
+        orjson.dumps({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": huge}})
+    )
+    for body in bodies:
+        status, data = http_client.post(path, body)
+        assert status in (200, 400), data
+        if status == 200 and path == "/validate" and b"VarmorPolicy" in body:
+            assert answer(data)["allowed"] is False, body[:200]
 
 
 # -- fuzzing ------------------------------------------------------------------------

@@ -8,11 +8,12 @@ Precedence (never map order): cluster policies before namespaced ones; within a 
 policy (creationTimestamp), then namespace, name and uid, so adding a policy never
 steals a workload from an existing one. Only policies whose `status.profileName` is set
 (the leader accepted them) can win; matching policies without it are reported as pending.
+Every container kind is confined; opt-outs only where the policy allows them (see `plan`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +27,7 @@ JsonPatchOp = dict[str, Any]
 
 LOCALHOST = "Localhost"
 UNCONFINED_TYPE = "Unconfined"
+EPHEMERAL_SUBRESOURCE = "ephemeralcontainers"
 # Module-level copies for the per-container loop of `plan` (admission hot path).
 _K8S_PREFIX = api.K8S_APPARMOR_ANNOTATION_PREFIX
 _VARMOR_PREFIX = api.VARMOR_APPARMOR_ANNOTATION_PREFIX
@@ -54,6 +56,7 @@ class Candidate:
     profile_name: str | None
     policy: Mapping[str, Any] = field(compare=False, repr=False)
     label_selector: LabelSelector | None = None  # parsed; `selector` is its predicate
+    allow_opt_out: bool = False  # spec.policy.allowOptOut
 
     @property
     def key(self) -> tuple[str, str]:
@@ -94,6 +97,8 @@ def candidate_from(policy: Mapping[str, Any]) -> Candidate | None:
     containers = target.get("containers") or []
     if not isinstance(containers, list) or not all(isinstance(c, str) for c in containers):
         return None
+    rules = spec.get("policy")
+    allow_opt_out = isinstance(rules, dict) and rules.get("allowOptOut") is True
     status = policy.get("status")
     profile = status.get("profileName") if isinstance(status, dict) else None
     cluster = policy.get("kind") == api.VARMOR_CLUSTER_POLICY.kind
@@ -110,6 +115,7 @@ def candidate_from(policy: Mapping[str, Any]) -> Candidate | None:
         containers=tuple(containers),
         profile_name=profile if isinstance(profile, str) and profile else None,
         policy=policy,
+        allow_opt_out=allow_opt_out,
     )
 
 
@@ -224,11 +230,12 @@ def pod_parts(kind: str, obj: ObjectView) -> tuple[ObjectMeta | None, SpecView |
 
 @dataclass(slots=True)
 class Plan:
-    """The patch plus what it means, for metrics and status."""
+    """The patch plus what it means, for metrics, warnings and status."""
 
     ops: tuple[JsonPatchOp, ...] = ()
     confined: tuple[str, ...] = ()  # containers carrying the profile once patched
-    opted_out: tuple[str, ...] = ()  # containers the user explicitly left unconfined
+    opted_out: tuple[str, ...] = ()  # containers the user left unconfined, as the policy allows
+    overridden: tuple[str, ...] = ()  # opt-outs the policy does not allow: confined all the same
     unsupported: str | None = None  # why nothing can be confined (e.g. Windows pods)
 
 
@@ -242,19 +249,45 @@ def _annotation_ops(meta_path: str, meta: ObjectMeta | None, changes: dict[str, 
     return [{"op": "add", "path": prefix + escape(k), "value": v} for k, v in sorted(changes.items())]
 
 
+def _groups(pod_spec: SpecView, spec_path: str, ephemeral_only: bool) -> list[tuple[list[Container], str]]:
+    """(containers, JSON pointer prefix) of each container list the plan covers."""
+    out: list[tuple[list[Container], str]] = []
+    if not ephemeral_only:
+        out.append((pod_spec.containers or _NO_CONTAINERS, spec_path + "/containers/"))
+        if pod_spec.init_containers:
+            out.append((pod_spec.init_containers, spec_path + "/initContainers/"))
+    if pod_spec.ephemeral_containers:
+        out.append((pod_spec.ephemeral_containers, spec_path + "/ephemeralContainers/"))
+    return out
+
+
 def plan(
     kind: str,
     obj: Mapping[str, Any] | ObjectView,
     profile_name: str,
     containers: Sequence[str] = (),
     use_field: bool = True,
+    *,
+    allow_opt_out: bool = False,
+    ephemeral_only: bool = False,
+    existing: Collection[str] = (),
 ) -> Plan:
-    """Patch confining the regular containers of `obj` (all, or those named) with `profile_name`.
+    """Patch confining the containers of `obj` (all kinds: regular, init, which include
+    native sidecars, and ephemeral; or those named) with `profile_name`. `use_field` selects
+    `securityContext.appArmorProfile` (Kubernetes >= 1.30; plus vArmor's annotation) over
+    the beta annotation (which Kubernetes applies to init containers by name too).
 
-    `use_field` selects `securityContext.appArmorProfile` (Kubernetes >= 1.30) over the
-    beta annotation. Init and ephemeral containers are left alone. Raises PlanError when
-    `obj` is not shaped like a `kind`.
-    """
+    Opt-out: either annotation set to `unconfined`, or `appArmorProfile: Unconfined` on the
+    container (on the pod, when the container sets none). With `allow_opt_out` the container
+    is left alone (`opted_out`); without, it is confined like any other (`overridden`): its
+    `appArmorProfile` (Unconfined, RuntimeDefault, another Localhost) becomes Localhost
+    `profile_name` and both annotations, where present, `localhost/<profile_name>`. The
+    pod-level field stays: the container's takes precedence.
+
+    `ephemeral_only`: an update through `pods/ephemeralcontainers`, which may only add
+    ephemeral containers: those not in `existing` get the field (annotations cannot change
+    there, so before 1.30 the plan is `unsupported`). Raises PlanError when `obj` is not
+    shaped like a `kind`."""
     # The admission hot path: written for few Python operations per container.
     meta_path, spec_path = _paths(kind)
     meta, pod_spec = pod_parts(kind, view_of(obj))
@@ -262,6 +295,8 @@ def plan(
         return Plan(unsupported="no pod template")
     if pod_spec.os is not None and pod_spec.os.name == "windows":
         return Plan(unsupported="Windows pods cannot use AppArmor")
+    if ephemeral_only and not use_field:
+        return Plan(unsupported="ephemeral containers cannot get a profile through annotations (Kubernetes < 1.30)")
     ann = (None if meta is None else meta.annotations) or _NO_ANNOTATIONS
     pod_field = apparmor_of(pod_spec.security_context)
     pod_unconfined = pod_field is not None and pod_field.type == UNCONFINED_TYPE
@@ -270,51 +305,76 @@ def plan(
     ann_changes: dict[str, str] = {}
     confined: list[str] = []
     opted_out: list[str] = []
-    containers_path = spec_path + "/containers/"
-    for i, container in enumerate(pod_spec.containers or _NO_CONTAINERS):
-        name = container.name
-        if containers and name not in containers:
-            continue
-        context = container.security_context
-        field_now = None if context is None else context.app_armor_profile
-        varmor_key = _VARMOR_PREFIX + name
-        k8s_key = _K8S_PREFIX + name
-        varmor_now = ann.get(varmor_key)
-        k8s_now = ann.get(k8s_key)
-        if field_now is None:
-            if pod_unconfined or varmor_now == _UNCONFINED or k8s_now == _UNCONFINED:
-                opted_out.append(name)
+    overridden: list[str] = []
+    for group, group_path in _groups(pod_spec, spec_path, ephemeral_only):
+        for i, container in enumerate(group):
+            name = container.name
+            if (containers and name not in containers) or (existing and name in existing):
                 continue
-        elif field_now.type == UNCONFINED_TYPE or varmor_now == _UNCONFINED or k8s_now == _UNCONFINED:
-            opted_out.append(name)
-            continue
-        confined.append(name)
-        if not use_field:
-            if k8s_now != localhost:
-                ann_changes[k8s_key] = localhost
-            continue
-        if varmor_now != localhost:
-            ann_changes[varmor_key] = localhost
-        # The API server rejects a pod whose annotation and field disagree.
-        if k8s_now is not None and k8s_now != localhost:
-            ann_changes[k8s_key] = localhost
-        if field_now is None or field_now.type != LOCALHOST or field_now.localhost_profile != profile_name:
-            desired = {"type": LOCALHOST, "localhostProfile": profile_name}
-            if context is None:
-                ops.append(
-                    {
-                        "op": "add",
-                        "path": f"{containers_path}{i}/securityContext",
-                        "value": {"appArmorProfile": desired},
-                    }
-                )
-            else:
-                ops.append(
-                    {"op": "add", "path": f"{containers_path}{i}/securityContext/appArmorProfile", "value": desired}
-                )
+            context = container.security_context
+            field_now = None if context is None else context.app_armor_profile
+            varmor_key = _VARMOR_PREFIX + name
+            k8s_key = _K8S_PREFIX + name
+            varmor_now = ann.get(varmor_key)
+            k8s_now = ann.get(k8s_key)
+            if (
+                varmor_now == _UNCONFINED
+                or k8s_now == _UNCONFINED
+                or (pod_unconfined if field_now is None else field_now.type == UNCONFINED_TYPE)
+            ):
+                if allow_opt_out:
+                    opted_out.append(name)
+                    continue
+                overridden.append(name)
+            confined.append(name)
+            if not ephemeral_only:
+                # The API server rejects a pod whose annotation and field disagree.
+                if (use_field or varmor_now is not None) and varmor_now != localhost:
+                    ann_changes[varmor_key] = localhost
+                if (k8s_now is not None or not use_field) and k8s_now != localhost:
+                    ann_changes[k8s_key] = localhost
+            if not use_field:
+                continue
+            if field_now is None or field_now.type != LOCALHOST or field_now.localhost_profile != profile_name:
+                desired = {"type": LOCALHOST, "localhostProfile": profile_name}
+                if context is None:
+                    ops.append(
+                        {"op": "add", "path": f"{group_path}{i}/securityContext", "value": {"appArmorProfile": desired}}
+                    )
+                else:
+                    ops.append(
+                        {"op": "add", "path": f"{group_path}{i}/securityContext/appArmorProfile", "value": desired}
+                    )
     if ann_changes:
         ops[:0] = _annotation_ops(meta_path, meta, ann_changes)
-    return Plan(tuple(ops), tuple(confined), tuple(opted_out))
+    return Plan(tuple(ops), tuple(confined), tuple(opted_out), tuple(overridden))
+
+
+def plan_for(
+    candidate: Candidate,
+    kind: str,
+    obj: Mapping[str, Any] | ObjectView,
+    use_field: bool = True,
+    *,
+    sub_resource: str = "",
+    old: Mapping[str, Any] | ObjectView | None = None,
+) -> Plan:
+    """`plan` with the policy's profile, containers and opt-out rule (for the ephemeral
+    containers subresource: the ephemeral containers `old` lacks)."""
+    assert candidate.profile_name is not None
+    ephemeral = sub_resource == EPHEMERAL_SUBRESOURCE
+    old_spec = pod_parts("Pod", view_of(old))[1] if ephemeral and old is not None else None
+    existing = {c.name for c in (old_spec.ephemeral_containers if old_spec is not None else None) or ()}
+    return plan(
+        kind,
+        obj,
+        candidate.profile_name,
+        candidate.containers,
+        use_field,
+        allow_opt_out=candidate.allow_opt_out,
+        ephemeral_only=ephemeral,
+        existing=existing,
+    )
 
 
 def plan_patch(
@@ -342,9 +402,8 @@ def remove_patch(
 ) -> list[JsonPatchOp]:
     """Ops removing what varmor attached (`profile_name`, or any `varmor-*` profile).
 
-    For rollbacks of workload templates: Pods are immutable here. Opt-out annotations
-    (`unconfined`) are the user's and stay.
-    """
+    For rollbacks of workload templates (Pods are immutable here). Opt-out annotations
+    (`unconfined`) the plan did not overwrite are the user's and stay."""
     meta_path, spec_path = _paths(obj_kind)
     meta, pod_spec = pod_parts(obj_kind, view_of(obj))
     ops: list[JsonPatchOp] = []
@@ -353,9 +412,9 @@ def remove_patch(
         prefixed = key.startswith((api.K8S_APPARMOR_ANNOTATION_PREFIX, api.VARMOR_APPARMOR_ANNOTATION_PREFIX))
         if prefixed and _ours(value, profile_name):
             ops.append({"op": "remove", "path": f"{meta_path}/annotations/{escape(key)}"})
-    containers: list[Container] = (pod_spec.containers if pod_spec is not None else None) or []
-    for i, container in enumerate(containers):
-        prof = apparmor_of(container.security_context)
-        if prof and prof.type == LOCALHOST and _ours(f"localhost/{prof.localhost_profile}", profile_name):
-            ops.append({"op": "remove", "path": f"{spec_path}/containers/{i}/securityContext/appArmorProfile"})
+    for group, group_path in _groups(pod_spec, spec_path, False) if pod_spec is not None else ():
+        for i, container in enumerate(group):
+            prof = apparmor_of(container.security_context)
+            if prof and prof.type == LOCALHOST and _ours(f"localhost/{prof.localhost_profile}", profile_name):
+                ops.append({"op": "remove", "path": f"{group_path}{i}/securityContext/appArmorProfile"})
     return ops

@@ -12,6 +12,11 @@ object two entries match is sent twice; the second answer is an idempotent no-op
 no policies the configuration has no entries, so the API server sends varmor nothing.
 kube-system and the install namespace are always excluded, so varmor can never block
 its own recovery.
+
+Ephemeral containers are added to running Pods through the `pods/ephemeralcontainers`
+subresource (an UPDATE): one more entry sends those in every namespace with a policy of
+any kind, whatever the Pod's labels (a workload policy's Pods carry its profile, not its
+selector), so that they get the profile too (varmor.admission.ephemeral).
 """
 
 from __future__ import annotations
@@ -36,6 +41,10 @@ _RULES = {
     "StatefulSet": ("apps", "statefulsets", ("CREATE", "UPDATE")),
     "DaemonSet": ("apps", "daemonsets", ("CREATE", "UPDATE")),
 }
+
+
+EPHEMERAL_WEBHOOK = "ephemeralcontainers.mutate.varmor.org"
+EPHEMERAL_RESOURCE = "pods/ephemeralcontainers"
 
 
 @dataclass(frozen=True)
@@ -141,6 +150,16 @@ def _metadata(reg: Registration, owner: Mapping[str, Any] | None) -> dict[str, A
     return meta
 
 
+def ephemeral_entry(policies: Iterable[Mapping[str, Any]]) -> Entry | None:
+    """Ephemeral containers in every namespace with a policy of any kind (None: no policy)."""
+    kinds = scopes(policies)
+    if not kinds:
+        return None
+    if any(v is None for v in kinds.values()):
+        return Entry("Pod", {}, None)
+    return Entry("Pod", {}, frozenset().union(*(v for v in kinds.values() if v is not None)))
+
+
 def mutating_configuration(
     reg: Registration,
     policies: Iterable[Mapping[str, Any]],
@@ -150,8 +169,14 @@ def mutating_configuration(
     webhooks = []
     excluded = set(reg.excluded_namespaces)
     names: dict[str, int] = {}
-    for entry in entries(policies):
+    policies = list(policies)
+    planned: list[tuple[Entry, bool]] = [(e, False) for e in entries(policies)]
+    if (ephemeral := ephemeral_entry(policies)) is not None:
+        planned.append((ephemeral, True))
+    for entry, for_ephemeral in planned:
         group, resource, operations = _RULES[entry.kind]
+        if for_ephemeral:
+            resource, operations = EPHEMERAL_RESOURCE, ("UPDATE",)
         exprs: list[dict[str, Any]] = [
             {"key": NAMESPACE_LABEL, "operator": "NotIn", "values": sorted(excluded | entry.also_excluded)}
         ]
@@ -161,9 +186,10 @@ def mutating_configuration(
                 continue
             exprs.append({"key": NAMESPACE_LABEL, "operator": "In", "values": allowed})
         index = names[resource] = names.get(resource, -1) + 1
+        name = f"{resource}.mutate.varmor.org" if index == 0 else f"{resource}-{index}.mutate.varmor.org"
         webhooks.append(
             {
-                "name": f"{resource}.mutate.varmor.org" if index == 0 else f"{resource}-{index}.mutate.varmor.org",
+                "name": EPHEMERAL_WEBHOOK if for_ephemeral else name,
                 "admissionReviewVersions": ["v1"],
                 "sideEffects": "None",
                 "failurePolicy": reg.failure_policy,

@@ -1,7 +1,8 @@
 """AdmissionReview v1 on the wire: strict parsing and response encoding.
 
 Anything not shaped like an admission.k8s.io/v1 AdmissionReview is a ReviewError,
-which the server answers with 400 and the reason, never a 500.
+which the server answers with 400 and the reason, never a 500. That includes JSON nested
+deeper than the interpreter's recursion limit (msgspec raises RecursionError there).
 """
 
 from __future__ import annotations
@@ -73,6 +74,8 @@ def _parse(decoder: msgspec.json.Decoder[AdmissionReview[Any]], body: bytes) -> 
         raise ReviewError(f"not an AdmissionReview: {exc}") from None
     except msgspec.DecodeError as exc:
         raise ReviewError(f"body is not JSON: {exc}") from None
+    except RecursionError:
+        raise ReviewError("body is nested too deeply") from None
     if review.api_version != API_VERSION or review.kind != "AdmissionReview":
         raise ReviewError(f"expected apiVersion {API_VERSION} kind AdmissionReview")
     if review.request is None:
@@ -89,6 +92,8 @@ def parse_validation_review(body: bytes) -> ValidationRequest:
     return _parse(_VALIDATION, body)
 
 
+# The status reason of a refusal, by code (the API server shows both to the user).
+_REASONS = {422: "Invalid", 429: "TooManyRequests"}
 _ENVELOPE = b'{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":'
 
 
@@ -108,5 +113,5 @@ def encode_response(
     if warnings:
         response["warnings"] = warnings
     if not allowed:
-        response["status"] = {"code": code, "message": message, "reason": "Invalid" if code == 422 else "Forbidden"}
+        response["status"] = {"code": code, "message": message, "reason": _REASONS.get(code, "Forbidden")}
     return _ENVELOPE + orjson.dumps(response) + b"}"

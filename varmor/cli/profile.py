@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 
+from varmor.parser import DEFAULT_BUDGET, CompileBudget
 from varmor.pipeline import CompileError, compile_policy
 from varmor.policy import DEFAULT_INSTALL_NAMESPACE
 
@@ -21,6 +22,18 @@ def register(sub: Any) -> None:
         "--check",
         action="store_true",
         help="also compile it with apparmor_parser under the pinned ABI (no rule dropped)",
+    )
+    render.add_argument(
+        "--cpu-seconds",
+        type=float,
+        default=DEFAULT_BUDGET.cpu_seconds,
+        help="--check: CPU-seconds the compile may use (the leader's and webhook's budget)",
+    )
+    render.add_argument(
+        "--memory-mib",
+        type=int,
+        default=DEFAULT_BUDGET.memory_mib,
+        help="--check: memory the compile may use, in MiB",
     )
     render.add_argument(
         "--install-namespace",
@@ -53,7 +66,11 @@ def _render(args: argparse.Namespace) -> int:
     if args.check:
         from varmor.parser import compile_check
 
-        result = compile_check({built.name: built.text})[built.name]
+        budget = CompileBudget(args.cpu_seconds, args.memory_mib)
+        result = compile_check({built.name: built.text}, budget=budget)[built.name]
+        if result.exceeded:
+            print(f"error: {result.message} ({result.reason}); raise --cpu-seconds/--memory-mib", file=sys.stderr)
+            return 1
         if not result.ok:
             print(f"error: apparmor_parser rejected the profile:\n{result.message}", file=sys.stderr)
             return 1

@@ -77,6 +77,12 @@ class ControlPlaneState:
     def server(self) -> str:
         return f"https://127.0.0.1:{self.api_port}"
 
+    @property
+    def webhook_client_ca(self) -> Path:
+        """The CA of the client certificate the API server presents to every admission
+        webhook (a webhook started with `--webhook-client-ca` of this file accepts only it)."""
+        return Path(self.workdir) / "pki" / "webhook-client-ca.crt"
+
 
 class ControlPlane:
     """Starts and stops the three components; logs go to files in `workdir`."""
@@ -105,8 +111,15 @@ class ControlPlane:
         kcm = pki.issue(
             ca, "system:kube-controller-manager", year, organizations=("system:masters",), server=False, client=True
         )
+        # A separate CA for the API server's webhook client certificate, so a webhook that
+        # requires it accepts the API server and nobody else the cluster CA signed.
+        webhook_ca = pki.new_ca("varmor-dev-webhook-client-ca", year)
+        webhook_client = pki.issue(webhook_ca, "kube-apiserver-webhook-client", year, server=False, client=True)
         sa_key, sa_pub = pki.new_signing_key_pem()
         files = {
+            "webhook-client-ca.crt": webhook_ca.cert_pem,
+            "webhook-client.crt": webhook_client.cert_pem,
+            "webhook-client.key": webhook_client.key_pem,
             "ca.crt": ca.cert_pem,
             "ca.key": ca.key_pem,
             "apiserver.crt": serving.cert_pem,
@@ -125,6 +138,27 @@ class ControlPlane:
             path.chmod(0o600)
             paths[name] = path
         return paths
+
+    def _admission_config(self, p: dict[str, Path]) -> Path:
+        """Webhook client credentials (AdmissionConfiguration -> kubeConfigFile): the API
+        server presents webhook-client.crt to every webhook (user `*`)."""
+        credentials = {"client-certificate": str(p["webhook-client.crt"]), "client-key": str(p["webhook-client.key"])}
+        users = {"name": "*", "user": credentials}
+        kubeconfig = self.workdir / "webhook-client.kubeconfig"
+        kubeconfig.write_text(yaml.safe_dump({"apiVersion": "v1", "kind": "Config", "users": [users]}))
+        kubeconfig.chmod(0o600)
+        webhook = {
+            "apiVersion": "apiserver.config.k8s.io/v1",
+            "kind": "WebhookAdmissionConfiguration",
+            "kubeConfigFile": str(kubeconfig),
+        }
+        plugins = [
+            {"name": n, "configuration": webhook} for n in ("ValidatingAdmissionWebhook", "MutatingAdmissionWebhook")
+        ]
+        path = self.workdir / "admission.yaml"
+        config = {"apiVersion": "apiserver.config.k8s.io/v1", "kind": "AdmissionConfiguration", "plugins": plugins}
+        path.write_text(yaml.safe_dump(config))
+        return path
 
     def _kubeconfig(self, name: str, server: str, ca: Path, cert: Path, key: Path) -> Path:
         config = {
@@ -183,6 +217,7 @@ class ControlPlane:
                 f"--client-ca-file={p['ca.crt']}",
                 "--authorization-mode=RBAC",
                 "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,OwnerReferencesPermissionEnforcement",
+                f"--admission-control-config-file={self._admission_config(p)}",
                 "--service-account-issuer=https://kubernetes.default.svc",
                 f"--service-account-key-file={p['sa.pub']}",
                 f"--service-account-signing-key-file={p['sa.key']}",

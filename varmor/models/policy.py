@@ -66,7 +66,22 @@ def _rule_id(category: str) -> Meta:
 HardeningRuleId = Annotated[str, _rule_id("hardening")]
 AttackProtectionRuleId = Annotated[str, _rule_id("attack-protection")]
 VulMitigationRuleId = Annotated[str, _rule_id("vul-mitigation")]
-ExecutablePath = Annotated[str, Meta(description="An absolute executable path.", max_length=MAX_PATH, pattern="^/")]
+# An absolute executable path, globs as the profile builder writes them unquoted; nothing with
+# a meaning in profile text (quotes, commas, braces, comments, whitespace, control characters).
+# The last character is from the same class (not `/`). varmor.policy checks the same grammar.
+EXECUTABLE_CHARS = r"A-Za-z0-9._+\-*?\[\]:~%="
+EXECUTABLE_PATTERN = rf"^/[{EXECUTABLE_CHARS}/]*[{EXECUTABLE_CHARS}]$"
+ExecutablePath = Annotated[
+    str,
+    Meta(
+        description="An absolute executable path: letters, digits and . _ + - / * ? [ ] : ~ % = only "
+        "(AppArmor globs allowed; no quotes, commas, braces, #, whitespace or control characters).",
+        max_length=MAX_PATH,
+        pattern=EXECUTABLE_PATTERN,
+    ),
+]
+DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
+DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 
 
 # -- target ------------------------------------------------------------------------
@@ -114,6 +129,7 @@ class Target(Wire):
                 description="The workload's name (in the policy's namespace; any namespace for a cluster policy).",
                 max_length=253,
                 min_length=1,
+                pattern=DNS_SUBDOMAIN_PATTERN,
             ),
         ]
         | UnsetType
@@ -122,10 +138,10 @@ class Target(Wire):
     selector: Annotated[Selector, Meta(extra_json_schema={"x-kubernetes-map-type": "atomic"})] | UnsetType = UNSET
     containers: (
         Annotated[
-            list[Annotated[str, Meta(description="A container name.", max_length=63)]],
+            list[Annotated[str, Meta(description="A container name.", max_length=63, pattern=DNS_LABEL_PATTERN)]],
             Meta(
-                description="Container names to confine; empty means every regular container "
-                "(never init or ephemeral).",
+                description="Names of the containers to confine (regular, init, sidecar or ephemeral); "
+                "empty means every container of the pod.",
                 max_length=64,
             ),
         ]
@@ -256,6 +272,15 @@ class PolicyRules(Wire):
         ),
     ]
     enhance_protect: EnhanceProtect | UnsetType = UNSET
+    allow_opt_out: Annotated[
+        bool,
+        Meta(
+            description="Whether workload owners may opt containers out: with the opt-out annotations "
+            "(container.apparmor.security.beta.varmor.org/<c> or container.apparmor.security.beta.kubernetes.io/<c> "
+            "set to unconfined) or securityContext.appArmorProfile type Unconfined. False (the default): the "
+            "profile overrides them. Either way opted-out containers count as unprotected in the status."
+        ),
+    ] = False
 
 
 class PolicySpec(Wire):
@@ -321,7 +346,10 @@ class PolicyStatus(Wire):
     ) = UNSET
     # Owned by the webhook's audit; the leader's merge patches never include it.
     unprotected_workloads: (
-        Annotated[Int32, Meta(description="Selected workloads admitted without the profile (webhook failed open).")]
+        Annotated[
+            Int32,
+            Meta(description="Selected workloads with a container that runs without the profile (see Unprotected)."),
+        ]
         | UnsetType
     ) = UNSET
     conditions: (

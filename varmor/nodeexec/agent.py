@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -41,7 +42,7 @@ from varmor.nodeexec.loader import Loader
 from varmor.nodeexec.parser_runner import ParserConfig, ParserRunner
 from varmor.nodeexec.state import Desired, Failed, Loaded, NodeState, choose, node_status
 from varmor.nodeexec.status import StatusWriter
-from varmor.parser import ParserNotFoundError
+from varmor.parser import DEFAULT_BUDGET, CompileBudget, ParserNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -56,10 +57,11 @@ class AgentConfig:
     parser: str = ""
     parser_base_dir: Path | None = Path("/etc/apparmor.d")  # searched before the profile dir
     resync_seconds: float = 300.0
-    retry_seconds: float = 60.0  # a profile that failed at one hash is retried after this
+    retry_seconds: float = 60.0  # a profile that failed at one hash is retried after this (never: over budget)
     status_debounce: float = 0.5
     heartbeat_seconds: float = DEFAULT_HEARTBEAT  # renew ArmorNode heartbeatTime; 0 disables
     workers: int = 64
+    budget: CompileBudget = DEFAULT_BUDGET  # per apparmor_parser process
 
 
 class Agent:
@@ -86,7 +88,7 @@ class Agent:
         self.loader: Loader | None = None
         self._index: dict[str, set[Key]] = {}
         self._force: set[str] = set()
-        self._failed_at: dict[str, tuple[str, str, float]] = {}  # name -> (sha256, mode, when)
+        self._failed_at: dict[str, tuple[str, str, float]] = {}  # name -> (sha256, mode, when; inf: over budget)
         self._node_local = ""
         self._started = self._last_phase = time.monotonic()
         self.phases: dict[str, float] = {}  # start-up phase -> seconds (logged, and for the benchmark)
@@ -129,6 +131,7 @@ class Agent:
                     subdomainfs=kernel.apparmor_dir(cfg.securityfs),
                     include_dirs=tuple(dict.fromkeys([*base, cfg.profile_dir])),
                     parser=cfg.parser,
+                    budget=cfg.budget,
                 )
             )
             self.parser_version = await runner.version()
@@ -288,9 +291,17 @@ class Agent:
         ):
             self._set_failure(name, conflict)
             return
+        # Over the compile budget: never again for this content (a new sha256, or an agent
+        # restart, tries again). Other failures: not before retry_seconds, unless forced.
         failed = self._failed_at.get(name)
-        recent = failed is not None and time.monotonic() - failed[2] < self.config.retry_seconds
-        if failed and recent and failed[:2] == (desired.sha256, desired.mode) and name not in self._force:
+        if (
+            failed
+            and failed[:2] == (desired.sha256, desired.mode)
+            and (
+                failed[2] == math.inf
+                or (time.monotonic() - failed[2] < self.config.retry_seconds and name not in self._force)
+            )
+        ):
             return
         self._force.discard(name)
         staged = self.files.load_path(name, desired.sha256)
@@ -313,8 +324,10 @@ class Agent:
             message += " (a version loaded before the agent started stays in the kernel)"
         elif previous is not None:
             message += f" (the version with sha256 {previous.sha256} stays loaded)"
+        if outcome.exceeded:
+            message = f"CompileBudgetExceeded: {message}; not retried until the profile changes"
         log.warning("profile %s failed to load: %s", name, message)
-        self._failed_at[name] = (desired.sha256, desired.mode, time.monotonic())
+        self._failed_at[name] = (desired.sha256, desired.mode, math.inf if outcome.exceeded else time.monotonic())
         self._set_failure(name, Failed(desired.namespace, desired.sha256, message))
 
     def _stage(self, name: str, staged: Path, text: str, complain: bool) -> None:

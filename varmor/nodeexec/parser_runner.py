@@ -11,6 +11,10 @@ One invocation handles many files (the parser compiles them in parallel); `-v` m
 print one success line per profile, so a failure is attributed to the right profile and
 the others in the batch still load. A profile that fails without its own message is
 re-run alone to get one. All parser runs are asyncio subprocesses: nothing blocks the loop.
+
+Every run is budgeted (`varmor.parser.run_async`: CPU-seconds and memory per parser
+process, its own process group, killed with the agent). A profile that exceeds the budget
+fails with `Outcome.exceeded` set, so the agent records it and never retries that content.
 """
 
 from __future__ import annotations
@@ -24,7 +28,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from varmor.nodeexec import metrics
-from varmor.parser import COMPILE_FLAGS, features_file, find_parser
+from varmor.parser import (
+    COMPILE_FLAGS,
+    DEFAULT_BUDGET,
+    CompileBudget,
+    ParserRun,
+    features_file,
+    find_parser,
+    run_async,
+    single_process,
+)
 
 LOAD_FLAGS = tuple(flag for flag in COMPILE_FLAGS if flag != "-Q")  # -Q would skip the kernel load
 _SUCCESS = re.compile(r'^(?:Addition|Replacement|Removal) succeeded for "(?P<name>[^"]+)"\.?$')
@@ -36,17 +49,10 @@ MAX_MESSAGE = 2000
 class Outcome:
     ok: bool
     message: str = ""
+    exceeded: str = ""  # the budget (cpu, memory, deadline) failed it, not the text
 
 
-@dataclass(frozen=True)
-class Run:
-    rc: int
-    out: str
-    err: str
-
-    @property
-    def text(self) -> str:
-        return (self.err + "\n" + self.out).strip()
+Run = ParserRun
 
 
 @dataclass(frozen=True)
@@ -55,7 +61,8 @@ class ParserConfig:
     include_dirs: tuple[Path, ...] = ()
     parser: str = ""  # default: found on PATH
     features: Path | None = None  # default: varmor's pinned features file
-    timeout: float = 300.0
+    timeout: float = 300.0  # real time, per parser run (a batch may hold many profiles)
+    budget: CompileBudget = DEFAULT_BUDGET  # per parser process (each profile of a batch compiles in its own)
     cache_dir: Path | None = None  # compiled-policy cache for enforce-mode loads (None: no cache)
 
 
@@ -90,21 +97,14 @@ class ParserRunner:
 
     async def _exec(self, action: str, args: Sequence[str]) -> Run:
         started = time.monotonic()
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
-        )
         try:
-            out, err = await asyncio.wait_for(proc.communicate(), self.config.timeout)
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            metrics.PARSER_RUNS.labels(action, "error").inc()
-            return Run(-9, "", f"apparmor_parser timed out after {self.config.timeout:.0f}s")
+            run = await run_async(args, self.config.budget, self.config.timeout)
         finally:
             metrics.PARSER_DURATION.labels(action).observe(time.monotonic() - started)
-        rc = proc.returncode if proc.returncode is not None else -1
-        metrics.PARSER_RUNS.labels(action, "ok" if rc == 0 else "error").inc()
-        return Run(rc, out.decode(errors="replace"), err.decode(errors="replace"))
+        metrics.PARSER_RUNS.labels(action, "ok" if run.rc == 0 and not run.exceeded else "error").inc()
+        if run.exceeded == "deadline":
+            return Run(run.rc, run.out, f"apparmor_parser timed out after {self.config.timeout:.0f}s", run.exceeded)
+        return run
 
     async def version(self) -> str:
         run = await self._exec("version", [self.parser, "--version"])
@@ -119,13 +119,15 @@ class ParserRunner:
         are checked one by one."""
         if not files:
             return {}
-        cmd = [*self._base(), "-N", *(str(p) for p in files.values())]
+        cmd = [*self._base(), "-N", *single_process(files), *(str(p) for p in files.values())]
         run = await self._exec("names", cmd)
         found = Counter(n for n in run.out.split("\n") if n and "//" not in n)
         if run.rc == 0 and found == Counter(list(files)):
             return {name: Outcome(True) for name in files}
         if len(files) == 1:
             ((name, path),) = files.items()
+            if run.exceeded:
+                return {name: Outcome(False, self.config.budget.describe(run.exceeded), run.exceeded)}
             if run.rc != 0:
                 return {name: Outcome(False, _trim(blame(run.text, path, name) or run.text))}
             extra = sorted(set(found) - {name})
@@ -144,24 +146,27 @@ class ParserRunner:
         key is the one profile it defines. Returns an outcome per profile."""
         if not files:
             return {}
-        flags = ["-r", "-v", *(["-C"] if complain else [])]
+        flags = ["-r", "-v", *(["-C"] if complain else []), *single_process(files)]
         base = self._base()
         if self.config.cache_dir is not None and not complain:  # the parser never caches complain mode
             base.remove("-K")
             flags += ["-W", "-L", str(self.config.cache_dir)]
         run = await self._exec("replace", [*base, *flags, *(str(p) for p in files.values())])
+        if run.exceeded and len(files) == 1:
+            ((name, _path),) = files.items()
+            return {name: Outcome(False, self.config.budget.describe(run.exceeded), run.exceeded)}
         done = succeeded(run.out)
         results = {name: Outcome(True) for name in files if name in done or run.rc == 0}
         failed = {name: path for name, path in files.items() if name not in results}
         unexplained = []
         for name, path in failed.items():
             message = blame(run.text, path, name)
-            if message and len(failed) == 1:
+            if message and len(failed) == 1 and not run.exceeded:
                 results[name] = Outcome(False, _trim(message))
-            elif len(failed) == 1:
+            elif len(files) == 1:
                 results[name] = Outcome(False, _trim(run.text or f"apparmor_parser exited {run.rc}"))
             else:
-                unexplained.append(name)
+                unexplained.append(name)  # e.g. a worker killed at the budget: the parser says nothing
         if unexplained:
             # Several failures in one run can interleave their lines: re-run each alone
             # (replacing is idempotent) so every message belongs to its profile.

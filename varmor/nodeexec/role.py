@@ -8,6 +8,7 @@ import socket
 from pathlib import Path
 from typing import Any
 
+from varmor import settings
 from varmor.api import DEFAULT_HEARTBEAT
 from varmor.kube.tasks import task_group
 from varmor.nodeexec.agent import Agent, AgentConfig
@@ -17,6 +18,7 @@ from varmor.nodeexec.violations import ViolationReporter
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    settings.add_budget_arguments(parser)  # the agent compiles under the same budget
     g = parser.add_argument_group("agent")
     g.add_argument("--node-name", default=os.environ.get("NODE_NAME") or socket.gethostname())
     g.add_argument(
@@ -59,6 +61,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         resync_seconds=args.agent_resync,
         status_debounce=args.agent_status_debounce,
         heartbeat_seconds=args.agent_heartbeat,
+        budget=settings.budget_from_args(args),
     )
 
 

@@ -7,16 +7,18 @@ from varmor.profile.node_local import (
     DiskDeviceError,
     node_local_include,
 )
-from varmor.profile.raw import RawRuleError, validate_raw_rules
+from varmor.profile.raw import CheckedRawRules, RawRuleError, check_raw_rules, validate_raw_rules
 
 __all__ = [
     "NODE_LOCAL_INCLUDE",
     "NO_DEVICE_PLACEHOLDER",
     "BuiltProfile",
+    "CheckedRawRules",
     "DiskDeviceError",
     "Disposition",
     "RawRuleError",
     "build_profile",
+    "check_raw_rules",
     "disposition",
     "node_local_include",
     "validate_raw_rules",

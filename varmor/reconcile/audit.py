@@ -1,7 +1,10 @@
-"""Selected-but-unprotected workloads: the fail-open gap the webhook cannot see itself.
+"""Selected-but-unprotected workloads: the fail-open gap the webhook cannot see itself, and
+the containers their owners opted out.
 
 When the webhook is down and failurePolicy is Ignore, the API server admits workloads
-without asking; only looking at what exists reveals it. `audit` is pure (same planner
+without asking; only looking at what exists reveals it. A container opted out (allowed by
+the policy or not) runs unconfined, so it counts as unprotected too, with the reason in
+the example the condition message names. `audit` is pure (same planner
 as the webhook); `collect` lists the workloads of the kinds and namespaces that have
 policies.
 """
@@ -15,7 +18,7 @@ from typing import Any
 from kubernetes.aio import client
 
 from varmor import api
-from varmor.admission.objects import ObjectView, apparmor_of, view_of
+from varmor.admission.objects import Container, ObjectMeta, ObjectView, SpecView, apparmor_of, view_of
 from varmor.admission.planner import LOCALHOST, PlanError, PolicyIndex, plan, pod_parts
 from varmor.admission.registration import scopes
 from varmor.kube import paths
@@ -25,35 +28,57 @@ from varmor.reconcile.findings import Findings
 PolicyKey = tuple[str, str]  # (namespace or "" for cluster policies, name)
 
 
-def _effective(kind: str, obj: ObjectView, container: str) -> str | None:
-    """The Localhost profile a container of `obj` will run under, if any."""
-    meta, spec = pod_parts(kind, obj)
-    for c in (spec.containers if spec is not None else None) or ():
-        if c.name != container:
-            continue
-        prof = apparmor_of(c.security_context)
-        if prof is not None and prof.type:
-            return prof.localhost_profile if prof.type == LOCALHOST else None
-        annotations = (meta.annotations if meta is not None else None) or {}
-        value = annotations.get(api.K8S_APPARMOR_ANNOTATION_PREFIX + container, "")
-        if value.startswith("localhost/"):
-            return value.removeprefix("localhost/")
-        assert spec is not None
-        pod_prof = apparmor_of(spec.security_context)
-        return pod_prof.localhost_profile if pod_prof is not None and pod_prof.type == LOCALHOST else None
+def _effective(meta: ObjectMeta | None, spec: SpecView, container: Container) -> str | None:
+    """The Localhost profile `container` will run under, if any: its own field, else the beta
+    annotation (Kubernetes applies it to every container kind by name), else the pod's field."""
+    prof = apparmor_of(container.security_context)
+    if prof is not None and prof.type:
+        return prof.localhost_profile if prof.type == LOCALHOST else None
+    annotations = (meta.annotations if meta is not None else None) or {}
+    value = annotations.get(api.K8S_APPARMOR_ANNOTATION_PREFIX + container.name, "")
+    if value.startswith("localhost/"):
+        return value.removeprefix("localhost/")
+    pod_prof = apparmor_of(spec.security_context)
+    return pod_prof.localhost_profile if pod_prof is not None and pod_prof.type == LOCALHOST else None
+
+
+def unprotected_reason(
+    kind: str,
+    obj: Mapping[str, Any] | ObjectView,
+    profile: str,
+    containers: Sequence[str] = (),
+    allow_opt_out: bool = False,
+) -> str | None:
+    """Why a container the policy covers (every kind: regular, init, sidecar, ephemeral)
+    runs without `profile`, or None when all of them run under it. An opted-out container
+    is unprotected whether or not the policy allows opting out (`allow_opt_out` only words
+    the reason)."""
+    try:
+        view = view_of(obj)
+        result = plan(kind, view, profile, containers, use_field=True, allow_opt_out=True)
+        meta, spec = pod_parts(kind, view)
+    except PlanError as exc:
+        return f"not shaped like a {kind}: {exc}"
+    if result.unsupported or spec is None:
+        return result.unsupported or "no pod template"
+    if result.opted_out:
+        how = "allowed by spec.policy.allowOptOut" if allow_opt_out else "the policy does not allow it"
+        return f"container {result.opted_out[0]} opted out ({how})"
+    confined = set(result.confined)
+    for label, group in (
+        ("container", spec.containers),
+        ("init container", spec.init_containers),
+        ("ephemeral container", spec.ephemeral_containers),
+    ):
+        for container in group or ():
+            if container.name in confined and (effective := _effective(meta, spec, container)) != profile:
+                return f"{label} {container.name} runs " + (f"under {effective}" if effective else "without a profile")
     return None
 
 
 def is_protected(kind: str, obj: Mapping[str, Any] | ObjectView, profile: str, containers: Sequence[str] = ()) -> bool:
-    """Every container the policy confines (minus opt-outs) runs under `profile`."""
-    try:
-        view = view_of(obj)
-        result = plan(kind, view, profile, containers, use_field=True)
-    except PlanError:
-        return False
-    if result.unsupported:
-        return False
-    return all(_effective(kind, view, c) == profile for c in result.confined)
+    """Every container the policy covers runs under `profile`; opted-out ones never count."""
+    return unprotected_reason(kind, obj, profile, containers) is None
 
 
 def _live(kind: str, obj: Mapping[str, Any]) -> bool:
@@ -112,8 +137,10 @@ def audit(
             if sel.winner is not None:
                 cand = sel.winner.candidate
                 assert cand.profile_name is not None
-                if is_protected(kind, view, cand.profile_name, cand.containers):
+                why = unprotected_reason(kind, view, cand.profile_name, cand.containers, cand.allow_opt_out)
+                if why is None:
                     continue
+                ref = f"{ref}: {why}"
             elif sel.pending:
                 cand = sel.pending[0].candidate
             else:

@@ -1,17 +1,18 @@
 """Policy -> ArmorProfile reconciler, and the policy/ArmorProfile status writer.
 
 One work queue keyed by policy: every event that can change what a policy should look
-like (the policy itself, its ArmorProfile, an ArmorNode report naming its profile)
-enqueues the policy's key, and `reconcile` recomputes everything from the informer
-caches. Per-key serialisation means a policy's status has exactly one writer at a time;
-recomputing from scratch means a new leader needs no handover.
+like (the policy, its ArmorProfile, an ArmorNode report naming its profile) enqueues its
+key, and `reconcile` recomputes everything from the informer caches. Per-key serialisation
+means one status writer per policy; recomputing from scratch means no leader handover.
 
 Guarantees:
 * idempotent: an unchanged policy costs no writes;
 * conflict-safe: ArmorProfile updates carry the resourceVersion they were computed from,
   and profile-name collisions are checked against a live list under a per-name lock;
-* an invalid policy gets status Error, a Created/Updated condition naming the field and
-  an Event, and no ArmorProfile (or, for an invalid update, the previous profile stays);
+* every profile is compiled under the budget, off the workers, before its ArmorProfile is
+  written (varmor.reconcile.compiles); an invalid or over-budget policy gets status Error
+  (Invalid / CompileBudgetExceeded), a condition, an Event, and no ArmorProfile (or, for
+  an invalid update, the previous profile stays);
 * ArmorProfiles carry an owner reference to the policy (the garbage collector deletes
   them when varmor is down) and are deleted by the leader when it sees the policy go.
 """
@@ -39,10 +40,12 @@ from varmor.kube.informer import EventType, Informer
 from varmor.kube.kube import MERGE_PATCH, Kube
 from varmor.kube.tasks import task_group
 from varmor.kube.workqueue import WorkQueue
+from varmor.parser import DEFAULT_BUDGET, CompileBudget
 from varmor.pipeline import CompileError, compile_policy
 from varmor.reconcile import metrics
 from varmor.reconcile.armorprofiles import ArmorProfileWriter
 from varmor.reconcile.audit import AuditResult, findings_of
+from varmor.reconcile.compiles import CompileGate, CompilePending
 from varmor.reconcile.profiles import (
     ROLLOUT_FINALIZER,
     PolicyKey,
@@ -76,6 +79,7 @@ class Settings:
     use_apparmor_field: bool = True  # Kubernetes >= 1.30: securityContext.appArmorProfile
     lost_after: float = DEFAULT_LOST_AFTER  # an ArmorNode heartbeat older than this: agent lost
     liveness_margin: float = 1.0  # recheck this long after the first expiry (heartbeats have 1 s precision)
+    budget: CompileBudget = DEFAULT_BUDGET  # per apparmor_parser run of the leader's compile check
 
 
 class PolicyController:
@@ -91,9 +95,11 @@ class PolicyController:
         clock: Clock = utc_now,
     ) -> None:
         self.settings = settings
+        self._install_ns = settings.install_namespace
         self.clock = clock
         self.kube = kube or Kube(api_client, component="reconcile", role="leader")
         self.writer = ArmorProfileWriter(self.kube, self._policy_alive)
+        self.compiles = CompileGate(settings.budget)
         rs = settings.resync_seconds
         self.policies = Informer(api_client, api.VARMOR_POLICY, resync_seconds=rs)
         self.cluster_policies = Informer(api_client, api.VARMOR_CLUSTER_POLICY, resync_seconds=rs)
@@ -106,8 +112,7 @@ class PolicyController:
         self._delayed: set[PolicyKey] = set()
         self._extra_conditions: dict[str, JSON] = {}  # policy uid -> condition (Rollout)
         self._audit: AuditResult | None = None  # the latest unprotected-workload audit
-        # What this leader last wrote, by uid: the cache may lag our own writes, and
-        # comparing against it would repeat writes and Events.
+        # What this leader last wrote, by uid: comparing with the lagging cache would repeat writes.
         self._last_status: dict[str, JSON] = {}
         self._last_ap_status: dict[str, JSON] = {}
         self.on_ready = on_ready  # (policy, armor profile) when a policy is Ready: rollouts
@@ -223,10 +228,6 @@ class PolicyController:
         except api.ProfileNameError:
             return None
 
-    @property
-    def _install_ns(self) -> str:
-        return self.settings.install_namespace
-
     # -- reconcile ------------------------------------------------------------------
     async def _reconcile_counted(self, key: PolicyKey) -> None:
         start = time.perf_counter()
@@ -264,10 +265,13 @@ class PolicyController:
         # Our ArmorProfile, if any: at the accepted (or derivable) name, owned by this uid.
         lookup = profile_name or previous.get("profileName") or self._derived_name(policy)
         ap = self.profiles.get(ap_ns, lookup) if lookup else None
-        if ap is not None and (owner_key(ap) or (None, ""))[1] != uid:
-            ap = None
+        ap = ap if ap is not None and (owner_key(ap) or (None, ""))[1] == uid else None
         if ap is not None and ap["metadata"].get("deletionTimestamp"):
             raise TemporaryError("its ArmorProfile is being deleted; recreating it once it is gone")
+        try:  # a pending compile queues the key again when it ends; other policies proceed meanwhile
+            error = error or self.compiles.check(built, ap, lambda: self.queue.add(key))
+        except CompilePending:
+            return
         events: list[tuple[Severity, str, str]] = []
         if error is None and built is not None and profile_name is not None:
             desired = desired_armor_profile(policy, profile_name, ap_ns, built.text, built.mode, built.sha256)
@@ -374,6 +378,7 @@ class PolicyController:
             for informer in informers:
                 await informer.wait_synced()
             await self.sweep_orphans()
+            group.create_task(self.compiles.run(), name="policy-compiles")
             group.create_task(self.queue.run(), name="policy-queue")
             group.create_task(self._phase_gauge(), name="policy-gauge")
             group.create_task(self._watch_liveness(), name="policy-liveness")
@@ -381,8 +386,7 @@ class PolicyController:
     def check_liveness(self) -> float | None:
         """Re-reconcile every policy when the set of lost ArmorNodes changed; returns the
         seconds until the next alive node would turn lost (None: no heartbeats to watch)."""
-        nodes = self.nodes.list()
-        liveness = self.liveness()
+        nodes, liveness = self.nodes.list(), self.liveness()
         lost = lost_nodes(nodes, liveness)
         if lost != self._lost:
             gone, back = sorted(lost - self._lost), sorted(self._lost - lost)
@@ -396,9 +400,8 @@ class PolicyController:
         return next_expiry(nodes, liveness)
 
     async def _watch_liveness(self) -> None:
-        """Agents that stop heartbeating change no object: wake at the earliest expiry
-        (plus a margin for the heartbeat's 1 s precision), or when a node event may have
-        changed the lost set, and re-check. Capped by the resync period."""
+        """Agents that stop heartbeating change no object: wake at the earliest expiry (plus a
+        margin: heartbeats have 1 s precision), or when a node event may have changed the lost set."""
         while True:
             self._liveness_changed.clear()
             wait = self.check_liveness()

@@ -61,6 +61,7 @@ async def lead(ctx: Any) -> None:
         status_delay=args.status_delay,
         lost_after=args.agent_lost_after,
         use_apparmor_field=await server_supports_field(ctx.api_client),
+        budget=webhook_settings.budget_from_args(args),
     )
     controller = PolicyController(
         ctx.api_client, settings, kube=Kube(ctx.api_client, component="reconcile", role="leader")

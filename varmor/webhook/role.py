@@ -1,7 +1,9 @@
 """`varmor run --roles=webhook`: the TLS admission server in every replica.
 
 Serves from the certificate Secret and reloads it on change (no restart); answers from
-an informer cache of policies. Readiness waits for both.
+an informer cache of policies. Readiness waits for both. With `--webhook-client-ca`, a
+TLS client certificate signed by that CA is required (the API server's webhook client
+credentials), so no other in-cluster caller reaches /validate's compiles.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import argparse
 import asyncio
 import gc
 import logging
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -51,6 +54,9 @@ async def run(ctx: Any) -> None:
 
     cache = PolicyCache(ctx.api_client, rebuild)
     tls = ReloadableTLS()
+    if cfg.client_ca:  # only the API server (a certificate this CA signed) may call us
+        tls.context.load_verify_locations(cafile=cfg.client_ca)
+        tls.context.verify_mode = ssl.CERT_REQUIRED
     tls_loaded = asyncio.Event()
 
     async def on_secret(secret: JSON) -> None:
@@ -64,7 +70,13 @@ async def run(ctx: Any) -> None:
 
     ctx.health.add("webhook-certificate", tls_loaded.is_set)
     ctx.health.add("webhook-policies", lambda: cache.synced)
-    validator = PolicyValidator(cfg.namespace)
+    validator = PolicyValidator(
+        cfg.namespace,
+        budget=cfg.budget,
+        deadline=cfg.compile_deadline,
+        slots=cfg.compile_slots,
+        waiting=cfg.compile_waiting,
+    )
     app = build_app(state, validator, max_body=cfg.max_request_bytes, synced=cache.synced_event)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
     try:

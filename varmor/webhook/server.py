@@ -2,7 +2,11 @@
 
 Malformed reviews get 400 with the reason; oversized bodies get 413 (aiohttp's
 client_max_size); a bug in planning is answered "allowed, unchanged" (fail-open,
-counted in varmor_admission_unconfined_total{reason="error"}) rather than a 500.
+counted in varmor_admission_unconfined_total{reason="error"}) rather than a 500. A policy
+the validator cannot judge (any exception, RecursionError included) is refused: refusing
+a policy is safe, the user can retry. Anything else that raises (a hostile body the
+decoders did not foresee) is a 400 naming the exception: a catch-all around each handler,
+free on the hot path (Python's exceptions cost nothing until raised).
 """
 
 from __future__ import annotations
@@ -38,6 +42,11 @@ def _bad_request(endpoint: str, reason: str) -> web.Response:
     return web.json_response({"error": reason}, status=400)
 
 
+def _unexpected(endpoint: str, exc: BaseException) -> web.Response:
+    log.warning("%s: unprocessable review (%s)", endpoint, type(exc).__name__)
+    return _bad_request(endpoint, f"cannot process this AdmissionReview ({type(exc).__name__})")
+
+
 def _too_large(endpoint: str, exc: web.HTTPRequestEntityTooLarge) -> web.Response:
     metrics.count_request(endpoint, "other", "", "too_large")
     return web.json_response({"error": exc.text or "request body too large"}, status=413)
@@ -67,46 +76,54 @@ def build_app(
     async def mutate(request: web.Request) -> web.Response:
         # The hot path: kept flat (no helper coroutine, no isinstance against aiohttp's
         # ABC-derived Response) because every Python-level step here is paid per admission.
-        start = perf_counter()
         try:
-            raw = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            return _too_large("mutate", exc)
-        try:
-            req = parse_mutation_review(raw)
-        except ReviewError as exc:
-            return _bad_request("mutate", str(exc))
-        if synced is not None and not state.synced:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(synced.wait(), sync_wait)
-        try:
-            decision = decide(state, req)
-        except PlanError as exc:
-            return _bad_request("mutate", f"request.object: {exc}")
-        except Exception:
-            log.exception("mutation planning failed; admitting unchanged")
-            metrics.UNCONFINED.labels(metrics.kind_label(req.kind), "error").inc()
-            decision = Decision("error")
-        body = encode_response(req.uid, patch=decision.patch, warnings=decision.warnings)
-        record("mutate", req.gvk.kind, req.operation, decision.result, perf_counter() - start)
-        return web.Response(body=body, content_type=JSON)
+            start = perf_counter()
+            try:
+                raw = await request.read()
+            except web.HTTPRequestEntityTooLarge as exc:
+                return _too_large("mutate", exc)
+            try:
+                req = parse_mutation_review(raw)
+            except ReviewError as exc:
+                return _bad_request("mutate", str(exc))
+            if synced is not None and not state.synced:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(synced.wait(), sync_wait)
+            try:
+                decision = decide(state, req)
+            except PlanError as exc:
+                return _bad_request("mutate", f"request.object: {exc}")
+            except Exception:
+                log.exception("mutation planning failed; admitting unchanged")
+                metrics.UNCONFINED.labels(metrics.kind_label(req.kind), "error").inc()
+                decision = Decision("error")
+            body = encode_response(req.uid, patch=decision.patch, warnings=decision.warnings)
+            record("mutate", req.gvk.kind, req.operation, decision.result, perf_counter() - start)
+            return web.Response(body=body, content_type=JSON)
+        except Exception as exc:
+            return _unexpected("mutate", exc)
 
     async def validate(request: web.Request) -> web.Response:
-        start = perf_counter()
-        parsed = await _read_validation(request, "validate")
-        if isinstance(parsed, web.Response):
-            return parsed
-        req = parsed
         try:
-            verdict = await validator.validate(req) if validator else Verdict(True, result="ignored")
-        except Exception:
-            log.exception("policy validation failed; allowing (the leader re-validates)")
-            verdict = Verdict(True, result="error")
-        body = encode_response(
-            req.uid, allowed=verdict.allowed, warnings=verdict.warnings, message=verdict.message, code=422
-        )
-        record("validate", req.kind, req.operation, verdict.result, perf_counter() - start)
-        return web.Response(body=body, content_type=JSON)
+            start = perf_counter()
+            parsed = await _read_validation(request, "validate")
+            if isinstance(parsed, web.Response):
+                return parsed
+            req = parsed
+            try:
+                verdict = await validator.validate(req) if validator else Verdict(True, result="ignored")
+            except Exception as exc:
+                log.warning("policy validation raised %s; refusing", type(exc).__name__)
+                verdict = Verdict(
+                    False, f"varmor could not validate this policy ({type(exc).__name__})", result="error"
+                )
+            body = encode_response(
+                req.uid, allowed=verdict.allowed, warnings=verdict.warnings, message=verdict.message, code=verdict.code
+            )
+            record("validate", req.kind, req.operation, verdict.result, perf_counter() - start)
+            return web.Response(body=body, content_type=JSON)
+        except Exception as exc:
+            return _unexpected("validate", exc)
 
     async def healthz(_request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

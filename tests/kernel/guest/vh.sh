@@ -26,6 +26,18 @@ vh_check_label() {
   esac
 }
 
+# vh_check_label_after ID WANT LABEL [vprobe args...]: PASS when the verdict is WANT and
+# the label vprobe read after the operation is LABEL.
+vh_check_label_after() {
+  _id=$1; _want=$2; _lab=$3; shift 3
+  _out=$("$VH_VPROBE" "$@" 2>&1 </dev/null)
+  case "$_out" in
+    *"LABEL $_lab
+RESULT $_want"*) vh_pass "$_id" "RESULT $_want [$_lab]" ;;
+    *) vh_fail "$_id" "want $_want under $_lab, got: $(printf '%s' "$_out" | tr '\n' '|')" ;;
+  esac
+}
+
 # vh_judge ID WANT OUTPUT: parse vprobe's LABEL/RESULT lines with shell builtins only
 # (every fork+exec costs milliseconds under TCG; this runs once per check).
 vh_judge() {
