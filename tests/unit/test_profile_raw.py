@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.helpers import assert_compiles, policy
 from varmor.parser import compile_check
-from varmor.pipeline import compile_policy
+from varmor.pipeline import CompileError, compile_policy
 from varmor.policy import parse_policy
 from varmor.profile import RawRuleError, check_raw_rules, validate_raw_rules
 
@@ -236,3 +236,17 @@ def test_accepted_rules_build_and_compile_globally_and_per_target() -> None:
         for scope, group in (("global", {"rules": rules}), ("target", {"rules": rules, "targets": ["/usr/bin/a"]}))
     }
     assert_compiles(texts)
+
+
+@pytest.mark.parametrize("privileged", [False, True])
+@pytest.mark.parametrize("targets", [[], ["/usr/bin/app"]])
+@pytest.mark.parametrize("rule", ["pivot_root /x ->unconfined,", "pivot_root /x ->varmor-tenant-b-web,"])
+def test_issue_13_escapes_are_refused_through_the_pipeline(rule: str, targets: list[str], privileged: bool) -> None:
+    """The two escapes of issue 13, globally and per target, with and without privileged."""
+    group: dict[str, object] = {"rules": f"deny /etc/x r,\n{rule}", **({"targets": targets} if targets else {})}
+    doc = policy("esc", "team-a", enhance={"privileged": privileged, "appArmorRawRules": [group]})
+    with pytest.raises(CompileError) as exc:
+        compile_policy(doc, "varmor")
+    assert exc.value.reason == "Invalid"
+    assert "'->' in a pivot_root rule switches profiles" in exc.value.message
+    assert rule.rstrip(",") in exc.value.message

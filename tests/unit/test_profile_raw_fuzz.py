@@ -406,7 +406,7 @@ def judge(cases: Sequence[Case]) -> list[tuple[bool, list[str]]]:
 
 CURRENT: Validator = lambda text: check_raw_rules(text).rules  # noqa: E731
 #: The bounded run of `make test`: EXAMPLES derandomized examples of TEXTS texts each.
-EXAMPLES = 15
+EXAMPLES = 40
 TEXTS = 20
 
 
