@@ -8,7 +8,7 @@ and the message is capped at the API server's 1 KiB.
 from __future__ import annotations
 
 import datetime as dt
-import re
+import unicodedata
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -17,12 +17,21 @@ from varmor.clock import rfc3339
 
 Severity = Literal["Normal", "Warning"]
 MAX_MESSAGE = 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+# Unicode categories shown as escapes: controls, format characters (bidi overrides, zero
+# widths, tags), line and paragraph separators, private-use and unassigned code points.
+HIDDEN_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Co", "Cn", "Cs"})
 
 
 def printable(text: str) -> str:
-    """`text` with control, bidi and format characters shown as escapes."""
-    return _CONTROL.sub(lambda m: m.group().encode("unicode_escape").decode(), text)
+    """`text` with every control, format, separator or otherwise invisible character shown
+    as an escape, so what a workload named cannot rewrite a terminal or hide text."""
+    if text.isprintable():  # the common case: nothing to do
+        return text
+    return "".join(
+        ch.encode("unicode_escape").decode() if unicodedata.category(ch) in HIDDEN_CATEGORIES else ch for ch in text
+    )
 
 
 @dataclass(frozen=True)

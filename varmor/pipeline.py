@@ -23,6 +23,13 @@ from varmor.profile.builder import BuiltProfile, build_profile
 from varmor.rules import Catalog, load_catalog
 
 CACHE_SIZE = 4096
+# Every executable target becomes a child profile that repeats the container-wide rules and
+# a transition to each other target: text grows with the square of the targets. Bounded
+# before anything is built, so no policy (or unauthenticated /validate call) can make a
+# replica build hundreds of MB.
+MAX_TARGETS = 64
+# What an agent accepts (varmor.nodeexec.trust.MAX_TEXT): refused here, not on every node.
+MAX_PROFILE_BYTES = 1024 * 1024
 
 
 class CompileError(Exception):
@@ -77,10 +84,22 @@ def compile_policy(obj: Mapping[str, Any], install_namespace: str, catalog: Cata
         raise CompileError("Invalid", str(exc)) from None
     except api.ProfileNameError as exc:
         raise CompileError("Invalid", f"metadata.name: {exc}") from None
+    ep = policy.enhance_protect
+    targets = {t for group in (ep.attack_protection_rules + ep.raw_rules) for t in group.targets} if ep else set()
+    if len(targets) > MAX_TARGETS:
+        raise CompileError(
+            "Invalid",
+            f"spec.policy.enhanceProtect: {len(targets)} distinct executable targets; at most {MAX_TARGETS} "
+            "(each becomes a child profile repeating every rule)",
+        )
     try:
         profile = build_profile(policy, name, catalog)
     except Exception as exc:  # a builder bug must not crash-loop the leader or 500 an admission
         raise CompileError("BuildFailed", f"building the profile failed: {exc}") from exc
+    if len(profile.text.encode()) > MAX_PROFILE_BYTES:
+        raise CompileError(
+            "Invalid", f"the profile would be {len(profile.text.encode())} bytes; at most {MAX_PROFILE_BYTES}"
+        )
     compiled = CompiledPolicy(policy, profile)
     if key is not None:
         _cache[key] = compiled

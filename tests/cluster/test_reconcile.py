@@ -18,7 +18,7 @@ from kubernetes.aio.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
 from tests.cluster.conftest import purge_policies
-from tests.helpers import Api, condition, slow_rule, vpol, wait_for
+from tests.helpers import Api, armor_profile, condition, slow_rule, vpol, wait_for
 from varmor import api, parser
 from varmor.parser import CompileBudget
 
@@ -168,35 +168,37 @@ async def test_invalid_policy_gets_error_and_event_then_recovers(
 
 
 async def test_profile_name_collision(k: Api, api_client: Any, namespace: str, nodes: Any, leader: Any) -> None:
-    """`<ns>-x` + policy `y` and `<ns>` + policy `x-y` derive the same profile name."""
+    """`<ns>-x` + policy `y` and `<ns>` + policy `x-y` made one vArmor name; each gets its own
+    now (api.profile_name). The leader's check stays the backstop for names the scheme cannot
+    see: an ArmorProfile of no policy holding a policy's name sends that policy to Error."""
     core = client.CoreV1Api(api_client)
+    custom = client.CustomObjectsApi(api_client)
     other_ns = f"{namespace}-x"
     await core.create_namespace({"metadata": {"name": other_ns, "labels": {"varmor-test": "true"}}})
     try:
         await nodes.add("n1")
         await leader()
-        profile = f"varmor-{namespace}-x-y"
         await k.create(namespace, vpol("x-y"))
-        first = await wait_for(lambda: k.armor_profile(namespace, profile))
         await k.create(other_ns, vpol("y"))
+        first = api.profile_name(namespace, "x-y", namespace)  # the test namespace is the install namespace
+        assert first != f"varmor-{namespace}-x-y"
+        await wait_for(lambda: k.armor_profile(namespace, first))
+        await wait_for(lambda: k.armor_profile(other_ns, f"varmor-{namespace}-x-y"))
+        # The backstop: a hand-made ArmorProfile squatting a policy's name.
+        squat = f"varmor-{namespace}-z"
+        body = armor_profile(squat, namespace, "profile " + squat + " {}\n")
+        await custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.ARMOR_PROFILE.plural, body)
+        await k.create(namespace, vpol("z"))
 
         async def loser() -> dict[str, Any]:
-            return await k.get_policy(other_ns, "y")
+            return await k.get_policy(namespace, "z")
 
         got = await wait_for(lambda: _having(loser, lambda p: (p.get("status") or {}).get("phase") == "Error"))
         created = condition(got, "Created")
         assert created["reason"] == "ProfileNameConflict"
-        assert "x-y" in created["message"]
+        assert "unowned ArmorProfile" in created["message"]
         assert "profileName" not in got["status"]
-        assert await k.armor_profile(other_ns, profile) is None
-        await wait_for(lambda: _events_with(k, other_ns, "y", {"ProfileNameConflict"}))
-        # The first policy is untouched; when it goes, the name is free for the other.
-        assert (await k.armor_profile(namespace, profile) or {}).get("metadata", {}).get("uid") == first["metadata"][
-            "uid"
-        ]
-        await k.delete_policy(namespace, "x-y")
-        ap = await wait_for(lambda: k.armor_profile(other_ns, profile), timeout=30)
-        assert ap["metadata"]["ownerReferences"][0]["name"] == "y"
+        await wait_for(lambda: _events_with(k, namespace, "z", {"ProfileNameConflict"}))
     finally:
         await purge_policies(api_client, other_ns)  # the leader still runs here
         await core.delete_namespace(other_ns)

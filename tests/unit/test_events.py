@@ -10,9 +10,9 @@ NOW = dt.datetime(2026, 12, 1, 12, 0, 0, tzinfo=dt.UTC)
 
 
 def test_control_bidi_and_format_characters_are_escaped() -> None:
-    hostile = "open /tmp/\x1b]0;pwned\x07 \u202eexe.txt \x9b2J \u200b"
+    hostile = "open /tmp/\x1b]0;pwned\x07 \u202eexe.txt \x9b2J \u200b \u061c\u2028\u2029\ufeff\u2060\xad\U000e0041"
     shown = printable(hostile)
-    assert not any(ch in shown for ch in "\x1b\x07\u202e\x9b\u200b")
+    assert not any(ch in shown for ch in "\x1b\x07\u202e\x9b\u200b\u061c\u2028\u2029\ufeff\u2060\xad\U000e0041")
     assert "\\x1b" in shown
     assert "\\u202e" in shown
     assert printable("plain /usr/bin/ls, ümlaut") == "plain /usr/bin/ls, ümlaut"

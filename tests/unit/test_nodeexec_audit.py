@@ -134,6 +134,16 @@ def test_parse_fields_decodes_hex_and_keeps_quoted_values_verbatim() -> None:
             kernel('operation="open" apparmor="DENIED" profile="varmor-a"'),
             "the AppArmor message starts with apparmor= right after the stamp",
         ),
+        (
+            "type=USER_AVC msg=audit(1700000001.200:78): pid=999 uid=0 msg=' "
+            + kernel('apparmor="DENIED" operation="open" profile="varmor-victim-web" name="/etc/shadow" x=')
+            + '\'\x1dUID="root"',
+            "a userspace message (any container with AUDIT_WRITE) embedding a kernel-looking record",
+        ),
+        (
+            "Nov 28 13:00:00 node-1 app[9]: " + kernel('apparmor="DENIED" operation="open" profile="varmor-a"'),
+            "a process's syslog line carrying a kernel-looking record",
+        ),
     ],
 )
 def test_forged_or_malformed_records_are_refused(line: str, why: str) -> None:

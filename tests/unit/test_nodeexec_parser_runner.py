@@ -96,11 +96,16 @@ async def test_names_guard_refuses_foreign_profiles(standin: StandInSecurityfs, 
     good = profile_dir.write("varmor-t-good", profile_text("varmor-t-good"))
     evil = profile_dir.write("varmor-t-evil", "profile varmor-t-evil { file, }\nprofile docker-default { file, }\n")
     wrong = profile_dir.write("varmor-t-wrong", "profile varmor-t-other { file, }\n")
-    checked = await runner.check_names({"varmor-t-good": good, "varmor-t-evil": evil, "varmor-t-wrong": wrong})
+    # A child of a host profile (or a namespaced one) is not this file's child either.
+    kid = profile_dir.write("varmor-t-kid", "profile varmor-t-kid { file, }\nprofile sshd//evil { file, }\n")
+    files = {"varmor-t-good": good, "varmor-t-evil": evil, "varmor-t-wrong": wrong, "varmor-t-kid": kid}
+    checked = await runner.check_names(files)
     assert checked["varmor-t-good"].ok
     assert not checked["varmor-t-evil"].ok
     assert "docker-default" in checked["varmor-t-evil"].message
     assert not checked["varmor-t-wrong"].ok
+    assert not checked["varmor-t-kid"].ok
+    assert "sshd//evil" in checked["varmor-t-kid"].message
     assert standin.ops == []  # -N never loads anything
 
 

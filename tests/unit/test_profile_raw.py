@@ -33,7 +33,7 @@ ACCEPT = [
     ("deny @{PROC}/sys/[^k]** w,", ["deny @{PROC}/sys/[^k]** w"]),
     ('"/path with space" r,', ['"/path with space" r']),
     ("deny /x r,\n\n  deny /y r,  ", ["deny /x r", "deny /y r"]),
-    ("ptrace read,", ["ptrace read"]),
+    ("ptrace read peer=@{profile_name},", ["ptrace read peer=@{profile_name}"]),
     ("mount options in (bind,rbind,move) /proc** -> /**,", ["mount options in (bind,rbind,move) /proc** -> /**"]),
     (
         "deny mount options in (remount, bind) -> /sys/fs/cgroup**,",
@@ -45,7 +45,7 @@ ACCEPT = [
     ("remount options=ro /mnt/,", ["remount options=ro /mnt/"]),
     ("pivot_root oldroot=/old/ /new/,", ["pivot_root oldroot=/old/ /new/"]),
     ("pivot_root,", ["pivot_root"]),
-    ("signal (send) set=(term,  kill) peer=varmor-a-b,", ["signal (send) set=(term, kill) peer=varmor-a-b"]),
+    ("signal (send) set=(term,  kill) peer=sidecar-x,", ["signal (send) set=(term, kill) peer=sidecar-x"]),
     ("audit allow owner /x r,", ["audit allow owner /x r"]),
     ("owner link /a -> /b,", ["owner link /a -> /b"]),
     ("deny /pfad/ünïcode/** w,", ["deny /pfad/ünïcode/** w"]),
@@ -195,29 +195,48 @@ def test_never_crashes(text: str) -> None:
     assert validate_raw_rules(",\n".join(rules) + ",") == rules  # normal form is stable
 
 
-def test_warns_when_an_allowed_peer_may_be_unconfined() -> None:
-    warned = [
-        "signal (send) peer=unconfined,",
+def test_allowed_peers_are_only_this_profile_or_named_non_varmor_profiles() -> None:
+    """A raw rule can reach no other tenant: globs and variables (which could match any
+    profile, and are costly to match), other varmor profiles, and ptrace to anything but
+    the profile itself are refused; signals to a named outsider are allowed with a warning."""
+    refused = [
         "ptrace (read) peer=unconfined,",
+        "ptrace read,",
         "audit ptrace read peer=u*,",
+        "ptrace (trace, read) peer=varmor-victimns-*,",
+        "ptrace (read) peer=docker-default,",
         "signal peer=**,",
         "signal peer=@{X},",
-        'signal peer="unconfined",',
-        "ptrace read,",
+        "signal (send) peer=varmor-*,",
+        "signal (send) peer=varmor-other-ns-web,",
+        "signal peer=" + "**" * 40 + "x,",
     ]
+    for text in refused:
+        with pytest.raises(RawRuleError):
+            check_raw_rules(text)
+    warned = ["signal (send) peer=unconfined,", 'signal peer="unconfined",', "signal (send),", "signal peer=x//y,"]
     for text in warned:
         (warning,) = check_raw_rules(text).warnings
-        assert "'unconfined'" in warning, warning
         assert text.rstrip(",") in warning, warning
+        assert "outside any profile" in warning, warning
     quiet = [
         "deny ptrace (read) peer=unconfined,",
         "audit deny signal peer=*,",
         "signal (send) peer=@{profile_name},",
-        "ptrace (read) peer=varmor-*,",
-        "signal peer=unconfined//x,",
+        "ptrace (read) peer=@{profile_name},",
     ]
     for text in quiet:
         assert check_raw_rules(text).warnings == (), text
+
+
+def test_a_peer_glob_is_refused_in_linear_time() -> None:
+    """`signal peer=**...**x` made the old check backtrack for hours on the event loop."""
+    import time
+
+    start = time.process_time()
+    with pytest.raises(RawRuleError):
+        check_raw_rules("signal peer=" + "**" * 5000 + "x,")
+    assert time.process_time() - start < 1.0
 
 
 def test_peer_warnings_reach_the_policy_and_the_built_profile() -> None:

@@ -29,7 +29,11 @@ STRING_FIELDS = frozenset(
 # The kernel's record header, as auditd (`type=AVC msg=audit(..)`) and the kernel log
 # (`audit: type=1400 audit(..)`) write it, followed at once by the AppArmor message.
 _RECORD = re.compile(
-    r"(?:^(?:node=\S+ )?type=AVC msg=|(?:^|\s)audit: type=1400 )"
+    r"^(?:(?:node=\S+ )?type=AVC msg="  # auditd's audit.log
+    # the kernel log: dmesg, or syslog's kern.log (`<time> <host> kernel: `), anchored at the
+    # start of the line so text a process logs (a USER_AVC message) cannot pose as one
+    r"|(?:(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ kernel: )?"
+    r"(?:\[ *\d+\.\d+\] )?audit: type=1400 )"
     r"audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\): (?=apparmor=)"
 )
 _PAIR = re.compile(

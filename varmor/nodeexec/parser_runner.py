@@ -121,8 +121,11 @@ class ParserRunner:
             return {}
         cmd = [*self._base(), "-N", *single_process(files), *(str(p) for p in files.values())]
         run = await self._exec("names", cmd)
-        found = Counter(n for n in run.out.split("\n") if n and "//" not in n)
-        if run.rc == 0 and found == Counter(list(files)):
+        names = [n for n in run.out.split("\n") if n]
+        found = Counter(n for n in names if "//" not in n)
+        # A child is `<file's profile>//...`; anything else (`sshd//x`, `:ns://x`) is not ours.
+        strays = sorted(n for n in names if "//" in n and n.split("//", 1)[0] not in files)
+        if run.rc == 0 and found == Counter(list(files)) and not strays:
             return {name: Outcome(True) for name in files}
         if len(files) == 1:
             ((name, path),) = files.items()
@@ -130,7 +133,7 @@ class ParserRunner:
                 return {name: Outcome(False, self.config.budget.describe(run.exceeded), run.exceeded)}
             if run.rc != 0:
                 return {name: Outcome(False, _trim(blame(run.text, path, name) or run.text))}
-            extra = sorted(set(found) - {name})
+            extra = sorted(set(found) - {name}) + strays
             if extra:
                 return {name: Outcome(False, f"profile text defines profiles other than {name}: {', '.join(extra)}")}
             return {name: Outcome(False, f"profile text does not define profile {name}")}

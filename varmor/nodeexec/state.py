@@ -102,7 +102,7 @@ def validate(obj: Mapping[str, Any]) -> Desired | Failed:
         return fail("spec.profile.appArmor is empty")
     if declared != actual:
         return fail(f"spec.profile.sha256 {declared} does not match the text's sha256 {actual}")
-    refused = check_profile_text(name, text)
+    refused = check_profile_text(name, text, mode)
     if refused is not None:
         return fail(f"refused to load: {refused}")
     return Desired(name, namespace, text, actual, mode, policy_ref(obj))

@@ -237,33 +237,27 @@ def _pivot_root_rule(rule: _Rule) -> None:
     rule.end()
 
 
-def _may_be_unconfined(label: str) -> bool:
-    """Whether an AppArmor label glob can match `unconfined` (variables: anything)."""
-    out, i = [], 0
-    while i < len(label):
-        var = re.match(VAR, label[i:])
-        if var:  # @{profile_name} is this profile's own name; other variables: anything
-            out.append("varmor-self" if var.group() == "@{profile_name}" else ".*")
-            i += var.end()
-        elif label.startswith("**", i):
-            out.append(".*")
-            i += 2
-        elif label[i] == "*":
-            out.append("[^/]*")
-            i += 1
-        elif label[i] == "?":
-            out.append("[^/]")
-            i += 1
-        elif label[i] == "[" and (close := label.find("]", i + 2)) > 0:
-            out.append(label[i : close + 1])
-            i = close + 1
-        else:
-            out.append(re.escape(label[i]))
-            i += 1
-    try:
-        return re.fullmatch("".join(out), "unconfined") is not None
-    except re.error:
-        return True
+OWN_PEER = "@{profile_name}"
+_GLOB_OR_VAR = re.compile(r"[*?\[]|@\{")
+
+
+def _peer_problem(kind: str, peer: str | None) -> tuple[str | None, str | None]:
+    """(refusal, warning) for an allow rule's peer. Only the rule's own profile may be named
+    freely: a glob or variable can match other tenants' profiles and unconfined processes
+    (and matching one is costly to decide), and `varmor-*` names are other policies'."""
+    if peer == OWN_PEER:
+        return None, None
+    if peer is not None and _GLOB_OR_VAR.search(peer):
+        return f"a {kind} peer glob or variable ({peer!r}) can match other tenants' profiles: name the peer", None
+    if peer is not None and peer.startswith("varmor-"):
+        return f"{peer!r} is another varmor profile (another policy's); name this profile as {OWN_PEER}", None
+    if kind == "ptrace":
+        return f"ptrace reaches into other processes: only this profile's own (peer={OWN_PEER}) may be allowed", None
+    who = "no peer, so any process" if peer is None else f"peer {peer!r}"
+    return None, (
+        f"allows {kind} with {who}, including processes outside any profile or in other containers' "
+        "profiles (the host's, if the pod shares the host PID namespace)"
+    )
 
 
 def _peer_rule(rule: _Rule) -> None:
@@ -277,13 +271,15 @@ def _peer_rule(rule: _Rule) -> None:
         allowed["set"] = SIGNALS
     conds = _conds(rule, allowed)
     rule.end()
-    peers = conds.get("peer")
-    if not rule.denied and (peers is None or any(_may_be_unconfined(p) for p in peers)):
-        how = "names no peer, so its peer" if peers is None else "names a peer that"
-        rule.warnings.append(
-            f"raw rule {rule.text!r} {how} may be 'unconfined': it allows {kind} between the confined "
-            "process and processes outside any profile (the host's, if the pod shares the host PID namespace)"
-        )
+    if rule.denied:
+        return
+    peers: list[str | None] = [*conds["peer"]] if conds.get("peer") else [None]
+    for peer in peers:
+        refusal, warning = _peer_problem(kind, peer)
+        if refusal is not None:
+            raise fail(refusal, rule.text)
+        if warning is not None:
+            rule.warnings.append(f"raw rule {rule.text!r} {warning}")
 
 
 def _unix_rule(rule: _Rule) -> None:

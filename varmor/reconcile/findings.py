@@ -49,9 +49,9 @@ def unprotected_condition(count: int, examples: tuple[str, ...], previous: JSON 
     if count:
         when_true = (
             "AdmittedWithoutProfile",
-            f"{count} selected workload(s) run without the profile ({', '.join(examples)}): the webhook was "
-            "unavailable when they were admitted, or they predate the policy; recreate them or set "
-            "updateExistingWorkloads",
+            f"{count} selected workload(s) run without the profile ({', '.join(examples)}; each names why): "
+            "opted out, admitted while the webhook was unavailable, or older than the policy; recreate "
+            "them, set updateExistingWorkloads, or remove the opt-out",
         )
     return _condition(
         "Unprotected", when_true, ("AllProtected", "every selected workload carries the profile"), previous, now

@@ -10,7 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from varmor import api
-from varmor.admission.planner import JsonPatchOp, Plan, PolicyIndex, Selection, plan
+from varmor.admission.ephemeral import plan_ephemeral
+from varmor.admission.planner import EPHEMERAL_SUBRESOURCE, JsonPatchOp, Match, Plan, PolicyIndex, Selection, plan_for
 from varmor.admission.review import MutationRequest
 from varmor.webhook import metrics
 
@@ -49,15 +50,22 @@ def decide(state: MutationState, req: MutationRequest) -> Decision:
     """Raises PlanError when the object is not shaped like its kind (answered as 400)."""
     gvk, obj, operation = req.gvk, req.obj, req.operation
     kind = gvk.kind
-    if MUTATED_KINDS.get(kind) != gvk.group or req.sub_resource or obj is None:
+    # kubectl debug: an UPDATE of pods/ephemeralcontainers adds ephemeral containers.
+    ephemeral = req.sub_resource == EPHEMERAL_SUBRESOURCE and kind == "Pod" and operation == "UPDATE"
+    if MUTATED_KINDS.get(kind) != gvk.group or (req.sub_resource and not ephemeral) or obj is None:
         return Decision("ignored")
-    if operation != "CREATE" and (operation != "UPDATE" or kind == "Pod"):
+    if not ephemeral and operation != "CREATE" and (operation != "UPDATE" or kind == "Pod"):
         return Decision("ignored")
     if req.namespace in state.excluded_namespaces:
         return Decision("excluded")
     if not state.synced:
         _unconfined(kind, "not_synced")
         return Decision("not_synced", warnings=("varmor: policies not loaded yet; admitted without AppArmor",))
+    if ephemeral:
+        owner, result = plan_ephemeral(state.index, obj, req.old_obj, req.namespace, state.use_field)
+        if owner is None:
+            return Decision("not_selected")
+        return _qualified(state, req, Selection(Match(owner, False)), result)
     sel = state.index.select(kind, obj, req.namespace)
     if sel.winner is None:
         if not sel.pending:
@@ -67,8 +75,10 @@ def decide(state: MutationState, req: MutationRequest) -> Decision:
         return Decision("policy_pending", warnings=(f"varmor: policy {ref} is not ready; admitted without AppArmor",))
     cand = sel.winner.candidate
     assert cand.profile_name is not None
-    result = plan(kind, obj, cand.profile_name, cand.containers, state.use_field)
-    if not result.ops or sel.losers or result.unsupported or result.opted_out or not result.confined:
+    result = plan_for(cand, kind, obj, state.use_field)
+    if not result.ops or sel.losers or result.unsupported or result.opted_out or result.overridden:
+        return _qualified(state, req, sel, result)
+    if not result.confined:
         return _qualified(state, req, sel, result)
     metrics.count_mutation(kind)
     return Decision("mutated", result.ops)
@@ -86,6 +96,11 @@ def _qualified(state: MutationState, req: MutationRequest, sel: Selection, resul
         warnings.append(f"varmor: policy {_policy_ref(cand.key)} takes precedence over {losers}")
         if state.on_conflict is not None and not req.dry_run:
             state.on_conflict(sel, req)
+    if result.overridden:
+        warnings.append(
+            f"varmor: policy {_policy_ref(cand.key)} does not allow opting out; "
+            f"{', '.join(result.overridden)} get its profile"
+        )
     if result.unsupported:
         _unconfined(kind, "unsupported")
         warnings.append(f"varmor: {result.unsupported}; admitted without AppArmor")
