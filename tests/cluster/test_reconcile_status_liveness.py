@@ -47,9 +47,12 @@ async def test_node_whose_agent_stops_heartbeating_turns_agent_lost_and_back(
 
     ap = await wait_for(armor_profile)
     await nodes.load(n1, ap)
-    # n2 is alive and has not loaded the profile: it blocks Ready.
+    # n1 has loaded (the leader has seen it: 1/2); n2 is alive and has not: it blocks Ready.
     loading = await wait_for(
-        lambda: _when(ready_condition(), lambda c: c.get("reason") == "Loading" and n2 in c["message"])
+        lambda: _when(
+            ready_condition(),
+            lambda c: c.get("reason") == "Loading" and c["message"].startswith("1/2 nodes") and n2 in c["message"],
+        )
     )
     assert loading["status"] == "False"
     # Heartbeats alone, over several lost_after: never lost, and the leader writes nothing.
