@@ -36,11 +36,13 @@ def run(side: Path, script: str, *args: str) -> str:
     return done.stdout
 
 
-def webhook_ratio(side: Path, seconds: float) -> float:
-    """varmor /mutate throughput over the faster bare aiohttp ceiling (what `varmor run` serves)."""
+def webhook_ratio(side: Path, seconds: float) -> tuple[float, float]:
+    """varmor /mutate throughput over the faster bare aiohttp ceiling (what `varmor run`
+    serves), and varmor's CPU microseconds per request on that loop (steadier than the
+    ratio: the bare ceiling swings with where the scheduler puts the load generator)."""
     out = run(side, "bench_webhook.py", "--part", "server", "--rounds", "1", "--seconds", str(seconds))
-    summary = json.loads(out.strip().splitlines()[-1])
-    return float(summary["server"]["product_vs_best_bare"])
+    server = json.loads(out.strip().splitlines()[-1])["server"]
+    return float(server["product_vs_best_bare"]), float(server["uvloop"]["varmor"]["max"]["cpu_us_per_request"])
 
 
 def leader_all_ready(side: Path, nodes: int, policies: int) -> float:
@@ -60,6 +62,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=float, default=8.0, help="per webhook load-generator run")
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--policies", type=int, default=200)
+    parser.add_argument("--only", choices=("webhook", "leader"), default=None, help="measure one figure only")
     args = parser.parse_args()
     sides = {name: Path(path).resolve() for name, path in (item.split("=", 1) for item in args.side)}
     sides["current"] = ROOT
@@ -67,19 +70,23 @@ def main() -> int:
         if not (side / ".venv" / "bin" / "python").exists():
             raise SystemExit(f"{name}: {side}/.venv is missing (see this script's docstring)")
     webhook: dict[str, list[float]] = {name: [] for name in sides}
+    cpu: dict[str, list[float]] = {name: [] for name in sides}
     leader: dict[str, list[float]] = {name: [] for name in sides}
     for i in range(args.rounds):
         names = list(sides)
         order = names[i % len(names) :] + names[: i % len(names)]
-        for name in order:
-            webhook[name].append(webhook_ratio(sides[name], args.seconds))
-            print(f"round {i + 1} {name:8s} webhook/bare {webhook[name][-1]:.1%}", flush=True)
-        for name in order:
+        for name in order if args.only != "leader" else ():
+            ratio, us = webhook_ratio(sides[name], args.seconds)
+            webhook[name].append(ratio)
+            cpu[name].append(us)
+            print(f"round {i + 1} {name:8s} webhook/bare {ratio:.1%}, {us:.0f} us CPU/request", flush=True)
+        for name in order if args.only != "webhook" else ():
             leader[name].append(leader_all_ready(sides[name], args.nodes, args.policies))
             print(f"round {i + 1} {name:8s} all {args.policies} Ready after {leader[name][-1]:.2f}s", flush=True)
     result: dict[str, dict[str, object]] = {}
     first = next(iter(sides))
-    for figure, runs in (("webhook_vs_bare", webhook), ("leader_all_ready_s", leader)):
+    figures = (("webhook_vs_bare", webhook), ("webhook_cpu_us_per_request", cpu), ("leader_all_ready_s", leader))
+    for figure, runs in ((f, r) for f, r in figures if all(r.values())):
         medians = {name: statistics.median(values) for name, values in runs.items()}
         result[figure] = {"median": medians, "runs": runs}
         shown = ", ".join(f"{name} {m:.3f} ({m / medians[first]:.3f}x of {first})" for name, m in medians.items())

@@ -62,6 +62,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--webhook-compile-waiting", type=int, default=2, help="compiles that may wait for a slot; more: 'busy, retry'"
     )
     g.add_argument(
+        "--node-report-guard-accounts",
+        default="",
+        help="comma-separated users (system:serviceaccount:NS:NAME) whose ArmorNode writes the validating "
+        "webhook limits to their token's node; for clusters without ValidatingAdmissionPolicy (< 1.30)",
+    )
+    g.add_argument(
         "--webhook-client-ca",
         default="",
         help="PEM file: require a client certificate signed by this CA on /mutate and /validate (the API "
@@ -127,6 +133,7 @@ class WebhookSettings:
     client_ca: str = ""
     compile_slots: int = 2
     compile_waiting: int = 2
+    node_report_accounts: tuple[str, ...] = ()
 
     @property
     def compile_deadline(self) -> float:
@@ -201,4 +208,5 @@ def from_args(args: Any) -> WebhookSettings:
         client_ca=args.webhook_client_ca,
         compile_slots=max(1, args.webhook_compile_slots),
         compile_waiting=max(0, args.webhook_compile_waiting),
+        node_report_accounts=tuple(a for a in args.node_report_guard_accounts.split(",") if a),
     )

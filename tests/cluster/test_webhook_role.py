@@ -31,7 +31,7 @@ from varmor.dev.cluster import free_port
 from varmor.kube import paths
 from varmor.kube.client import ApiException, raw_request
 from varmor.kube.context import Health, RoleContext
-from varmor.kube.kube import MERGE_PATCH
+from varmor.kube.kube import MERGE_PATCH, Kube
 from varmor.reconcile import cleanup as webhook_cli
 from varmor.reconcile import webhooks as leader
 from varmor.webhook import role as webhook_role
@@ -773,3 +773,55 @@ async def test_an_ephemeral_container_added_to_a_selected_pod_gets_the_profile(
     await core.replace_namespaced_pod_ephemeralcontainers(p.metadata.name, namespace, current)
     debugged = await core.read_namespaced_pod(p.metadata.name, namespace)
     assert [profile_of(c) for c in debugged.spec.ephemeral_containers] == [profile]
+
+
+async def test_without_admission_policy_the_webhook_limits_an_agent_to_its_own_armornode(
+    api_client: Any, kubeconfig: str, namespace: str, varmor: Varmor
+) -> None:
+    """For clusters without ValidatingAdmissionPolicy (< 1.30): the leader registers the
+    node-report guard and the webhook refuses an agent's write of another node's ArmorNode,
+    against the real API server, with impersonated node-bound tokens."""
+    from tests.cluster.test_chart_rbac import armornode, impersonating, refused
+
+    rbac = client.RbacAuthorizationV1Api(api_client)
+    user = f"system:serviceaccount:{namespace}:agent"
+    role = f"{namespace}-agent"
+    rules = [{"apiGroups": [api.GROUP], "resources": ["armornodes", "armornodes/status"], "verbs": ["create", "patch"]}]
+    await rbac.create_cluster_role({"metadata": {"name": role}, "rules": rules})
+    binding = {
+        "metadata": {"name": role},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "User", "name": user, "apiGroup": "rbac.authorization.k8s.io"}],
+    }
+    await rbac.create_cluster_role_binding(binding)
+    node_a, node_b = f"{namespace}-a", f"{namespace}-b"
+    kube = Kube(api_client)
+    varmor.extra = [f"--node-report-guard-accounts={user}"]
+    try:
+        varmor.start_webhook()
+        varmor.start_leader()
+
+        async def guarded() -> bool:
+            config = await varmor.validating()
+            return any(w["name"] == "armornodes.validate.varmor.org" for w in (config or {}).get("webhooks", []))
+
+        await wait_for(guarded)
+        async with impersonating(kubeconfig, user, node_a) as on_a, impersonating(kubeconfig, user) as no_claim:
+            agent_a, anonymous = Kube(on_a), Kube(no_claim)
+
+            async def b_refused() -> str:
+                return await refused(agent_a.request("POST", paths.custom_path(api.ARMOR_NODE), body=armornode(node_b)))
+
+            message = await wait_for(b_refused)  # until the webhook serves with its certificate
+            assert f"may write only ArmorNode {node_a!r}, not {node_b!r}" in message
+            message = await refused(
+                anonymous.request("POST", paths.custom_path(api.ARMOR_NODE), body=armornode(node_a))
+            )
+            assert "no authentication.kubernetes.io/node-name claim" in message
+            await agent_a.request("POST", paths.custom_path(api.ARMOR_NODE), body=armornode(node_a))
+    finally:
+        for name in (node_a, node_b):
+            with contextlib.suppress(ApiException):
+                await kube.request("DELETE", paths.custom_path(api.ARMOR_NODE, name=name))
+        await rbac.delete_cluster_role_binding(role)
+        await rbac.delete_cluster_role(role)

@@ -57,6 +57,9 @@ class Registration:
     failure_policy: str = "Ignore"
     timeout_seconds: int = 5
     excluded_namespaces: tuple[str, ...] = ("kube-system",)
+    # Accounts whose ArmorNode writes varmor's webhook checks against their node claim
+    # (admission.nodereports), where the chart's ValidatingAdmissionPolicy cannot run.
+    node_report_accounts: tuple[str, ...] = ()
 
     def client_config(self, path: str, ca_bundle: bytes) -> dict[str, Any]:
         cfg: dict[str, Any] = {"caBundle": base64.b64encode(ca_bundle).decode()}
@@ -245,9 +248,39 @@ def validating_configuration(
                         "scope": "*",
                     }
                 ],
-            }
+            },
+            *_node_report_hooks(reg, ca_bundle),
         ],
     }
+
+
+def _node_report_hooks(reg: Registration, ca_bundle: bytes) -> list[dict[str, Any]]:
+    """The node-report guard's entry: ArmorNode writes by the agent accounts. Fail closed
+    (an agent retries its report; a forged one must not slip through an outage)."""
+    if not reg.node_report_accounts:
+        return []
+    users = ", ".join(repr(a) for a in sorted(reg.node_report_accounts))
+    return [
+        {
+            "name": "armornodes.validate.varmor.org",
+            "admissionReviewVersions": ["v1"],
+            "sideEffects": "None",
+            "failurePolicy": "Fail",
+            "timeoutSeconds": reg.timeout_seconds,
+            "matchPolicy": "Equivalent",
+            "clientConfig": reg.client_config("/validate", ca_bundle),
+            "rules": [
+                {
+                    "apiGroups": [api.GROUP],
+                    "apiVersions": [api.VERSION],
+                    "operations": ["CREATE", "UPDATE"],
+                    "resources": [api.ARMOR_NODE.plural, f"{api.ARMOR_NODE.plural}/status"],
+                    "scope": "Cluster",
+                }
+            ],
+            "matchConditions": [{"name": "agent-accounts", "expression": f"request.userInfo.username in [{users}]"}],
+        }
+    ]
 
 
 def _subset(desired: Any, current: Any) -> bool:

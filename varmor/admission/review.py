@@ -32,6 +32,13 @@ class GroupVersionKind(msgspec.Struct, gc=False):
     version: str = ""
 
 
+class UserInfo(msgspec.Struct, gc=False):
+    """The authenticated caller (only the node-report guard reads it)."""
+
+    username: str = ""
+    extra: dict[str, list[str]] = msgspec.field(default_factory=dict)
+
+
 class AdmissionRequest(msgspec.Struct, Generic[ObjectT], rename="camel", kw_only=True, gc=False):
     """`request` of an AdmissionReview; `obj` is typed per endpoint (see the decoders)."""
 
@@ -44,6 +51,12 @@ class AdmissionRequest(msgspec.Struct, Generic[ObjectT], rename="camel", kw_only
     obj: ObjectT | None = msgspec.field(default=None, name="object")
     old_obj: ObjectT | None = msgspec.field(default=None, name="oldObject")
     dry_run: bool = False
+    # Kept raw: /mutate never reads it, so it costs a slice, not a decode, per admission.
+    user_info: msgspec.Raw = msgspec.field(default=msgspec.Raw(b"{}"), name="userInfo")
+
+    @property
+    def user(self) -> UserInfo:
+        return _USER_INFO.decode(self.user_info)
 
     @property
     def kind(self) -> str:
@@ -63,6 +76,7 @@ class AdmissionReview(msgspec.Struct, Generic[ObjectT], rename="camel", gc=False
 MutationRequest = AdmissionRequest[ObjectView]
 ValidationRequest = AdmissionRequest[dict[str, Any]]
 # /mutate reads a typed view of the object and skips the rest; /validate needs the policy whole.
+_USER_INFO = msgspec.json.Decoder(UserInfo)
 _MUTATION = msgspec.json.Decoder(AdmissionReview[ObjectView])
 _VALIDATION = msgspec.json.Decoder(AdmissionReview[dict[str, Any]])
 

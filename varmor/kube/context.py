@@ -7,8 +7,10 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
-from kubernetes.aio import client
+if TYPE_CHECKING:  # the shell imports this before it needs (or loads) the client
+    from kubernetes.aio import client
 
 
 @dataclass

@@ -297,6 +297,7 @@ def registration_from(cfg: webhook_settings.WebhookSettings) -> Registration:
         failure_policy=cfg.failure_policy,
         timeout_seconds=cfg.timeout_seconds,
         excluded_namespaces=cfg.excluded_namespaces,
+        node_report_accounts=cfg.node_report_accounts,
     )
 
 

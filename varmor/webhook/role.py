@@ -76,6 +76,7 @@ async def run(ctx: Any) -> None:
         deadline=cfg.compile_deadline,
         slots=cfg.compile_slots,
         waiting=cfg.compile_waiting,
+        node_report_accounts=frozenset(cfg.node_report_accounts),
     )
     app = build_app(state, validator, max_body=cfg.max_request_bytes, synced=cache.synced_event)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)

@@ -22,6 +22,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 
 from varmor import api
+from varmor.admission.nodereports import node_report_refusal
 from varmor.admission.review import ValidationRequest
 from varmor.parser import DEADLINE, DEFAULT_BUDGET, CompileBudget, CompileResult, ParserNotFoundError, compile_profile
 from varmor.pipeline import CompileError, compile_policy
@@ -58,8 +59,10 @@ class PolicyValidator:
         slots: int = 2,
         waiting: int = 2,
         cache_size: int = 1024,
+        node_report_accounts: frozenset[str] = frozenset(),
     ) -> None:
         self.install_namespace = install_namespace
+        self.node_report_accounts = node_report_accounts
         self.budget = budget
         self.deadline = deadline  # seconds from receipt: the API server's timeout minus a margin
         self._slots = asyncio.Semaphore(slots)
@@ -73,7 +76,21 @@ class PolicyValidator:
     def queued(self) -> int:
         return self._queued
 
+    def _node_report(self, req: ValidationRequest) -> Verdict:
+        """An agent writes only its own node's ArmorNode (admission.nodereports)."""
+        if req.operation not in ("CREATE", "UPDATE"):
+            return Verdict(True, result="ignored")
+        user = req.user
+        meta = (req.obj or {}).get("metadata")
+        name = req.name or (str(meta.get("name") or "") if isinstance(meta, dict) else "")
+        refusal = node_report_refusal(user.username, user.extra, name, self.node_report_accounts)
+        if refusal is not None:
+            return Verdict(False, refusal, result="denied", code=403)
+        return Verdict(True)
+
     async def validate(self, req: ValidationRequest) -> Verdict:
+        if req.kind == api.ARMOR_NODE.kind and req.group == api.GROUP:
+            return self._node_report(req)
         if req.kind not in POLICY_KINDS or req.group != api.GROUP or req.operation not in ("CREATE", "UPDATE"):
             return Verdict(True, result="ignored")
         if req.obj is None:
