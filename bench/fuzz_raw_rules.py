@@ -11,7 +11,7 @@ or an include (`suspicious`), plus a random sample of the rest (`--sample`). An 
 a compiled profile whose profile names, exec-transition table or preprocessed text holds
 something the builder did not write.
 
-`--validator old` runs the same generator against the validator as it was before issue 13
+`--validator old` runs the same generator against the previous validator (commit 3d3e08f)
 (kept below, verbatim, for this comparison only); it must rediscover the known escapes.
 """
 
@@ -40,7 +40,7 @@ from tests.unit.test_profile_raw_fuzz import (  # noqa: E402
 )
 
 # ---------------------------------------------------------------------------------------
-# THE PREVIOUS VALIDATOR: varmor/profile/raw.py as it was before issue 13 (git show
+# THE PREVIOUS VALIDATOR: varmor/profile/raw.py as it was before the allow-list grammar (git show
 # 3d3e08f:varmor/profile/raw.py), kept verbatim below only so this fuzzer can show what
 # it let through. Not used anywhere else.
 # ---------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 Why: before trusting a rule's proof, the layer itself must be shown to tell ALLOW from
 DENY, to see the kernel's audit records, and to load profiles the way the agent does.
-This module also answers the live-update question (issue 4, item 4): does a process
+This module also answers the live-update question: does a process
 already running under a profile see the new verdict after the profile is replaced?
 Each check is one parametrized test; the whole module is one qemu boot.
 """

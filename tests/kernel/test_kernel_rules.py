@@ -1,4 +1,4 @@
-"""Every catalog rule, proven in a real AppArmor kernel (issue 4, items 2, 3 and 5).
+"""Every catalog rule, proven in a real AppArmor kernel.
 
 Why: a rule's AppArmor lines compiling says nothing about what they block. For each rule
 with a probe (rules/README.md), profiles are built by varmor's own builder, compiled on
@@ -18,7 +18,7 @@ CLAIMS adds probes for more of what some rules promise; CLAIM_GAPS are the ones 
 kernel does not deliver, kept as strict xfails so they are reported, not hidden.
 The RuntimeDefault base's own denies, application granularity with a real shell, an
 in-guest `apparmor_parser -r` of a builder profile, and a profile with raw rules that its
-processes cannot leave (issue 13) are separate cases. One boot.
+processes cannot leave are separate cases. One boot.
 """
 
 from __future__ import annotations
@@ -285,7 +285,7 @@ def add_in_guest_parser_case(b: aavm.Batch) -> None:
     c.expect_audit("audit-record", 'apparmor="AUDIT"', 'profile="vr-text"', 'family="packet"')
 
 
-#: Raw rules the validator accepts, among them the kinds of the issue-13 escapes
+#: Raw rules the validator accepts, among them the kinds of the escapes a review found
 #: (pivot_root, mount with '->', a signal rule naming unconfined, an ix exec).
 RAW_RULES = (
     "pivot_root oldroot=/tmp/vr-raw-old/ /tmp/vr-raw-new/,\n"
@@ -296,7 +296,7 @@ RAW_RULES = (
 
 
 def add_raw_rules_case(b: aavm.Batch) -> None:
-    """Issue 13: a process under a profile built with accepted raw rules stays in it.
+    """A process under a profile built with accepted raw rules stays in it.
     Moving to `unconfined` or to another tenant's profile, now (changeprofile) or at the
     next exec (change_onexec), is refused, from the profile and from its child, and the
     label read after each attempt is unchanged; an `ix` exec stays. Control: an

@@ -97,7 +97,7 @@ REJECT = [
     ("set rlimit nofile <= 1024 /x,", "only 'set rlimit NAME <= VALUE'", "set rlimit"),
     ("/a /b,", "a file rule is a path and its permissions", "/a /b"),
     ("/a r /b,", "a file rule is a path and its permissions", "/a r /b"),
-    # issue 13: '->' without a space, and into another tenant's profile
+    # the escapes a review found: '->' without a space, and into another tenant's profile
     ("pivot_root /x ->unconfined,", "'->' in a pivot_root rule switches profiles", "pivot_root /x ->unconfined"),
     ("pivot_root /x -> unconfined,", "'->' in a pivot_root rule switches profiles", "-> unconfined"),
     ("pivot_root /x ->varmor-b-web,", "'->' in a pivot_root rule switches profiles", "->varmor-b-web"),
@@ -261,7 +261,7 @@ def test_accepted_rules_build_and_compile_globally_and_per_target() -> None:
 @pytest.mark.parametrize("targets", [[], ["/usr/bin/app"]])
 @pytest.mark.parametrize("rule", ["pivot_root /x ->unconfined,", "pivot_root /x ->varmor-tenant-b-web,"])
 def test_issue_13_escapes_are_refused_through_the_pipeline(rule: str, targets: list[str], privileged: bool) -> None:
-    """The two escapes of issue 13, globally and per target, with and without privileged."""
+    """The two escapes a review found, globally and per target, with and without privileged."""
     group: dict[str, object] = {"rules": f"deny /etc/x r,\n{rule}", **({"targets": targets} if targets else {})}
     doc = policy("esc", "team-a", enhance={"privileged": privileged, "appArmorRawRules": [group]})
     with pytest.raises(CompileError) as exc:

@@ -1,7 +1,7 @@
 """The raw-rule grammar fuzzer: rules generated from the grammar plus mutations, and every
 accepted set checked in the COMPILED policy, not only in its text.
 
-Why: the escapes of issue 13 (`pivot_root /x ->unconfined,`, `->varmor-<ns>-<policy>`)
+Why: the escapes a security review found (`pivot_root /x ->unconfined,`, `->varmor-<ns>-<policy>`)
 passed a text-level check and became transitions only in what apparmor_parser made of
 them. So every accepted rule set that compiles is checked where the parser put it:
 
@@ -17,7 +17,7 @@ them. So every accepted rule set that compiles is checked where the parser put i
   transition tables, and preprocessed text that differs only by the rules.
 
 The generator is shared with `bench/fuzz_raw_rules.py` (the long run, and the comparison
-with the validator as it was before issue 13).
+with the previous validator, of commit 3d3e08f).
 """
 
 from __future__ import annotations
@@ -267,7 +267,7 @@ class Case:
 def build_case(rules: Sequence[str]) -> Case:
     """The builder writes what a validator accepted: the rules go in where the
     placeholders are (what render() does with any accepted rules), so the old validator's
-    rules are built exactly as they were before issue 13."""
+    rules are built exactly as they were with the previous validator."""
     profiles: list[str] = []
     references: list[str] = []
     for per_target in (False, True):
