@@ -21,11 +21,11 @@ def _write(tmp_path: Path, rules: str) -> str:
 
 def test_check_refuses_a_policy_over_the_budget(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = _write(tmp_path, slow_rule())
-    assert main(["profile", "render", "--check", "--cpu-seconds", "1", path]) == 1
+    assert main(["profile", "render", "--check", "--compile-cpu-seconds", "1", path]) == 1
     err = capsys.readouterr().err
     assert "exceeded its budget of 1 CPU-seconds" in err
     assert "CompileBudgetExceeded" in err
-    assert main(["profile", "render", "--check", "--memory-mib", "64", path]) == 1
+    assert main(["profile", "render", "--check", "--compile-memory-mib", "64", path]) == 1
     assert "64 MiB" in capsys.readouterr().err
 
 

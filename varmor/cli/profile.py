@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from varmor.parser import DEFAULT_BUDGET, CompileBudget
+from varmor import settings
 from varmor.pipeline import CompileError, compile_policy
 from varmor.policy import DEFAULT_INSTALL_NAMESPACE
 
@@ -23,18 +23,7 @@ def register(sub: Any) -> None:
         action="store_true",
         help="also compile it with apparmor_parser under the pinned ABI (no rule dropped)",
     )
-    render.add_argument(
-        "--cpu-seconds",
-        type=float,
-        default=DEFAULT_BUDGET.cpu_seconds,
-        help="--check: CPU-seconds the compile may use (the leader's and webhook's budget)",
-    )
-    render.add_argument(
-        "--memory-mib",
-        type=int,
-        default=DEFAULT_BUDGET.memory_mib,
-        help="--check: memory the compile may use, in MiB",
-    )
+    settings.add_budget_arguments(render)  # --check compiles under the roles' budget, same flags
     render.add_argument(
         "--install-namespace",
         default=DEFAULT_INSTALL_NAMESPACE,
@@ -66,10 +55,13 @@ def _render(args: argparse.Namespace) -> int:
     if args.check:
         from varmor.parser import compile_check
 
-        budget = CompileBudget(args.cpu_seconds, args.memory_mib)
+        budget = settings.budget_from_args(args)
         result = compile_check({built.name: built.text}, budget=budget)[built.name]
         if result.exceeded:
-            print(f"error: {result.message} ({result.reason}); raise --cpu-seconds/--memory-mib", file=sys.stderr)
+            print(
+                f"error: {result.message} ({result.reason}); raise --compile-cpu-seconds/--compile-memory-mib",
+                file=sys.stderr,
+            )
             return 1
         if not result.ok:
             print(f"error: apparmor_parser rejected the profile:\n{result.message}", file=sys.stderr)
