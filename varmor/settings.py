@@ -32,10 +32,16 @@ def _timeout(value: str) -> int:
     return seconds
 
 
+def _added(parser: argparse.ArgumentParser, flag: str) -> bool:
+    """Whether a flag group is on `parser` already: several role modules add the shared
+    groups, and argparse refuses a flag twice."""
+    return flag in parser._option_string_actions
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The webhook and certificate flags; both the webhook and the leader role add them
     (the leader registers what the webhook serves), so a second call is a no-op."""
-    if any(group.title == "webhook" for group in parser._action_groups):
+    if _added(parser, "--webhook-port"):
         return
     g = parser.add_argument_group("webhook")
     g.add_argument("--webhook-port", type=int, default=8443, help="HTTPS port of /mutate and /validate")
@@ -86,7 +92,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def add_budget_arguments(parser: argparse.ArgumentParser) -> None:
     """The compile budget of every apparmor_parser run (webhook, leader, agent). Idempotent,
     so each role module may call it."""
-    if "--compile-cpu-seconds" in parser._option_string_actions:
+    if _added(parser, "--compile-cpu-seconds"):
         return
     b = parser.add_argument_group("compile budget")
     b.add_argument(

@@ -58,6 +58,27 @@ async def audited(api_client: Any, install_ns: str, excluded: tuple[str, ...]) -
         await run.stop()
 
 
+async def unprotected_after_audit(
+    api_client: Any, varmor: Varmor, leader_ctx: RoleContext, namespace: str, name: str
+) -> dict[str, Any]:
+    """Audit once (one unprotected workload expected for policy `name`) and return the
+    policy's `Unprotected` condition once the controller has written the finding."""
+    custom = client.CustomObjectsApi(api_client)
+
+    async def counted() -> Any:
+        got = await custom.get_namespaced_custom_object(
+            api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, name
+        )
+        return got if got["status"].get("unprotectedWorkloads") == 1 else None
+
+    async with audited(api_client, varmor.install_ns, _excluded(leader_ctx)) as result:
+        assert result.per_policy[(namespace, name)] == 1
+        got = await wait_for(counted)
+    (cond,) = [c for c in got["status"]["conditions"] if c["type"] == "Unprotected"]
+    assert cond["status"] == "True"
+    return dict(cond)
+
+
 def metric(name: str, **labels: str) -> float:
     return REGISTRY.get_sample_value(name, labels) or 0.0
 
@@ -460,7 +481,6 @@ async def test_webhook_down_admits_with_ignore_and_the_gap_is_visible(
     api_client: Any, namespace: str, varmor: Varmor
 ) -> None:
     apps = client.AppsV1Api(api_client)
-    custom = client.CustomObjectsApi(api_client)
     leader_ctx = varmor.start_leader()  # registers the webhook; nothing serves it
     body = policy_body("web", namespace, "Deployment", selector={"matchLabels": {"app": "web"}})
     await create_policy(api_client, body, install_ns=varmor.install_ns)
@@ -471,20 +491,8 @@ async def test_webhook_down_admits_with_ignore_and_the_gap_is_visible(
     assert config["webhooks"][0]["timeoutSeconds"] == 5
     dep = await apps.create_namespaced_deployment(namespace, deployment("web", {"app": "web"}))
     assert profile_of(dep.spec.template.spec.containers[0]) is None  # admitted, unprotected
-    excluded = leader.webhook_settings.from_args(leader_ctx.args).excluded_namespaces
-
-    async def counted() -> Any:
-        got = await custom.get_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, "web"
-        )
-        return got if got["status"].get("unprotectedWorkloads") == 1 else None
-
-    async with audited(api_client, varmor.install_ns, excluded) as result:
-        assert result.per_policy[(namespace, "web")] == 1
-        assert metric("varmor_unprotected_workloads", kind="Deployment") >= 1
-        got = await wait_for(counted)
-    (cond,) = [c for c in got["status"]["conditions"] if c["type"] == "Unprotected"]
-    assert cond["status"] == "True"
+    cond = await unprotected_after_audit(api_client, varmor, leader_ctx, namespace, "web")
+    assert metric("varmor_unprotected_workloads", kind="Deployment") >= 1
     assert f"Deployment {namespace}/web" in cond["message"]
 
 
@@ -717,7 +725,6 @@ async def test_init_containers_and_disallowed_opt_outs_get_the_profile(
 
 
 async def test_allowed_opt_out_is_kept_and_counted_unprotected(api_client: Any, namespace: str, varmor: Varmor) -> None:
-    custom = client.CustomObjectsApi(api_client)
     varmor.start_webhook()
     leader_ctx = varmor.start_leader()
     body = policy_body("web", namespace, "Deployment", selector={"matchLabels": {"app": "web"}})
@@ -729,19 +736,7 @@ async def test_allowed_opt_out_is_kept_and_counted_unprotected(api_client: Any, 
     spec = dep.spec.template.spec
     assert [profile_of(c) for c in spec.containers + spec.init_containers] == [profile, None, profile]
     assert dep.spec.template.metadata.annotations[OPT_OUT_SIDE] == "unconfined"
-    excluded = _excluded(leader_ctx)
-
-    async def counted() -> Any:
-        got = await custom.get_namespaced_custom_object(
-            api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, "web"
-        )
-        return got if got["status"].get("unprotectedWorkloads") == 1 else None
-
-    async with audited(api_client, varmor.install_ns, excluded) as result:
-        assert result.per_policy[(namespace, "web")] == 1
-        got = await wait_for(counted)
-    (cond,) = [c for c in got["status"]["conditions"] if c["type"] == "Unprotected"]
-    assert cond["status"] == "True"
+    cond = await unprotected_after_audit(api_client, varmor, leader_ctx, namespace, "web")
     assert f"{dep.metadata.name}: container side opted out (allowed by spec.policy.allowOptOut)" in cond["message"]
 
 

@@ -344,7 +344,7 @@ class PolicyStatus(Wire):
     current_number_loaded: (
         Annotated[Int32, Meta(description="Nodes that loaded the current profile content.")] | UnsetType
     ) = UNSET
-    # Owned by the webhook's audit; the leader's merge patches never include it.
+    # Found by the leader's audit, written by the policy controller with the rest of the status.
     unprotected_workloads: (
         Annotated[
             Int32,
