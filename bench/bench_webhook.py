@@ -328,6 +328,7 @@ async def _run_varmor(kubeconfig: str, install_ns: str, port: int) -> None:
     from varmor.app import add_common_arguments, setup_logging
     from varmor.kube.client import new_api_client
     from varmor.kube.context import Health, RoleContext
+    from varmor.kube.serverversion import ServerVersion
     from varmor.reconcile import webhooks as leader
     from varmor.webhook import role
 
@@ -346,7 +347,9 @@ async def _run_varmor(kubeconfig: str, install_ns: str, port: int) -> None:
         ]
     )
     api_client = await new_api_client(kubeconfig)
-    ctx = RoleContext(args=args, api_client=api_client, health=Health(), roles=frozenset({"webhook", "leader"}))
+    server = await ServerVersion.read(api_client, interval=0)
+    roles = frozenset({"webhook", "leader"})
+    ctx = RoleContext(args=args, api_client=api_client, health=Health(), roles=roles, server=server)
     tasks = asyncio.gather(role.run(ctx), leader.run_leader_tasks(ctx))
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, tasks.cancel)
     with contextlib.suppress(asyncio.CancelledError):

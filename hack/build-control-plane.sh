@@ -5,7 +5,9 @@
 # is cached, so only the first run pays (see README for measured cost).
 set -euo pipefail
 
-K8S_VERSION="${K8S_VERSION:-v1.34.4}"
+# The default release is varmor/dev/paths.py's DEFAULT_K8S_VERSION (one place to change it).
+default_version="$(sed -n 's/^DEFAULT_K8S_VERSION = "\(.*\)"$/\1/p' "$(dirname "$0")/../varmor/dev/paths.py")"
+K8S_VERSION="${K8S_VERSION:-$default_version}"
 CACHE="${VARMOR_CACHE:-$HOME/.cache/varmor}"
 OUT="$CACHE/bin/k8s-$K8S_VERSION"
 export GOMODCACHE="${GOMODCACHE:-$CACHE/go/mod}"

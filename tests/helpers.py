@@ -331,18 +331,27 @@ class Api:
         )
 
     async def replace_policy(self, ns: str | None, body: dict[str, Any]) -> dict[str, Any]:
+        """Replace the policy's spec with `body`'s, as `kubectl edit` would: a 409 (the
+        leader wrote status since `body` was read) re-reads and retries."""
         name = body["metadata"]["name"]
-        if ns is None:
-            return dict(
-                await self.custom.replace_cluster_custom_object(
-                    api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name, body
+        for _ in range(5):
+            try:
+                if ns is None:
+                    return dict(
+                        await self.custom.replace_cluster_custom_object(
+                            api.GROUP, api.VERSION, api.VARMOR_CLUSTER_POLICY.plural, name, body
+                        )
+                    )
+                return dict(
+                    await self.custom.replace_namespaced_custom_object(
+                        api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, name, body
+                    )
                 )
-            )
-        return dict(
-            await self.custom.replace_namespaced_custom_object(
-                api.GROUP, api.VERSION, ns, api.VARMOR_POLICY.plural, name, body
-            )
-        )
+            except ApiException as exc:
+                if exc.status != 409:
+                    raise
+                body = {**await self.get_policy(ns, name), "spec": body["spec"]}
+        raise AssertionError(f"policy {name} kept changing under the test")
 
     async def delete_policy(self, ns: str | None, name: str) -> None:
         if ns is None:

@@ -20,7 +20,7 @@ import orjson
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from varmor import __version__
+from varmor import __version__, kubeversion
 from varmor.kube.context import Health, RoleContext
 from varmor.kube.tasks import task_group
 
@@ -143,15 +143,27 @@ async def run_roles(args: argparse.Namespace) -> int:
         log.error("unknown roles %s; choose from %s", sorted(unknown), sorted(ROLES))
         return 2
     from varmor.kube.client import new_api_client  # ~0.3 s of imports: only when serving
+    from varmor.kube.serverversion import ServerVersion
 
     api_client = await new_api_client(args.kubeconfig)
+    try:
+        server = await ServerVersion.read(api_client, interval=args.server_version_interval)
+    except Exception as exc:
+        await api_client.close()
+        log.error("cannot read the API server's version: %s", exc)
+        return 1
+    refused = kubeversion.refusal(server.current)
+    if refused:
+        await api_client.close()
+        log.error(refused)
+        return 2
     health = Health()
-    ctx = RoleContext(args=args, api_client=api_client, health=health, roles=roles)
+    ctx = RoleContext(args=args, api_client=api_client, health=health, roles=roles, server=server)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    log.info("varmor %s running roles %s", __version__, ",".join(sorted(roles)))
+    log.info("varmor %s running roles %s on Kubernetes %s", __version__, ",".join(sorted(roles)), server.current)
     try:
         async with (
             serving(health_app(health), args.bind_address, args.health_port),
@@ -159,6 +171,7 @@ async def run_roles(args: argparse.Namespace) -> int:
             task_group() as group,
         ):
             group.create_task(_until(stop), name="signals")
+            group.create_task(server.run(), name="server-version")
             for role in sorted(roles):
                 group.create_task(_role(role, ctx), name=role)
     except Stopped:
@@ -178,6 +191,13 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--health-port", type=int, default=8081)
     parser.add_argument("--metrics-port", type=int, default=8082)
     parser.add_argument("--log-level", default="info")
+    parser.add_argument(
+        "--server-version-interval",
+        type=float,
+        default=60.0,
+        help="seconds between reads of the API server's release (an upgrade to 1.30 switches admission to "
+        "the appArmorProfile field); 0: read once",
+    )
     parser.add_argument(
         "--event-loop",
         choices=EVENT_LOOPS,

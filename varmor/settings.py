@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from varmor.certs.bundle import CertConfig
+from varmor.kubeversion import APPARMOR_API_CHOICES, AppArmorApi
 from varmor.parser import DEFAULT_BUDGET, CompileBudget
 
 DAY = 86400.0
@@ -56,9 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--webhook-max-request-bytes", type=int, default=6 * 1024 * 1024)
     g.add_argument(
         "--apparmor-api",
-        choices=("auto", "field", "annotation"),
+        choices=APPARMOR_API_CHOICES,
         default="auto",
-        help="securityContext.appArmorProfile (>= 1.30) or the beta annotation; auto asks the API server",
+        help="securityContext.appArmorProfile (>= 1.30) or the beta annotation; auto follows the API server's "
+        "release (pin `annotation` while an HA control plane is upgraded from 1.29)",
     )
     g.add_argument("--owner-cluster-role", default="", help="cluster-scoped owner of the webhook configurations")
     g.add_argument("--unprotected-audit-interval", type=float, default=60.0, help="seconds; 0 disables")
@@ -128,7 +130,7 @@ class WebhookSettings:
     failure_policy: str
     timeout_seconds: int
     max_request_bytes: int
-    apparmor_api: str
+    apparmor_api: AppArmorApi
     owner_cluster_role: str
     audit_interval: float
     conflict_event_interval: float

@@ -23,6 +23,26 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{ .Values.image.repository }}:{{ .Values.image.tag | default .Chart.AppVersion }}
 {{- end -}}
 
+{{/*
+"true" on Kubernetes >= 1.30, else empty. From 1.30 pods take securityContext.appArmorProfile,
+ValidatingAdmissionPolicy is v1 and bound tokens carry the node claim. Before, the chart
+writes the beta AppArmor annotation and varmor's validating webhook guards node reports.
+*/}}
+{{- define "varmor.since130" -}}
+{{- if semverCompare ">=1.30.0-0" .Capabilities.KubeVersion.Version }}true{{ end -}}
+{{- end -}}
+
+{{/* The accounts whose ArmorNode writes the node-report guard limits to their own node. */}}
+{{- define "varmor.nodeReportAccounts" -}}
+system:serviceaccount:{{ .Release.Namespace }}:{{ include "varmor.agentSA" . }},system:serviceaccount:{{ .Release.Namespace }}:{{ include "varmor.managerSA" . }}
+{{- end -}}
+
+{{/* The node-report guard runs in varmor's webhook: Kubernetes < 1.30 has no
+ValidatingAdmissionPolicy (node-report-guard.yaml is the guard from 1.30). */}}
+{{- define "varmor.webhookNodeGuard" -}}
+{{- if and .Values.nodeReportGuard.enabled (not (include "varmor.since130" .)) }}true{{ end -}}
+{{- end -}}
+
 {{- define "varmor.certSecret" -}}
 {{- .Values.certificates.secretName | default (printf "%s-webhook-tls" (include "varmor.fullname" .)) -}}
 {{- end -}}
@@ -41,10 +61,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 - --webhook-config-name={{ include "varmor.fullname" . }}
 - --webhook-failure-policy={{ .Values.webhook.failurePolicy }}
 - --webhook-timeout-seconds={{ .Values.webhook.timeoutSeconds }}
+- --apparmor-api={{ .Values.webhook.apparmorApi }}
 - --cert-secret={{ include "varmor.certSecret" . }}
 - --cert-mode={{ .Values.certificates.mode }}
 - --cert-validity-days={{ .Values.certificates.validityDays }}
 - --owner-cluster-role={{ include "varmor.fullname" . }}-leader
+{{- if include "varmor.webhookNodeGuard" . }}
+- --node-report-guard-accounts={{ include "varmor.nodeReportAccounts" . }}
+{{- end }}
 {{- end -}}
 
 {{- define "varmor.leaderArgs" -}}
@@ -109,7 +133,8 @@ A process that loads AppArmor policy. Not privileged: loading, replacing and rem
 profiles needs CAP_MAC_ADMIN and euid 0 (apparmor_parser refuses other users, and
 securityfs's load files are root-only), nothing else (docs/security.md). Unconfined: a
 task that can replace profiles can replace whatever confines it, so an AppArmor profile
-on the agent would add nothing. Files it needs are root-owned (profile dir, securityfs,
+on the agent would add nothing (before 1.30: the pod annotation varmor.agentAppArmorAnnotation,
+else the runtime's default profile would deny the securityfs writes). Files it needs are root-owned (profile dir, securityfs,
 audit.log): no DAC override capability.
 */}}
 {{- define "varmor.agentSecurityContext" -}}
@@ -122,8 +147,16 @@ readOnlyRootFilesystem: true
 capabilities:
   drop: [ALL]
   add: [MAC_ADMIN]
+{{- if include "varmor.since130" . }}
 appArmorProfile: {type: Unconfined}
+{{- end }}
 seccompProfile: {type: RuntimeDefault}
+{{- end -}}
+
+{{- define "varmor.agentAppArmorAnnotation" -}}
+{{- if not (include "varmor.since130" .) }}
+container.apparmor.security.beta.kubernetes.io/varmor: unconfined
+{{- end }}
 {{- end -}}
 
 {{/* Webhook, leader and cleanup: no root, no capabilities, nothing writable but /tmp. */}}

@@ -5,7 +5,7 @@ accounts). docs/security.md cites these tests for each line of its threat model.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from typing import Any
 
 import pytest
@@ -13,6 +13,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from tests.helpers import wait_for
+from tests.product import apply, remove_cluster_scoped
 from varmor import api
 from varmor.admission.registration import Registration, mutating_configuration
 from varmor.dev.chart import is_hook, render
@@ -25,59 +26,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("crds")]
 NODE_CLAIM = "authentication.kubernetes.io/node-name"
 ADMISSION = "admissionregistration.k8s.io"
 CRD = api.GROUP
-
-
-def _creators(api_client: Any, obj: dict[str, Any]) -> dict[str, Callable[[], Awaitable[Any]]]:
-    ns = obj["metadata"].get("namespace")
-    core, apps, rbac = (
-        client.CoreV1Api(api_client),
-        client.AppsV1Api(api_client),
-        client.RbacAuthorizationV1Api(api_client),
-    )
-    policy, batch = client.PolicyV1Api(api_client), client.BatchV1Api(api_client)
-    admission, net = client.AdmissionregistrationV1Api(api_client), client.NetworkingV1Api(api_client)
-    return {
-        "ServiceAccount": lambda: core.create_namespaced_service_account(ns, obj),
-        "Service": lambda: core.create_namespaced_service(ns, obj),
-        "DaemonSet": lambda: apps.create_namespaced_daemon_set(ns, obj),
-        "Deployment": lambda: apps.create_namespaced_deployment(ns, obj),
-        "PodDisruptionBudget": lambda: policy.create_namespaced_pod_disruption_budget(ns, obj),
-        "Job": lambda: batch.create_namespaced_job(ns, obj),
-        "Role": lambda: rbac.create_namespaced_role(ns, obj),
-        "RoleBinding": lambda: rbac.create_namespaced_role_binding(ns, obj),
-        "ClusterRole": lambda: rbac.create_cluster_role(obj),
-        "ClusterRoleBinding": lambda: rbac.create_cluster_role_binding(obj),
-        "NetworkPolicy": lambda: net.create_namespaced_network_policy(ns, obj),
-        "MutatingWebhookConfiguration": lambda: admission.create_mutating_webhook_configuration(obj),
-        "ValidatingWebhookConfiguration": lambda: admission.create_validating_webhook_configuration(obj),
-        "ValidatingAdmissionPolicy": lambda: admission.create_validating_admission_policy(obj),
-        "ValidatingAdmissionPolicyBinding": lambda: admission.create_validating_admission_policy_binding(obj),
-    }
-
-
-async def apply(api_client: Any, obj: dict[str, Any]) -> None:
-    """Create one rendered object with the typed APIs (enough kinds for the chart)."""
-    await _creators(api_client, obj)[obj["kind"]]()
-
-
-async def remove_cluster_scoped(api_client: Any, objects: list[dict[str, Any]]) -> None:
-    """Delete what the chart created outside its namespace (the namespace fixture removes the rest)."""
-    rbac, admission = client.RbacAuthorizationV1Api(api_client), client.AdmissionregistrationV1Api(api_client)
-    deleters: dict[str, Callable[[str], Awaitable[Any]]] = {
-        "ClusterRole": rbac.delete_cluster_role,
-        "ClusterRoleBinding": rbac.delete_cluster_role_binding,
-        "MutatingWebhookConfiguration": admission.delete_mutating_webhook_configuration,
-        "ValidatingWebhookConfiguration": admission.delete_validating_webhook_configuration,
-        "ValidatingAdmissionPolicy": admission.delete_validating_admission_policy,
-        "ValidatingAdmissionPolicyBinding": admission.delete_validating_admission_policy_binding,
-    }
-    for obj in objects:
-        if obj["kind"] in deleters:
-            try:
-                await deleters[obj["kind"]](obj["metadata"]["name"])
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
 
 
 @contextlib.asynccontextmanager

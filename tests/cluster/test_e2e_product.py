@@ -1,12 +1,6 @@
-"""The whole product on the real API server, installed from the chart's rendered manifests.
-
-The chart is rendered with Helm, every object is applied, and varmor runs as local
-processes with exactly the arguments the rendered Deployment and DaemonSet give it, each
-authenticated with a token of the chart's own ServiceAccount (so the chart's RBAC, its
-webhook configurations and its ValidatingAdmissionPolicy are what is exercised). Three
-agents stand in for three nodes, each with its own stand-in securityfs that records what
-reached the kernel interface, and a token bound to its Node, as a DaemonSet pod's is.
-"""
+"""The whole product on the real API server, installed from the chart's rendered
+manifests (tests/product.py): a policy protects existing and new workloads, updates live,
+and uninstalls clean, in both topologies, with three agents standing in for three nodes."""
 
 from __future__ import annotations
 
@@ -15,107 +9,24 @@ import contextlib
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
 from tests import helpers
-from tests.cluster.test_chart_rbac import apply, remove_cluster_scoped
 from tests.helpers import deployment, wait_for
+from tests.product import Install, installed, token_kubeconfig
 from varmor import api
-from varmor.dev.chart import is_hook, render
-from varmor.dev.cluster import free_port
-from varmor.nodeexec.standin import StandInSecurityfs, write_enabled_file
+from varmor.dev.chart import is_hook
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("crds")]
 G, V = api.GROUP, api.VERSION
 NODES = ("e2e-node-a", "e2e-node-b", "e2e-node-c")
 DOCUMENTED_METRICS = Path(__file__).resolve().parents[2] / "docs" / "metrics.md"
-
-
-@dataclass
-class Process:
-    name: str
-    proc: subprocess.Popen[bytes]
-    log: Path
-    metrics_port: int
-    health_port: int
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
-@dataclass
-class Install:
-    namespace: str
-    release: str
-    objects: list[dict[str, Any]]
-    kubeconfig: str
-    tmp: Path
-    kernels: dict[str, StandInSecurityfs] = field(default_factory=dict)
-    processes: list[Process] = field(default_factory=list)
-
-    def rendered(self, kind: str) -> dict[str, Any]:
-        return next(o for o in self.objects if o["kind"] == kind and not is_hook(o))
-
-    def logs(self) -> str:
-        return "\n".join(f"==== {p.name}\n{p.log.read_text(errors='replace')[-3000:]}" for p in self.processes)
-
-
-async def token_kubeconfig(api_client: Any, install: Install, service_account: str, node: str = "") -> Path:
-    """A kubeconfig that authenticates as one of the chart's ServiceAccounts; with `node`,
-    the token is bound to that Node and carries its node claim (what the chart's
-    ValidatingAdmissionPolicy checks an agent's ArmorNode writes against)."""
-    core = client.CoreV1Api(api_client)
-    spec: dict[str, Any] = {"expirationSeconds": 3600}
-    if node:
-        spec["boundObjectRef"] = {"apiVersion": "v1", "kind": "Node", "name": node}
-    token = await core.create_namespaced_service_account_token(service_account, install.namespace, {"spec": spec})
-    admin = yaml.safe_load(Path(install.kubeconfig).read_text())
-    admin["users"] = [{"name": service_account, "user": {"token": token.status.token}}]
-    admin["contexts"][0]["context"]["user"] = service_account
-    path = install.tmp / f"{service_account}{'-' + node if node else ''}.kubeconfig"
-    path.write_text(yaml.safe_dump(admin))
-    return path
-
-
-def container_args(obj: dict[str, Any], node: str = "") -> list[str]:
-    args = obj["spec"]["template"]["spec"]["containers"][0]["args"]
-    return [a.replace("$(NODE_NAME)", node) for a in args]
-
-
-def start(install: Install, name: str, args: list[str], kubeconfig: Path, extra: list[str]) -> Process:
-    health, metrics = free_port(), free_port()
-    log = install.tmp / f"{name}.log"
-    argv = [
-        sys.executable, "-m", "varmor.cli", *args,
-        f"--kubeconfig={kubeconfig}", "--bind-address=127.0.0.1",
-        f"--health-port={health}", f"--metrics-port={metrics}", *extra,
-    ]  # fmt: skip
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            argv, stdout=out, stderr=subprocess.STDOUT, env={"POD_NAME": name, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
-        )
-    process = Process(name, proc, log, metrics, health)
-    install.processes.append(process)
-    return process
-
-
-def webhook_args() -> list[str]:
-    port = free_port()
-    return [f"--webhook-port={port}", f"--webhook-url=https://127.0.0.1:{port}", "--status-delay=0.2"]
 
 
 @pytest.fixture(params=["split", "allinone"])
@@ -124,65 +35,8 @@ async def install(
 ) -> AsyncIterator[Install]:
     """split: a manager process (webhook + leader) and three agents. allinone (the chart's
     default): three processes running every role, one of them elected leader."""
-    topology = request.param
-    release = f"varmor-{namespace}"  # contains the chart name, so fullname == release
-    values = {
-        "topology": topology,
-        "leaderElection": {"leaseDurationSeconds": 4, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1},
-    }
-    objects = render(values, namespace=namespace, release=release)
-    inst = Install(namespace, release, objects, kubeconfig, tmp_path)
-    core = client.CoreV1Api(api_client)
-    for obj in objects:
-        await apply(api_client, obj)
-    for node in NODES:
-        with contextlib.suppress(ApiException):
-            await core.create_node({"metadata": {"name": node}})
-    # split: the agent-only DaemonSet runs as the agent's account; allinone: the DaemonSet
-    # runs every role as the manager's
-    node_account = f"{release}-agent" if topology == "split" else f"{release}-manager"
-    if topology == "split":
-        manager_cfg = await token_kubeconfig(api_client, inst, f"{release}-manager")
-        start(inst, "manager", container_args(inst.rendered("Deployment")), manager_cfg, webhook_args())
-    for node in NODES:
-        agent_cfg = await token_kubeconfig(api_client, inst, node_account, node)
-        root = tmp_path / node
-        root.mkdir()
-        write_enabled_file(root / "enabled")
-        (root / "partitions").write_text("major minor  #blocks  name\n\n 254        0   52428800 vda\n")
-        inst.kernels[node] = StandInSecurityfs(root / "securityfs").start()
-        start(
-            inst, node, container_args(inst.rendered("DaemonSet"), node), agent_cfg,
-            [f"--profile-dir={root / 'apparmor.d'}", f"--securityfs={root / 'securityfs'}",
-             f"--apparmor-enabled-file={root / 'enabled'}", f"--proc-partitions={root / 'partitions'}",
-             "--audit-log=", "--violation-log=", "--agent-status-debounce=0.2",
-             *(webhook_args() if topology == "allinone" else [])],
-        )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession() as http:
-            for process in inst.processes:
-
-                async def ready(p: Process = process) -> bool:
-                    assert p.proc.poll() is None, f"{p.name} exited:\n{inst.logs()}"
-                    with contextlib.suppress(aiohttp.ClientError):
-                        async with http.get(f"http://127.0.0.1:{p.health_port}/readyz") as r:
-                            return r.status == 200
-                    return False
-
-                await wait_for(ready, timeout=60)
+    async with installed(api_client, kubeconfig, namespace, tmp_path, topology=request.param, nodes=NODES) as inst:
         yield inst
-    finally:
-        for process in inst.processes:
-            process.stop()
-        for kernel in inst.kernels.values():
-            kernel.stop()
-        custom = client.CustomObjectsApi(api_client)
-        await remove_cluster_scoped(api_client, objects)
-        for node in NODES:
-            with contextlib.suppress(ApiException):
-                await custom.delete_cluster_custom_object(G, V, "armornodes", node)
-            with contextlib.suppress(ApiException):
-                await core.delete_node(node)
 
 
 def policy(rules: list[str]) -> dict[str, Any]:

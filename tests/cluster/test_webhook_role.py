@@ -32,6 +32,7 @@ from varmor.kube import paths
 from varmor.kube.client import ApiException, raw_request
 from varmor.kube.context import Health, RoleContext
 from varmor.kube.kube import MERGE_PATCH, Kube
+from varmor.kube.serverversion import ServerVersion
 from varmor.reconcile import cleanup as webhook_cli
 from varmor.reconcile import webhooks as leader
 from varmor.webhook import role as webhook_role
@@ -91,6 +92,7 @@ class Varmor:
     install_ns: str
     name: str
     port: int
+    server: ServerVersion
     extra: list[str] = field(default_factory=list)
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -112,7 +114,9 @@ class Varmor:
         )
 
     def ctx(self) -> RoleContext:
-        return RoleContext(args=self.args(), api_client=self.api_client, health=Health(), roles=frozenset())
+        return RoleContext(
+            args=self.args(), api_client=self.api_client, health=Health(), roles=frozenset(), server=self.server
+        )
 
     def start_webhook(self) -> RoleContext:
         ctx = self.ctx()
@@ -168,7 +172,7 @@ async def varmor(api_client: Any, crds: list[str]) -> AsyncIterator[Varmor]:
     core = client.CoreV1Api(api_client)
     install_ns = f"varmor-{uuid.uuid4().hex[:8]}"
     await core.create_namespace({"metadata": {"name": install_ns}})
-    v = Varmor(api_client, install_ns, install_ns, free_port())
+    v = Varmor(api_client, install_ns, install_ns, free_port(), await ServerVersion.read(api_client, interval=0))
     try:
         yield v
     finally:

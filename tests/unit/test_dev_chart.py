@@ -1,5 +1,6 @@
 """The chart lints, renders across a matrix of values, and every object validates
-strictly against two Kubernetes versions' schemas."""
+strictly against the schemas of the oldest supported, the first field-bearing and the
+newest Kubernetes release, rendered for that release."""
 
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ TOPOLOGIES = {k: MATRIX[k] for k in ("defaults", "split", "leader-eligible")}
 AGENT_CAPABILITIES = {"drop": ["ALL"], "add": ["MAC_ADMIN"]}
 NO_CAPABILITIES = {"drop": ["ALL"]}
 WEBHOOK_CONFIG_KINDS = {"mutatingwebhookconfigurations", "validatingwebhookconfigurations"}
-KUBE_VERSIONS = ("1.30.0", "1.34.0")
+KUBE_VERSIONS = ("1.29.0", "1.30.0", "1.37.0")
 NO_SCHEMA_KINDS = {"ServiceMonitor"}  # a CRD-defined kind; not in the upstream schemas
 
 
@@ -56,7 +57,7 @@ def test_schema_rejects_unknown_or_invalid_values(bad: dict[str, Any]) -> None:
 @pytest.mark.parametrize("version", KUBE_VERSIONS)
 @pytest.mark.parametrize("values", MATRIX.values(), ids=MATRIX.keys())
 def test_rendered_objects_validate_strictly(values: dict[str, Any], version: str) -> None:
-    for obj in render(values):
+    for obj in render(values, kube_version=f"v{version}"):
         if obj["kind"] in NO_SCHEMA_KINDS:
             continue
         kubernetes_validate.validate(obj, version, strict=True)
@@ -173,6 +174,49 @@ def test_node_report_guard_binds_the_agents_to_their_own_armornode() -> None:
     for sa in ("varmor-agent", "varmor-manager"):
         assert f"'system:serviceaccount:vns:{sa}'" in condition["expression"]
     assert not by_kind(render({"nodeReportGuard": {"enabled": False}}), "ValidatingAdmissionPolicy")
+    assert not any("--node-report-guard-accounts" in a for o in pod_specs(objects) for a in o["containers"][0]["args"])
+
+
+GUARD_ARG = (
+    "--node-report-guard-accounts=system:serviceaccount:vns:varmor-agent,system:serviceaccount:vns:varmor-manager"
+)
+
+
+@pytest.mark.parametrize("values", TOPOLOGIES.values(), ids=TOPOLOGIES.keys())
+def test_before_1_30_the_webhook_guards_node_reports_and_the_agent_pod_is_unconfined_by_annotation(
+    values: dict[str, Any],
+) -> None:
+    """No ValidatingAdmissionPolicy and no appArmorProfile field exist before 1.30: the
+    webhook takes the guard over (reading the node of the pod a token is bound to), and the
+    agent's pods opt out of the runtime's default profile through the beta annotation."""
+    objects = render(values, namespace="vns", kube_version="v1.29.15")
+    assert not by_kind(objects, "ValidatingAdmissionPolicy")
+    workloads = [o for o in objects if o["kind"] in ("DaemonSet", "Deployment")]
+    guarded = [GUARD_ARG in container_args(o) for o in workloads]
+    runs_webhook = [any(a.startswith("--roles=") and "webhook" in a for a in container_args(o)) for o in workloads]
+    assert guarded == runs_webhook
+    assert any(guarded)
+    for ds in by_kind(objects, "DaemonSet"):
+        template = ds["spec"]["template"]
+        assert template["metadata"]["annotations"] == {
+            "container.apparmor.security.beta.kubernetes.io/varmor": "unconfined"
+        }
+        assert "appArmorProfile" not in template["spec"]["containers"][0]["securityContext"]
+    (role,) = [r for r in by_kind(objects, "Role") if r["metadata"]["name"].endswith("-webhook")]
+    assert {"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]} in role["rules"]
+    newer = render(values, namespace="vns", kube_version="v1.30.0")
+    (role,) = [r for r in by_kind(newer, "Role") if r["metadata"]["name"].endswith("-webhook")]
+    assert all("pods" not in rule["resources"] for rule in role["rules"])
+    for ds in by_kind(newer, "DaemonSet"):
+        assert "annotations" not in ds["spec"]["template"]["metadata"]
+        assert ds["spec"]["template"]["spec"]["containers"][0]["securityContext"]["appArmorProfile"] == {
+            "type": "Unconfined"
+        }
+
+
+def test_releases_before_1_29_are_refused_with_the_reason() -> None:
+    with pytest.raises(helm.HelmRenderError, match=r"needs Kubernetes 1.29 or later .* this cluster runs v1.28.15"):
+        render({}, kube_version="v1.28.15")
 
 
 def test_network_policy_admits_only_the_webhook_and_metrics_ports() -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 import yaml
 
 from varmor.certs import pki
-from varmor.dev.paths import REPO_ROOT, control_plane_bin_dir
+from varmor.dev.paths import K8S_VERSION, REPO_ROOT, control_plane_bin_dir
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 CONTROLLERS = (
@@ -43,17 +43,18 @@ class ControlPlaneError(RuntimeError):
     pass
 
 
-def ensure_binaries() -> Path:
-    """Return the directory holding the three binaries, building them if missing."""
-    bin_dir = control_plane_bin_dir()
+def ensure_binaries(version: str = K8S_VERSION) -> Path:
+    """Return the directory holding the three binaries of `version`, building them if missing."""
+    bin_dir = control_plane_bin_dir(version)
     if all((bin_dir / b).is_file() for b in BINARIES):
         return bin_dir
     script = REPO_ROOT / "hack" / "build-control-plane.sh"
-    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False)
+    env = {**os.environ, "K8S_VERSION": version}
+    result = subprocess.run(["bash", str(script)], capture_output=True, text=True, check=False, env=env)
     if result.returncode != 0 or not all((bin_dir / b).is_file() for b in BINARIES):
         raise ControlPlaneError(
-            f"could not build the control plane with {script} (needs Go: apt-get install "
-            f"golang-go, or run `make setup`):\n{result.stderr[-4000:]}"
+            f"could not build the Kubernetes {version} control plane with {script} (needs Go >= 1.26: "
+            f"run `make setup`):\n{result.stderr[-4000:]}"
         )
     return bin_dir
 
@@ -87,10 +88,13 @@ class ControlPlaneState:
 class ControlPlane:
     """Starts and stops the three components; logs go to files in `workdir`."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, version: str = K8S_VERSION) -> None:
         self.workdir = workdir
+        self.version = version
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.state: ControlPlaneState | None = None
+        self._apiserver_args: list[str] = []
+        self._pki: dict[str, Path] = {}
 
     # -- files -----------------------------------------------------------------
     def _write_pki(self) -> dict[str, Path]:
@@ -176,14 +180,14 @@ class ControlPlane:
 
     # -- processes -------------------------------------------------------------
     def _spawn(self, name: str, argv: list[str], detach: bool) -> None:
-        log = open(self.workdir / f"{name}.log", "wb")  # noqa: SIM115 - owned by the child
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the child
         self.procs[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=detach)
         log.close()
 
     def start(self, detach: bool = False, timeout: float = 90.0) -> ControlPlaneState:
-        bin_dir = ensure_binaries()
+        bin_dir = ensure_binaries(self.version)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        p = self._write_pki()
+        p = self._pki = self._write_pki()
         etcd_port, peer_port, api_port = free_port(), free_port(), free_port()
         server = f"https://127.0.0.1:{api_port}"
         etcd_data = self.workdir / "etcd"
@@ -203,32 +207,28 @@ class ControlPlane:
             ],
             detach,
         )
-        self._spawn(
-            "kube-apiserver",
-            [
-                str(bin_dir / "kube-apiserver"),
-                f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
-                f"--secure-port={api_port}",
-                f"--cert-dir={self.workdir / 'apiserver-certs'}",
-                f"--tls-cert-file={p['apiserver.crt']}",
-                f"--tls-private-key-file={p['apiserver.key']}",
-                f"--client-ca-file={p['ca.crt']}",
-                "--authorization-mode=RBAC",
-                "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,OwnerReferencesPermissionEnforcement",
-                f"--admission-control-config-file={self._admission_config(p)}",
-                "--service-account-issuer=https://kubernetes.default.svc",
-                f"--service-account-key-file={p['sa.pub']}",
-                f"--service-account-signing-key-file={p['sa.key']}",
-                "--service-cluster-ip-range=10.0.0.0/24",
-                "--endpoint-reconciler-type=none",
-                "--allow-privileged=true",
-                "--profiling=false",
-                "--v=1",
-            ],
-            detach,
-        )
+        self._apiserver_args = [
+            f"--etcd-servers=http://127.0.0.1:{etcd_port}",
+            "--bind-address=127.0.0.1",
+            "--advertise-address=127.0.0.1",
+            f"--secure-port={api_port}",
+            f"--cert-dir={self.workdir / 'apiserver-certs'}",
+            f"--tls-cert-file={p['apiserver.crt']}",
+            f"--tls-private-key-file={p['apiserver.key']}",
+            f"--client-ca-file={p['ca.crt']}",
+            "--authorization-mode=RBAC",
+            "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,OwnerReferencesPermissionEnforcement",
+            f"--admission-control-config-file={self._admission_config(p)}",
+            "--service-account-issuer=https://kubernetes.default.svc",
+            f"--service-account-key-file={p['sa.pub']}",
+            f"--service-account-signing-key-file={p['sa.key']}",
+            "--service-cluster-ip-range=10.0.0.0/24",
+            "--endpoint-reconciler-type=none",
+            "--allow-privileged=true",
+            "--profiling=false",
+            "--v=1",
+        ]
+        self._spawn("kube-apiserver", [str(bin_dir / "kube-apiserver"), *self._apiserver_args], detach)
         kcm_config = self._kubeconfig("kube-controller-manager", server, p["ca.crt"], p["kcm.crt"], p["kcm.key"])
         admin_config = self._kubeconfig("admin", server, p["ca.crt"], p["admin.crt"], p["admin.key"])
         self.state = ControlPlaneState(str(self.workdir), api_port, str(admin_config))
@@ -253,6 +253,21 @@ class ControlPlane:
         self.state.pids = {name: proc.pid for name, proc in self.procs.items()}
         (self.workdir / "state.json").write_text(json.dumps(asdict(self.state)))
         return self.state
+
+    def upgrade_apiserver(self, version: str, timeout: float = 90.0) -> None:
+        """Replace the running kube-apiserver with `version`'s, same flags, same etcd and
+        port (the etcd and the controller-manager stay: both tolerate one minor of skew)."""
+        bin_dir = ensure_binaries(version)
+        proc = self.procs.pop("kube-apiserver")
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        self._spawn("kube-apiserver", [str(bin_dir / "kube-apiserver"), *self._apiserver_args], False)
+        self.version = version
+        self._wait_ready(self._pki, timeout)
 
     def _wait_ready(self, p: dict[str, Path], timeout: float) -> None:
         assert self.state is not None

@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # the shell imports this before it needs (or loads) the client
     from kubernetes.aio import client
 
+    from varmor.kube.serverversion import ServerVersion
+
 
 @dataclass
 class Health:
@@ -32,3 +34,4 @@ class RoleContext:
     api_client: client.ApiClient
     health: Health
     roles: frozenset[str]
+    server: ServerVersion  # the API server's release, kept current by the shell

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
 
 from kubernetes.aio import client
 
@@ -60,11 +59,3 @@ class PolicyCache:
                 await informer.wait_synced()
             self.synced_event.set()
             self._fire()
-
-
-async def server_supports_field(api_client: client.ApiClient) -> bool:
-    """True if the API server knows securityContext.appArmorProfile (Kubernetes >= 1.30)."""
-    info: Any = await client.VersionApi(api_client).get_code()
-    major = int("".join(ch for ch in str(info.major) if ch.isdigit()) or 0)
-    minor = int("".join(ch for ch in str(info.minor) if ch.isdigit()) or 0)
-    return (major, minor) >= (1, 30)

@@ -76,7 +76,7 @@ class Settings:
     workers: int = 4
     resync_seconds: float = 300.0
     status_delay: float = 0.5  # coalesce bursts of node reports into one status write
-    use_apparmor_field: bool = True  # Kubernetes >= 1.30: securityContext.appArmorProfile
+    use_apparmor_field: Callable[[], bool] = lambda: True  # asked per rollout: the release can change
     lost_after: float = DEFAULT_LOST_AFTER  # an ArmorNode heartbeat older than this: agent lost
     liveness_margin: float = 1.0  # recheck this long after the first expiry (heartbeats have 1 s precision)
     budget: CompileBudget = DEFAULT_BUDGET  # per apparmor_parser run of the leader's compile check

@@ -271,7 +271,7 @@ class Rollouts:
         if job.action == "create":
             containers = job.target.get("containers") or ()
             return planner.plan_patch(
-                kind, obj, job.profile_name, containers, self.controller.settings.use_apparmor_field
+                kind, obj, job.profile_name, containers, self.controller.settings.use_apparmor_field()
             )
         return planner.remove_patch(kind, obj, job.profile_name)
 

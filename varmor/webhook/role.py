@@ -23,10 +23,12 @@ from varmor.certs import bundle as certbundle
 from varmor.certs.store import watch_secret
 from varmor.certs.tls import ReloadableTLS
 from varmor.kube.client import JSON
-from varmor.kube.policycache import PolicyCache, server_supports_field
+from varmor.kube.policycache import PolicyCache
 from varmor.kube.tasks import task_group
+from varmor.kubeversion import KubeVersion, uses_apparmor_field
 from varmor.webhook.conflicts import ConflictReporter
 from varmor.webhook.mutate import MutationState
+from varmor.webhook.podnodes import PodNodes
 from varmor.webhook.server import build_app
 from varmor.webhook.validate import PolicyValidator
 
@@ -40,11 +42,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 async def run(ctx: Any) -> None:
     """Run the webhook role until cancelled. `ctx` is varmor.app.RoleContext."""
     cfg = webhook_settings.from_args(ctx.args)
-    if cfg.apparmor_api == "auto":
-        use_field = await server_supports_field(ctx.api_client)
-    else:
-        use_field = cfg.apparmor_api == "field"
-    state = MutationState(use_field=use_field, excluded_namespaces=frozenset(cfg.excluded_namespaces))
+    state = MutationState(excluded_namespaces=frozenset(cfg.excluded_namespaces))
+
+    def follow_release(version: KubeVersion) -> None:
+        state.use_field = uses_apparmor_field(cfg.apparmor_api, version)
+        written = "the appArmorProfile field" if state.use_field else "annotations"
+        log.info("admission writes %s (Kubernetes %s)", written, version)
+
+    ctx.server.follow(follow_release)
     reporter = ConflictReporter(ctx.api_client, interval=cfg.conflict_event_interval)
     state.on_conflict = reporter.report
 
@@ -77,6 +82,7 @@ async def run(ctx: Any) -> None:
         slots=cfg.compile_slots,
         waiting=cfg.compile_waiting,
         node_report_accounts=frozenset(cfg.node_report_accounts),
+        pod_node=PodNodes(ctx.api_client).node_of if cfg.node_report_accounts else None,
     )
     app = build_app(state, validator, max_body=cfg.max_request_bytes, synced=cache.synced_event)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=5.0)
@@ -94,6 +100,6 @@ async def run(ctx: Any) -> None:
             gc.freeze()
             await runner.setup()
             await web.TCPSite(runner, ctx.args.bind_address, cfg.port, ssl_context=tls.context).start()
-            log.info("webhook serving on :%d (appArmorProfile field: %s)", cfg.port, use_field)
+            log.info("webhook serving on :%d", cfg.port)
     finally:
         await runner.cleanup()

@@ -19,10 +19,11 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from varmor import api
-from varmor.admission.nodereports import node_report_refusal
+from varmor.admission.nodereports import PodClaim, needs_pod_lookup, node_report_refusal, pod_claim
 from varmor.admission.review import ValidationRequest
 from varmor.parser import DEADLINE, DEFAULT_BUDGET, CompileBudget, CompileResult, ParserNotFoundError, compile_profile
 from varmor.pipeline import CompileError, compile_policy
@@ -60,9 +61,11 @@ class PolicyValidator:
         waiting: int = 2,
         cache_size: int = 1024,
         node_report_accounts: frozenset[str] = frozenset(),
+        pod_node: Callable[[PodClaim], Awaitable[str]] | None = None,
     ) -> None:
         self.install_namespace = install_namespace
         self.node_report_accounts = node_report_accounts
+        self.pod_node = pod_node  # the node of a token's bound pod (tokens before 1.30 lack the node claim)
         self.budget = budget
         self.deadline = deadline  # seconds from receipt: the API server's timeout minus a margin
         self._slots = asyncio.Semaphore(slots)
@@ -76,21 +79,30 @@ class PolicyValidator:
     def queued(self) -> int:
         return self._queued
 
-    def _node_report(self, req: ValidationRequest) -> Verdict:
+    async def _node_report(self, req: ValidationRequest) -> Verdict:
         """An agent writes only its own node's ArmorNode (admission.nodereports)."""
         if req.operation not in ("CREATE", "UPDATE"):
             return Verdict(True, result="ignored")
         user = req.user
         meta = (req.obj or {}).get("metadata")
         name = req.name or (str(meta.get("name") or "") if isinstance(meta, dict) else "")
-        refusal = node_report_refusal(user.username, user.extra, name, self.node_report_accounts)
+        pod_node = ""
+        claim = pod_claim(user.username, user.extra)
+        lookup = needs_pod_lookup(user.username, user.extra, self.node_report_accounts)
+        if claim is not None and self.pod_node is not None and lookup:
+            try:
+                pod_node = await self.pod_node(claim)
+            except Exception as exc:  # refuse: the agent retries its write
+                log.warning("cannot read pod %s/%s: %s", claim.namespace, claim.name, type(exc).__name__)
+                return Verdict(False, "cannot read the pod the token is bound to; retry", result="denied", code=503)
+        refusal = node_report_refusal(user.username, user.extra, name, self.node_report_accounts, pod_node)
         if refusal is not None:
             return Verdict(False, refusal, result="denied", code=403)
         return Verdict(True)
 
     async def validate(self, req: ValidationRequest) -> Verdict:
         if req.kind == api.ARMOR_NODE.kind and req.group == api.GROUP:
-            return self._node_report(req)
+            return await self._node_report(req)
         if req.kind not in POLICY_KINDS or req.group != api.GROUP or req.operation not in ("CREATE", "UPDATE"):
             return Verdict(True, result="ignored")
         if req.obj is None:
