@@ -19,6 +19,7 @@ from tests import helpers
 from tests.helpers import deployment, wait_for
 from tests.product import Install, installed, token_kubeconfig
 from varmor import api
+from varmor.admission.nodereports import NODE_CLAIM, POD_NAME_CLAIM
 from varmor.dev.cluster import ControlPlane
 from varmor.kube.client import new_api_client
 
@@ -58,7 +59,7 @@ async def test_core_set(
     async with installed(api_client, kubeconfig, namespace, tmp_path, nodes=NODES, kube_version=version) as inst:
         await _registration_is_accepted(api_client, inst)
         await _policy_rolls_and_admission_attaches(api_client, namespace, version)
-        await _agents_write_only_their_own_node(api_client, inst)
+        await _agents_write_only_their_own_node(api_client, inst, version)
 
 
 async def _registration_is_accepted(api_client: Any, inst: Install) -> None:
@@ -130,7 +131,7 @@ async def _policy_rolls_and_admission_attaches(api_client: Any, install_ns: str,
             await core.delete_namespace(ns)
 
 
-async def _agents_write_only_their_own_node(api_client: Any, inst: Install) -> None:
+async def _agents_write_only_their_own_node(api_client: Any, inst: Install, version: str) -> None:
     """An agent's pod-bound token writes its own node's ArmorNode (the running agents do)
     and is refused another node's: by the webhook before 1.30, by the policy from 1.30."""
     custom = client.CustomObjectsApi(api_client)
@@ -147,6 +148,11 @@ async def _agents_write_only_their_own_node(api_client: Any, inst: Install) -> N
     stolen = await token_kubeconfig(api_client, inst, account, f"agent-{own}")
     as_agent = await new_api_client(str(stolen))
     try:
+        # Before 1.30 a pod-bound token carries no node claim: what the webhook's pod lookup is for.
+        review = await client.AuthenticationV1Api(as_agent).create_self_subject_review({})
+        extra = review.status.user_info.extra or {}
+        assert extra.get(NODE_CLAIM) == ([own] if has_field(version) else None), extra
+        assert extra.get(POD_NAME_CLAIM) == [f"agent-{own}"]
         patch = {"status": {"phase": "Supported", "ready": True}}
         with pytest.raises(ApiException) as refused:
             await client.CustomObjectsApi(as_agent).patch_cluster_custom_object_status(G, V, "armornodes", other, patch)

@@ -260,8 +260,8 @@ class ControlPlane:
         bin_dir = ensure_binaries(version)
         proc = self.procs.pop("kube-apiserver")
         proc.terminate()
-        try:
-            proc.wait(timeout=30)
+        try:  # it waits for open watches to end: give them a moment, not the 30 min they may last
+            proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
