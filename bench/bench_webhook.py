@@ -176,7 +176,7 @@ async def _serve(kind: str, port: int, cert: str, key: str) -> None:
         app = web.Application(client_max_size=6 * 1024 * 1024)
         app.router.add_post("/mutate", echo)
     else:
-        from varmor.admission.planner import PolicyIndex
+        from varmor.admission.selection import PolicyIndex
         from varmor.webhook.mutate import MutationState
         from varmor.webhook.server import build_app
         from varmor.webhook.validate import PolicyValidator

@@ -39,7 +39,9 @@ fi
 start=$(date +%s)
 # The default release, then those the compat layer runs (tests/compat): each built once.
 for version in "" $(.venv/bin/python -c 'from varmor.dev.paths import COMPAT_K8S_VERSIONS as v; print(*v)'); do
-  K8S_VERSION="${version:-${K8S_VERSION:-}}" bash hack/build-control-plane.sh >/dev/null
+  t=$(date +%s)
+  out="$(K8S_VERSION="${version:-${K8S_VERSION:-}}" bash hack/build-control-plane.sh)"
+  echo "setup: $(basename "$out") ready in $(( $(date +%s) - t ))s"
 done
 if [ -f hack/fetch-kernel.sh ]; then bash hack/fetch-kernel.sh >/dev/null; fi
 echo "setup: done ($(( $(date +%s) - start ))s for binaries and kernel)"

@@ -23,6 +23,7 @@ AppArmorApi = Literal["auto", "field", "annotation"]
 APPARMOR_API_CHOICES: tuple[AppArmorApi, ...] = ("auto", "field", "annotation")
 
 _LEADING_NUMBER = re.compile(r"\d+")
+_GIT_VERSION = re.compile(r"v(\d+)\.(\d+)")
 
 
 @dataclass(frozen=True, order=True)
@@ -36,11 +37,15 @@ class KubeVersion:
 
     @classmethod
     def parse(cls, major: str, minor: str, git_version: str = "") -> KubeVersion:
-        """Raises ValueError when either number is missing."""
+        """From /version's major and minor, else its gitVersion (some builds leave the two
+        empty). Raises ValueError when neither holds a version."""
         found_major, found_minor = _LEADING_NUMBER.match(major or ""), _LEADING_NUMBER.match(minor or "")
-        if found_major is None or found_minor is None:
-            raise ValueError(f"not a Kubernetes version: major={major!r} minor={minor!r}")
-        return cls(int(found_major.group()), int(found_minor.group()), git_version)
+        if found_major is not None and found_minor is not None:
+            return cls(int(found_major.group()), int(found_minor.group()), git_version)
+        found = _GIT_VERSION.match(git_version or "")
+        if found is None:
+            raise ValueError(f"not a Kubernetes version: major={major!r} minor={minor!r} gitVersion={git_version!r}")
+        return cls(int(found.group(1)), int(found.group(2)), git_version)
 
     @property
     def release(self) -> tuple[int, int]:
@@ -65,9 +70,24 @@ def refusal(version: KubeVersion) -> str | None:
     )
 
 
-def uses_apparmor_field(mode: AppArmorApi, version: KubeVersion) -> bool:
-    """Whether admission writes `securityContext.appArmorProfile` (else the beta annotation).
-    `auto` follows the release the API server reports."""
+@dataclass(frozen=True)
+class Attachment:
+    """How admission attaches a profile: the field, the beta annotation, or both."""
+
+    field: bool
+    beta_annotation: bool
+
+
+FIELD_ONLY = Attachment(field=True, beta_annotation=False)
+
+
+def attachment(mode: AppArmorApi, version: KubeVersion, seen_without_field: bool = False) -> Attachment:
+    """`auto` follows the release the API server reports: the annotation before 1.30, the
+    field from 1.30, and both once a release without the field has been seen (an upgrade
+    under a running varmor: an HA control plane may still route requests to an older API
+    server, which would drop the field and leave the container unconfined; both agree, so
+    every release keeps the pod). A pinned mode is taken as it is."""
     if mode == "auto":
-        return version.has_apparmor_field
-    return mode == "field"
+        has_field = version.has_apparmor_field
+        return Attachment(has_field, not has_field or seen_without_field)
+    return Attachment(mode == "field", mode == "annotation")

@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=APPARMOR_API_CHOICES,
         default="auto",
         help="securityContext.appArmorProfile (>= 1.30) or the beta annotation; auto follows the API server's "
-        "release (pin `annotation` while an HA control plane is upgraded from 1.29)",
+        "release (and writes both after an upgrade from 1.29, until restarted)",
     )
     g.add_argument("--owner-cluster-role", default="", help="cluster-scoped owner of the webhook configurations")
     g.add_argument("--unprotected-audit-interval", type=float, default=60.0, help="seconds; 0 disables")

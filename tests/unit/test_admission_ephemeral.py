@@ -10,7 +10,8 @@ from tests import helpers
 from varmor.admission.ephemeral import inherited_profile, plan_ephemeral
 from varmor.admission.jsonpatch import apply_patch
 from varmor.admission.objects import view_of
-from varmor.admission.planner import PolicyIndex, plan
+from varmor.admission.planner import plan
+from varmor.admission.selection import PolicyIndex
 
 
 def policy(name: str, kind: str, *, allow_opt_out: bool = False) -> dict[str, Any]:

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 
 from tests import helpers
 from varmor import api
-from varmor.admission import planner
+from varmor.admission import planner, selection
 from varmor.admission.jsonpatch import PatchError, apply_patch
 from varmor.admission.objects import view_of
-from varmor.admission.planner import PolicyIndex, plan, plan_patch, remove_patch, select_policy
+from varmor.admission.planner import plan, plan_patch, remove_patch
 from varmor.admission.review import parse_mutation_review
+from varmor.admission.selection import PolicyIndex, select_policy
 
 
 def policy(
@@ -193,6 +194,18 @@ def test_annotation_patch_before_1_30() -> None:
     assert plan_patch("Deployment", out, "varmor-demo-web", use_field=False) == []
 
 
+def test_field_with_the_beta_annotation_agree_and_are_idempotent() -> None:
+    """After an upgrade from 1.29: both, so an API server of either release keeps the profile."""
+    dep = deployment()
+    out = apply_patch(dep, plan_patch("Deployment", dep, "varmor-demo-web", use_field=True, beta_annotation=True))
+    ann = out["spec"]["template"]["metadata"]["annotations"]
+    assert ann["container.apparmor.security.beta.kubernetes.io/app"] == "localhost/varmor-demo-web"
+    assert confined(out, "app") == "varmor-demo-web"
+    assert plan_patch("Deployment", out, "varmor-demo-web", use_field=True, beta_annotation=True) == []
+    # Back to the field alone: the annotation stays, and stays in agreement with the field.
+    assert plan_patch("Deployment", out, "varmor-demo-web", use_field=True) == []
+
+
 def test_pod_patch_confines_init_sidecar_and_ephemeral_containers() -> None:
     p = pod()
     p["spec"]["initContainers"].append({"name": "sidecar", "image": "s", "restartPolicy": "Always"})
@@ -281,7 +294,7 @@ def test_runtime_default_and_other_profiles_are_overwritten() -> None:
 def test_candidate_reads_allow_opt_out() -> None:
     allowing = policy("a")
     allowing["spec"]["policy"]["allowOptOut"] = True
-    cands = [planner.candidate_from(p) for p in (allowing, policy("b"))]
+    cands = [selection.candidate_from(p) for p in (allowing, policy("b"))]
     assert [c.allow_opt_out if c else None for c in cands] == [True, False]
     dep = deployment()
     dep["spec"]["template"]["metadata"]["annotations"] = {VARMOR_OPT_OUT_SIDE: "unconfined"}
@@ -296,7 +309,7 @@ def test_ephemeral_subresource_plans_only_new_ephemeral_containers() -> None:
     old["spec"]["ephemeralContainers"][0]["securityContext"] = {"runAsUser": 0}  # added before: immutable
     new = copy.deepcopy(old)
     new["spec"]["ephemeralContainers"].append({"name": "dbg2", "image": "d"})
-    cand = planner.candidate_from(policy("p", kind="Pod"))
+    cand = selection.candidate_from(policy("p", kind="Pod"))
     assert cand is not None
     result = planner.plan_for(cand, "Pod", new, sub_resource="ephemeralcontainers", old=old)
     assert result.confined == ("dbg2",)

@@ -13,7 +13,7 @@ from tests import helpers
 from tests.helpers import deployment
 from varmor import api
 from varmor.admission.jsonpatch import apply_patch
-from varmor.admission.planner import plan_patch, select_policy
+from varmor.admission.planner import plan_patch
 from varmor.admission.registration import (
     EPHEMERAL_WEBHOOK,
     NAMESPACE_LABEL,
@@ -23,6 +23,7 @@ from varmor.admission.registration import (
     scopes,
     validating_configuration,
 )
+from varmor.admission.selection import select_policy
 from varmor.admission.selector import compile_selector
 from varmor.reconcile.audit import AuditResult, audit, findings_of, is_protected
 from varmor.reconcile.status import Outcome, policy_status, status_patch

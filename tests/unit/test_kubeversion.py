@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from varmor.kubeversion import KubeVersion, refusal, uses_apparmor_field
+from varmor.kubeversion import Attachment, KubeVersion, attachment, refusal
 
 
 @pytest.mark.parametrize(
@@ -20,7 +20,11 @@ def test_parse_reads_the_leading_numbers_managed_distributions_suffix(
 @pytest.mark.parametrize(("major", "minor"), [("", "29"), ("1", ""), ("one", "29"), ("1", "+")])
 def test_parse_refuses_what_is_not_a_version(major: str, minor: str) -> None:
     with pytest.raises(ValueError, match="not a Kubernetes version"):
-        KubeVersion.parse(major, minor)
+        KubeVersion.parse(major, minor, "unknown")
+
+
+def test_parse_falls_back_to_the_git_version_when_major_and_minor_are_empty() -> None:
+    assert KubeVersion.parse("", "", "v1.30.14-eks-1").release == (1, 30)
 
 
 def test_releases_order_by_number_not_by_their_git_version() -> None:
@@ -40,16 +44,18 @@ def test_releases_below_1_29_are_refused_with_the_reason() -> None:
 
 
 @pytest.mark.parametrize(
-    ("mode", "release", "field"),
+    ("mode", "release", "seen_without_field", "expected"),
     [
-        ("auto", (1, 29), False),
-        ("auto", (1, 30), True),
-        ("auto", (1, 37), True),
-        ("field", (1, 29), True),
-        ("annotation", (1, 37), False),
+        ("auto", (1, 29), True, Attachment(field=False, beta_annotation=True)),
+        ("auto", (1, 30), False, Attachment(field=True, beta_annotation=False)),
+        ("auto", (1, 37), False, Attachment(field=True, beta_annotation=False)),
+        # upgraded under a running varmor: an older API server may still admit some pods
+        ("auto", (1, 30), True, Attachment(field=True, beta_annotation=True)),
+        ("field", (1, 29), True, Attachment(field=True, beta_annotation=False)),
+        ("annotation", (1, 37), False, Attachment(field=False, beta_annotation=True)),
     ],
 )
-def test_auto_writes_the_field_from_1_30_and_a_pinned_mode_wins(
-    mode: str, release: tuple[int, int], field: bool
+def test_auto_follows_the_release_and_a_pinned_mode_wins(
+    mode: str, release: tuple[int, int], seen_without_field: bool, expected: Attachment
 ) -> None:
-    assert uses_apparmor_field(mode, KubeVersion(*release)) is field  # type: ignore[arg-type]
+    assert attachment(mode, KubeVersion(*release), seen_without_field) == expected  # type: ignore[arg-type]

@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY
 from tests import helpers
 from varmor import api
 from varmor.admission.jsonpatch import apply_patch
-from varmor.admission.planner import PolicyIndex
+from varmor.admission.selection import PolicyIndex
 from varmor.webhook.mutate import MutationState
 from varmor.webhook.server import build_app
 from varmor.webhook.validate import PolicyValidator

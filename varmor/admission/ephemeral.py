@@ -19,15 +19,8 @@ from typing import Any
 
 from varmor import api
 from varmor.admission.objects import ObjectView, apparmor_of, view_of
-from varmor.admission.planner import (
-    EPHEMERAL_SUBRESOURCE,
-    LOCALHOST,
-    Candidate,
-    Plan,
-    PolicyIndex,
-    plan_for,
-    pod_parts,
-)
+from varmor.admission.planner import EPHEMERAL_SUBRESOURCE, LOCALHOST, Plan, plan_for, pod_parts
+from varmor.admission.selection import Candidate, PolicyIndex
 
 
 def inherited_profile(pod: ObjectView) -> str | None:

@@ -1,25 +1,20 @@
-"""Pure mutation planner: which policy applies to an object, and the JSON patch for it.
+"""Pure patch planner: the JSON patch that attaches a policy's profile to an object.
 
 No I/O, no clocks: the webhook, the leader's rollouts and the unprotected-workload audit
-all call these functions, so the three always agree on what "protected" means.
-
-Precedence (never map order): cluster policies before namespaced ones; within a tier a
-`target.name` match beats a `target.selector` match; remaining ties go to the oldest
-policy (creationTimestamp), then namespace, name and uid, so adding a policy never
-steals a workload from an existing one. Only policies whose `status.profileName` is set
-(the leader accepted them) can win; matching policies without it are reported as pending.
-Every container kind is confined; opt-outs only where the policy allows them (see `plan`).
+all call these functions, so the three always agree on what "protected" means. Which
+policy applies is `admission.selection`. Every container kind is confined; opt-outs only
+where the policy allows them (see `plan`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from varmor import api
 from varmor.admission.objects import Container, ObjectMeta, ObjectView, PlanError, SpecView, apparmor_of, view_of
-from varmor.admission.selector import LabelPredicate, LabelSelector, SelectorError
+from varmor.admission.selection import Candidate
 
 __all__ = ["PlanError"]  # re-exported: callers of the planner catch it from here
 
@@ -32,169 +27,8 @@ EPHEMERAL_SUBRESOURCE = "ephemeralcontainers"
 _K8S_PREFIX = api.K8S_APPARMOR_ANNOTATION_PREFIX
 _VARMOR_PREFIX = api.VARMOR_APPARMOR_ANNOTATION_PREFIX
 _UNCONFINED = api.UNCONFINED
-_NO_LABELS: dict[str, str] = {}
 _NO_ANNOTATIONS: dict[str, str] = {}
 _NO_CONTAINERS: list[Container] = []
-
-
-# -- policy selection ---------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Candidate:
-    """A policy reduced to what matching needs; built once per policy version."""
-
-    cluster: bool
-    namespace: str  # "" for cluster policies
-    name: str
-    uid: str
-    created: str
-    kind: str
-    target_name: str | None
-    selector: LabelPredicate | None = field(compare=False, repr=False)
-    containers: tuple[str, ...]
-    profile_name: str | None
-    policy: Mapping[str, Any] = field(compare=False, repr=False)
-    label_selector: LabelSelector | None = None  # parsed; `selector` is its predicate
-    allow_opt_out: bool = False  # spec.policy.allowOptOut
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.namespace, self.name
-
-    def matches(self, kind: str, meta: ObjectMeta | None, namespace: str) -> bool | None:
-        """None if it does not match, else True for a name match and False for a selector match."""
-        if kind != self.kind or (not self.cluster and namespace != self.namespace):
-            return None
-        if self.target_name is not None:
-            return True if meta is not None and meta.name == self.target_name else None
-        labels = meta.labels if meta is not None else None
-        if self.selector is not None and self.selector(labels or _NO_LABELS):
-            return False
-        return None
-
-
-def candidate_from(policy: Mapping[str, Any]) -> Candidate | None:
-    """A Candidate, or None for a policy too malformed to ever match anything."""
-    meta = policy.get("metadata") or {}
-    spec = policy.get("spec") or {}
-    target = spec.get("target") if isinstance(spec, dict) else None
-    if not isinstance(meta, dict) or not isinstance(target, dict):
-        return None
-    kind = target.get("kind")
-    if kind not in api.TARGET_KINDS or not isinstance(meta.get("name"), str):
-        return None
-    target_name = target.get("name")
-    label_selector: LabelSelector | None = None
-    if target_name is not None:
-        if not isinstance(target_name, str) or not target_name or target.get("selector") is not None:
-            return None
-    else:
-        try:
-            label_selector = LabelSelector.parse(target.get("selector"))
-        except SelectorError:
-            return None
-    containers = target.get("containers") or []
-    if not isinstance(containers, list) or not all(isinstance(c, str) for c in containers):
-        return None
-    rules = spec.get("policy")
-    allow_opt_out = isinstance(rules, dict) and rules.get("allowOptOut") is True
-    status = policy.get("status")
-    profile = status.get("profileName") if isinstance(status, dict) else None
-    cluster = policy.get("kind") == api.VARMOR_CLUSTER_POLICY.kind
-    return Candidate(
-        cluster=cluster,
-        namespace="" if cluster else str(meta.get("namespace") or ""),
-        name=meta["name"],
-        uid=str(meta.get("uid") or ""),
-        created=str(meta.get("creationTimestamp") or ""),
-        kind=kind,
-        target_name=target_name,
-        selector=label_selector.predicate() if label_selector is not None else None,
-        label_selector=label_selector,
-        containers=tuple(containers),
-        profile_name=profile if isinstance(profile, str) and profile else None,
-        policy=policy,
-        allow_opt_out=allow_opt_out,
-    )
-
-
-@dataclass(slots=True)
-class Match:
-    candidate: Candidate
-    by_name: bool
-
-    @property
-    def rank(self) -> tuple[int, int, str, str, str, str]:
-        c = self.candidate
-        return (0 if c.cluster else 1, 0 if self.by_name else 1, c.created, c.namespace, c.name, c.uid)
-
-
-@dataclass(slots=True)
-class Selection:
-    """The winning policy (if any), the other eligible matches, and matches still pending."""
-
-    winner: Match | None
-    losers: tuple[Match, ...] = ()
-    pending: tuple[Match, ...] = ()
-
-    @property
-    def selected(self) -> bool:
-        return self.winner is not None or bool(self.pending)
-
-
-def _select(candidates: Iterable[Candidate], kind: str, obj: ObjectView, namespace: str) -> Selection:
-    eligible: list[Match] = []
-    pending: list[Match] = []
-    meta = obj.metadata
-    for cand in candidates:
-        by_name = cand.matches(kind, meta, namespace)
-        if by_name is None:
-            continue
-        (eligible if cand.profile_name else pending).append(Match(cand, by_name))
-    if not pending and len(eligible) == 1:  # the common case
-        return Selection(eligible[0])
-    if len(pending) > 1:
-        pending.sort(key=lambda m: m.rank)
-    if not eligible:
-        return Selection(None, (), tuple(pending))
-    if len(eligible) > 1:
-        eligible.sort(key=lambda m: m.rank)
-    return Selection(eligible[0], tuple(eligible[1:]), tuple(pending))
-
-
-def select_policy(
-    policies: Iterable[Mapping[str, Any]], kind: str, obj: Mapping[str, Any] | ObjectView, namespace: str
-) -> Selection:
-    """Pick the policy for `obj` (of `kind`, in `namespace`) from raw policy objects."""
-    cands = (c for c in map(candidate_from, policies) if c is not None)
-    return _select(cands, kind, view_of(obj), namespace)
-
-
-class PolicyIndex:
-    """Policies pre-parsed and grouped by (kind, namespace), for the admission hot path.
-
-    Only cluster policies of the kind and namespaced policies of the request's namespace
-    are ever examined, so admission cost does not grow with policies elsewhere.
-    """
-
-    def __init__(self, policies: Iterable[Mapping[str, Any]] = ()) -> None:
-        grouped: dict[tuple[str, str], list[Candidate]] = {}
-        for policy in policies:
-            cand = candidate_from(policy)
-            if cand is not None:
-                grouped.setdefault((cand.kind, cand.namespace), []).append(cand)
-        self._groups = {k: tuple(v) for k, v in grouped.items()}
-
-    def candidates(self, kind: str, namespace: str) -> tuple[Candidate, ...]:
-        cluster = self._groups.get((kind, ""), ())
-        return cluster + self._groups.get((kind, namespace), ()) if namespace else cluster
-
-    def select(self, kind: str, obj: Mapping[str, Any] | ObjectView, namespace: str) -> Selection:
-        return _select(self.candidates(kind, namespace), kind, view_of(obj), namespace)
-
-    def __len__(self) -> int:
-        return sum(len(v) for v in self._groups.values())
 
 
 # -- patch planning -----------------------------------------------------------------
@@ -268,6 +102,7 @@ def plan(
     containers: Sequence[str] = (),
     use_field: bool = True,
     *,
+    beta_annotation: bool = False,
     allow_opt_out: bool = False,
     ephemeral_only: bool = False,
     existing: Collection[str] = (),
@@ -275,7 +110,8 @@ def plan(
     """Patch confining the containers of `obj` (all kinds: regular, init, which include
     native sidecars, and ephemeral; or those named) with `profile_name`. `use_field` selects
     `securityContext.appArmorProfile` (Kubernetes >= 1.30; plus vArmor's annotation) over
-    the beta annotation (which Kubernetes applies to init containers by name too).
+    the beta annotation (which Kubernetes applies to init containers by name too);
+    `beta_annotation` writes the beta annotation with the field (an API server < 1.30 drops it).
 
     Opt-out: either annotation set to `unconfined`, or `appArmorProfile: Unconfined` on the
     container (on the pod, when the container sets none). With `allow_opt_out` the container
@@ -331,7 +167,7 @@ def plan(
                 # The API server rejects a pod whose annotation and field disagree.
                 if (use_field or varmor_now is not None) and varmor_now != localhost:
                     ann_changes[varmor_key] = localhost
-                if (k8s_now is not None or not use_field) and k8s_now != localhost:
+                if (k8s_now is not None or not use_field or beta_annotation) and k8s_now != localhost:
                     ann_changes[k8s_key] = localhost
             if not use_field:
                 continue
@@ -356,6 +192,7 @@ def plan_for(
     obj: Mapping[str, Any] | ObjectView,
     use_field: bool = True,
     *,
+    beta_annotation: bool = False,
     sub_resource: str = "",
     old: Mapping[str, Any] | ObjectView | None = None,
 ) -> Plan:
@@ -371,6 +208,7 @@ def plan_for(
         candidate.profile_name,
         candidate.containers,
         use_field,
+        beta_annotation=beta_annotation,
         allow_opt_out=candidate.allow_opt_out,
         ephemeral_only=ephemeral,
         existing=existing,
@@ -383,9 +221,10 @@ def plan_patch(
     profile_name: str,
     containers: Sequence[str] = (),
     use_field: bool = True,
+    beta_annotation: bool = False,
 ) -> list[JsonPatchOp]:
     """The RFC 6902 ops of `plan` (empty when `obj` already carries the profile)."""
-    return list(plan(obj_kind, obj, profile_name, containers, use_field).ops)
+    return list(plan(obj_kind, obj, profile_name, containers, use_field, beta_annotation=beta_annotation).ops)
 
 
 def _ours(value: Any, profile_name: str | None) -> bool:

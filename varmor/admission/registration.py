@@ -29,7 +29,7 @@ from typing import Any
 import orjson
 
 from varmor import api
-from varmor.admission.planner import Candidate, candidate_from
+from varmor.admission.selection import Candidate, candidate_from
 
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 MAX_SELECTOR_ENTRIES = 8

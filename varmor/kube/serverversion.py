@@ -40,6 +40,8 @@ class ServerVersion:
     ) -> None:
         self.api_client = api_client
         self.current = current
+        # A release without the pod AppArmor field was reported since this process started.
+        self.seen_without_field = not current.has_apparmor_field
         self.interval = interval
         self._sleep = sleep
         self._followers: list[Callable[[KubeVersion], None]] = []
@@ -62,6 +64,7 @@ class ServerVersion:
         if found != self.current:
             log.info("API server release changed from %s to %s", self.current, found)
             self.current = found
+            self.seen_without_field = self.seen_without_field or not found.has_apparmor_field
             for on_version in self._followers:
                 on_version(found)
         return found

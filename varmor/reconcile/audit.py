@@ -19,8 +19,9 @@ from kubernetes.aio import client
 
 from varmor import api
 from varmor.admission.objects import Container, ObjectMeta, ObjectView, SpecView, apparmor_of, view_of
-from varmor.admission.planner import LOCALHOST, PlanError, PolicyIndex, plan, pod_parts
+from varmor.admission.planner import LOCALHOST, PlanError, plan, pod_parts
 from varmor.admission.registration import scopes
+from varmor.admission.selection import PolicyIndex
 from varmor.kube import paths
 from varmor.kube.client import list_all
 from varmor.reconcile.findings import Findings

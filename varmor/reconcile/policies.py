@@ -13,8 +13,7 @@ Guarantees:
   written (varmor.reconcile.compiles); an invalid or over-budget policy gets status Error
   (Invalid / CompileBudgetExceeded), a condition, an Event, and no ArmorProfile (or, for
   an invalid update, the previous profile stays);
-* ArmorProfiles carry an owner reference to the policy (the garbage collector deletes
-  them when varmor is down) and are deleted by the leader when it sees the policy go.
+* ArmorProfiles are owned by their policy: garbage-collected even while varmor is down.
 """
 
 from __future__ import annotations
@@ -40,6 +39,7 @@ from varmor.kube.informer import EventType, Informer
 from varmor.kube.kube import MERGE_PATCH, Kube
 from varmor.kube.tasks import task_group
 from varmor.kube.workqueue import WorkQueue
+from varmor.kubeversion import FIELD_ONLY, Attachment
 from varmor.parser import DEFAULT_BUDGET, CompileBudget
 from varmor.pipeline import CompileError, compile_policy
 from varmor.reconcile import metrics
@@ -76,7 +76,7 @@ class Settings:
     workers: int = 4
     resync_seconds: float = 300.0
     status_delay: float = 0.5  # coalesce bursts of node reports into one status write
-    use_apparmor_field: Callable[[], bool] = lambda: True  # asked per rollout: the release can change
+    attachment: Callable[[], Attachment] = lambda: FIELD_ONLY  # asked per rollout: the release can change
     lost_after: float = DEFAULT_LOST_AFTER  # an ArmorNode heartbeat older than this: agent lost
     liveness_margin: float = 1.0  # recheck this long after the first expiry (heartbeats have 1 s precision)
     budget: CompileBudget = DEFAULT_BUDGET  # per apparmor_parser run of the leader's compile check

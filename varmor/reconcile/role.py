@@ -15,7 +15,7 @@ from varmor import settings as webhook_settings
 from varmor.api import DEFAULT_LOST_AFTER
 from varmor.kube.kube import Kube
 from varmor.kube.tasks import task_group
-from varmor.kubeversion import uses_apparmor_field
+from varmor.kubeversion import attachment
 from varmor.reconcile.election import ElectionConfig, KubeLeaseStore, LeaderElector, default_identity
 from varmor.reconcile.policies import PolicyController, Settings
 from varmor.reconcile.rollout import Rollouts
@@ -60,7 +60,7 @@ async def lead(ctx: Any) -> None:
         resync_seconds=args.resync_period,
         status_delay=args.status_delay,
         lost_after=args.agent_lost_after,
-        use_apparmor_field=lambda: uses_apparmor_field(args.apparmor_api, ctx.server.current),
+        attachment=lambda: attachment(args.apparmor_api, ctx.server.current, ctx.server.seen_without_field),
         budget=webhook_settings.budget_from_args(args),
     )
     controller = PolicyController(

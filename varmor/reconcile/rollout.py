@@ -27,7 +27,7 @@ from typing import Any, Literal
 from varmor import api
 from varmor.admission import planner
 from varmor.admission.jsonpatch import apply_patch
-from varmor.admission.planner import select_policy
+from varmor.admission.selection import select_policy
 from varmor.admission.selector import LabelSelector
 from varmor.clock import now_rfc3339
 from varmor.kube import paths
@@ -270,9 +270,8 @@ class Rollouts:
     def _ops(self, job: Job, kind: str, obj: Mapping[str, Any]) -> list[JSON]:
         if job.action == "create":
             containers = job.target.get("containers") or ()
-            return planner.plan_patch(
-                kind, obj, job.profile_name, containers, self.controller.settings.use_apparmor_field()
-            )
+            attach = self.controller.settings.attachment()
+            return planner.plan_patch(kind, obj, job.profile_name, containers, attach.field, attach.beta_annotation)
         return planner.remove_patch(kind, obj, job.profile_name)
 
     def _needs_change(self, job: Job, obj: Mapping[str, Any]) -> bool:

@@ -17,8 +17,8 @@ from typing import Any
 from kubernetes.aio import client
 
 from varmor import api
-from varmor.admission.planner import Candidate, Selection
 from varmor.admission.review import MutationRequest
+from varmor.admission.selection import Candidate, Selection
 from varmor.webhook import metrics
 
 log = logging.getLogger(__name__)

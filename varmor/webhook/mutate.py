@@ -11,8 +11,9 @@ from dataclasses import dataclass, field
 
 from varmor import api
 from varmor.admission.ephemeral import plan_ephemeral
-from varmor.admission.planner import EPHEMERAL_SUBRESOURCE, JsonPatchOp, Match, Plan, PolicyIndex, Selection, plan_for
+from varmor.admission.planner import EPHEMERAL_SUBRESOURCE, JsonPatchOp, Plan, plan_for
 from varmor.admission.review import MutationRequest
+from varmor.admission.selection import Match, PolicyIndex, Selection
 from varmor.webhook import metrics
 
 MUTATED_KINDS = {"Pod": "", "Deployment": "apps", "StatefulSet": "apps", "DaemonSet": "apps"}
@@ -26,6 +27,7 @@ class MutationState:
     index: PolicyIndex = field(default_factory=PolicyIndex)
     synced: bool = False
     use_field: bool = True
+    beta_annotation: bool = False  # with the field: after an upgrade from a release without it
     excluded_namespaces: frozenset[str] = frozenset({"kube-system"})
     on_conflict: ConflictSink | None = None
 
@@ -75,7 +77,7 @@ def decide(state: MutationState, req: MutationRequest) -> Decision:
         return Decision("policy_pending", warnings=(f"varmor: policy {ref} is not ready; admitted without AppArmor",))
     cand = sel.winner.candidate
     assert cand.profile_name is not None
-    result = plan_for(cand, kind, obj, state.use_field)
+    result = plan_for(cand, kind, obj, state.use_field, beta_annotation=state.beta_annotation)
     if not result.ops or sel.losers or result.unsupported or result.opted_out or result.overridden:
         return _qualified(state, req, sel, result)
     if not result.confined:

@@ -18,14 +18,14 @@ from typing import Any
 from aiohttp import web
 
 from varmor import settings as webhook_settings
-from varmor.admission.planner import PolicyIndex
+from varmor.admission.selection import PolicyIndex
 from varmor.certs import bundle as certbundle
 from varmor.certs.store import watch_secret
 from varmor.certs.tls import ReloadableTLS
 from varmor.kube.client import JSON
 from varmor.kube.policycache import PolicyCache
 from varmor.kube.tasks import task_group
-from varmor.kubeversion import KubeVersion, uses_apparmor_field
+from varmor.kubeversion import KubeVersion, attachment
 from varmor.webhook.conflicts import ConflictReporter
 from varmor.webhook.mutate import MutationState
 from varmor.webhook.podnodes import PodNodes
@@ -45,9 +45,9 @@ async def run(ctx: Any) -> None:
     state = MutationState(excluded_namespaces=frozenset(cfg.excluded_namespaces))
 
     def follow_release(version: KubeVersion) -> None:
-        state.use_field = uses_apparmor_field(cfg.apparmor_api, version)
-        written = "the appArmorProfile field" if state.use_field else "annotations"
-        log.info("admission writes %s (Kubernetes %s)", written, version)
+        attach = attachment(cfg.apparmor_api, version, ctx.server.seen_without_field)
+        state.use_field, state.beta_annotation = attach.field, attach.beta_annotation
+        log.info("admission writes %s (Kubernetes %s)", attach, version)
 
     ctx.server.follow(follow_release)
     reporter = ConflictReporter(ctx.api_client, interval=cfg.conflict_event_interval)
