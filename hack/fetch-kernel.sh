@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fetches the current Debian kernel package and extracts what the kernel test layer
 # (tests/kernel/) boots under qemu: the bzImage (vmlinuz) and the uncompressed ELF
-# (vmlinux, PVH-bootable, ~2.5 s faster per boot under TCG). Idempotent; cached under
+# (vmlinux, PVH-bootable, ~2.5 s faster per boot under TCG), and its modules. Idempotent; cached under
 # $VARMOR_CACHE/kernel/<package>/. The package name is resolved through the
 # linux-image-amd64 metapackage, never hard-coded: the ABI number (-56) changes with
 # Debian point releases and old packages leave the mirror.
@@ -30,7 +30,7 @@ if [[ -z "$pkg" ]]; then
 fi
 
 out="$CACHE/$pkg"
-if [[ -s "$out/vmlinux" && -s "$out/vmlinuz" ]]; then
+if [[ -s "$out/vmlinux" && -s "$out/vmlinuz" && -d "$out/modules" ]]; then
   ln -sfn "$pkg" "$CACHE/current"
   echo "$out"
   exit 0
@@ -43,9 +43,11 @@ trap 'rm -rf "$work"' EXIT
 deb="$(ls "$work"/*.deb)"
 version="${pkg#linux-image-}"
 version="${version%-unsigned}"
-dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work" "./boot/vmlinuz-$version"
+dpkg-deb --fsys-tarfile "$deb" | tar -x -C "$work" "./boot/vmlinuz-$version" "./lib/modules/$version/kernel"
 mkdir -p "$work/out"
 mv "$work/boot/vmlinuz-$version" "$work/out/vmlinuz"
+# The modules, for the node layer's VM (tests/node), which loads what it needs by hand.
+mv "$work/lib/modules/$version/kernel" "$work/out/modules"
 
 # The bzImage carries an xz-compressed ELF; decompressing it gives the vmlinux that
 # qemu's microvm machine boots directly through its PVH note.

@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(apparmor qemu-system-x86 busybox-static cpio gcc libc6-dev)
+APT_PACKAGES=(apparmor qemu-system-x86 busybox-static cpio gcc libc6-dev mmdebstrap socat e2fsprogs)
 missing=()
 for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

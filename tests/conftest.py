@@ -58,6 +58,19 @@ def kubeconfig(control_plane: ControlPlaneState) -> str:
     return control_plane.kubeconfig
 
 
+@pytest.fixture(scope="session")
+async def crds(kubeconfig: str) -> list[str]:
+    """All four varmor CRDs from chart/crds/, installed and Established (once per session)."""
+    from varmor.dev.install import install_crds
+    from varmor.kube.client import new_api_client
+
+    client = await new_api_client(kubeconfig)
+    try:
+        return await install_crds(client)
+    finally:
+        await client.close()
+
+
 @pytest.fixture
 async def api_client(kubeconfig: str) -> AsyncIterator[object]:
     from varmor.kube.client import new_api_client

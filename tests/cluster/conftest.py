@@ -1,4 +1,4 @@
-"""Cluster-test fixtures shared by every component: varmor's CRDs, installed once."""
+"""Cluster-test fixtures shared by every component: simulated nodes, in-process leaders."""
 
 from __future__ import annotations
 
@@ -8,20 +8,7 @@ from typing import Any
 
 import pytest
 
-from varmor.dev.install import install_crds
 from varmor.kube import paths
-
-
-@pytest.fixture(scope="session")
-async def crds(kubeconfig: str) -> list[str]:
-    """All four varmor CRDs from chart/crds/, installed and Established (once per session)."""
-    from varmor.kube.client import new_api_client
-
-    client = await new_api_client(kubeconfig)
-    try:
-        return await install_crds(client)
-    finally:
-        await client.close()
 
 
 # -- leader test helpers -----------------------------------------------------------

@@ -55,6 +55,7 @@ def kubeconfig(compat_plane: ControlPlane) -> str:
 
 @pytest.fixture(scope="package")
 async def crds(kubeconfig: str) -> list[str]:
+    """The CRDs on this layer's control plane (the root fixture's, per compat release)."""
     from varmor.kube.client import new_api_client
 
     client = await new_api_client(kubeconfig)

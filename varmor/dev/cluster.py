@@ -79,6 +79,15 @@ class ControlPlaneState:
         return f"https://127.0.0.1:{self.api_port}"
 
     @property
+    def ca_cert(self) -> Path:
+        return Path(self.workdir) / "pki" / "ca.crt"
+
+    def issue_client(self, common_name: str, organizations: tuple[str, ...] = ()) -> pki.KeyPair:
+        """A client certificate of the cluster's CA (a kubelet's: system:node:NAME, system:nodes)."""
+        ca = pki.KeyPair(self.ca_cert.read_bytes(), (Path(self.workdir) / "pki" / "ca.key").read_bytes())
+        return pki.issue(ca, common_name, dt.timedelta(days=1), organizations=organizations, server=False, client=True)
+
+    @property
     def webhook_client_ca(self) -> Path:
         """The CA of the client certificate the API server presents to every admission
         webhook (a webhook started with `--webhook-client-ca` of this file accepts only it)."""
@@ -216,8 +225,11 @@ class ControlPlane:
             f"--tls-cert-file={p['apiserver.crt']}",
             f"--tls-private-key-file={p['apiserver.key']}",
             f"--client-ca-file={p['ca.crt']}",
-            "--authorization-mode=RBAC",
-            "--enable-admission-plugins=MutatingAdmissionWebhook,ValidatingAdmissionWebhook,OwnerReferencesPermissionEnforcement",
+            # Node + NodeRestriction: a kubelet (a real one in the node tests) gets what a
+            # production cluster gives it, and no more.
+            "--authorization-mode=Node,RBAC",
+            "--enable-admission-plugins=NodeRestriction,MutatingAdmissionWebhook,ValidatingAdmissionWebhook,"
+            "OwnerReferencesPermissionEnforcement",
             f"--admission-control-config-file={self._admission_config(p)}",
             "--service-account-issuer=https://kubernetes.default.svc",
             f"--service-account-key-file={p['sa.pub']}",

@@ -1,0 +1,156 @@
+"""The node layer: one VM per test session that is a real node of the session's control
+plane (tests/node/nodevm.py), with varmor's manager (webhook + leader, the chart's split
+topology) as host processes and varmor's agent inside the VM, with the chart's agent
+arguments and the chart's agent ServiceAccount token."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import tempfile
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes.aio import client
+from kubernetes.aio.client.exceptions import ApiException
+
+from tests.helpers import wait_for
+from tests.node import nodevm
+from tests.product import Install, container_args, installed
+from varmor.dev.cluster import ControlPlaneState
+from varmor.kube.client import new_api_client
+
+NODE = "varmor-node-1"
+IMAGE = nodevm.IMAGES[0]
+#: The chart's hostPath for each /host mount of the agent (values.yaml agent.*).
+HOST_PATHS = {"/host/apparmor.d": "/etc/apparmor.d", "/host/securityfs": "/sys/kernel/security",
+              "/host/audit": "/var/log/audit"}  # fmt: skip
+
+
+_NODES: list[nodevm.NodeVM] = []
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> object:
+    """Show the node's logs on a failed node test."""
+    report = yield
+    if report.failed and _NODES and item.get_closest_marker("node"):  # type: ignore[attr-defined]
+        vm = _NODES[0]
+        for log in ("kubelet", "containerd", "varmor-agent"):
+            with contextlib.suppress(Exception):
+                report.sections.append((f"node {log}.log", vm.run(f"tail -n 40 /var/log/{log}.log", 20)[1]))  # type: ignore[attr-defined]
+        report.sections.append(("node console", vm.console_tail(30)))  # type: ignore[attr-defined]
+    return report
+
+
+@dataclass
+class Node:
+    """The running node: its VM, the manager's install, and boot figures."""
+
+    name: str
+    vm: nodevm.NodeVM
+    install: Install
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def run(self, command: str, timeout: float = 60.0) -> str:
+        """Run `command` in the guest; fails the test on a non-zero exit."""
+        rc, out = self.vm.run(command, timeout)
+        assert rc == 0, f"{command!r} exited {rc} in the node:\n{out}"
+        return out
+
+    def loaded_profiles(self) -> dict[str, str]:
+        """What the node's kernel has loaded: profile name -> mode."""
+        out = self.run("cat /sys/kernel/security/apparmor/profiles")
+        found: dict[str, str] = {}
+        for line in out.splitlines():
+            name, _, mode = line.rpartition(" (")
+            found[name] = mode.rstrip(")")
+        return found
+
+
+def agent_args(install: Install) -> list[str]:
+    """The chart's agent arguments (split topology's DaemonSet), its /host mounts mapped to
+    the node's own paths (a process in the VM instead of the DaemonSet's pod)."""
+    args = container_args(install.rendered("DaemonSet"), NODE)
+    for mount, host in HOST_PATHS.items():
+        args = [a.replace(mount, host) for a in args]
+    return [*args, "--kubeconfig=/run/varmor/agent.kubeconfig", "--violation-log=/var/log/varmor-violations.log"]
+
+
+async def agent_token(api_client: Any, install: Install) -> str:
+    """A token of the chart's agent ServiceAccount bound to an agent Pod on the node (what
+    the DaemonSet's pod mounts); the Pod runs there as a placeholder."""
+    core = client.CoreV1Api(api_client)
+    account = f"{install.release}-agent"
+    pod = {
+        "metadata": {"name": "varmor-agent-placeholder"},
+        "spec": {
+            "nodeName": NODE,
+            "serviceAccountName": account,
+            "automountServiceAccountToken": False,
+            "containers": [{"name": "agent", "image": nodevm.IMAGES[1], "imagePullPolicy": "Never"}],
+        },
+    }
+    await core.create_namespaced_pod(install.namespace, pod)
+    spec = {
+        "expirationSeconds": 7200,
+        "boundObjectRef": {"apiVersion": "v1", "kind": "Pod", "name": pod["metadata"]["name"]},
+    }
+    token = await core.create_namespaced_service_account_token(account, install.namespace, {"spec": spec})
+    return str(token.status.token)
+
+
+@pytest.fixture(scope="session")
+async def node(control_plane: ControlPlaneState, kubeconfig: str, crds: list[str]) -> AsyncIterator[Node]:
+    api_client = await new_api_client(kubeconfig)
+    core = client.CoreV1Api(api_client)
+    install_ns = "varmor-node-system"
+    tmp = Path(tempfile.mkdtemp(prefix="varmor-node-"))
+    await core.create_namespace({"metadata": {"name": install_ns}})
+    try:
+        async with installed(api_client, kubeconfig, install_ns, tmp, topology="split", nodes=()) as install:
+            kubelet = control_plane.issue_client(f"system:node:{NODE}", ("system:nodes",))
+            token = await agent_token(api_client, install)
+            files = {
+                "ca.crt": control_plane.ca_cert.read_bytes(),
+                "kubelet.crt": kubelet.cert_pem,
+                "kubelet.key": kubelet.key_pem,
+                "kubelet.kubeconfig": nodevm.kubeconfig(
+                    {"client-certificate": "/run/varmor/kubelet.crt", "client-key": "/run/varmor/kubelet.key"}
+                ),
+                "agent.kubeconfig": nodevm.kubeconfig({"token": token}),
+            }
+            config = nodevm.NodeConfig(NODE, control_plane.api_port, files=files, agent_args=agent_args(install))
+            vm = nodevm.NodeVM(tmp / "vm", config)
+            _NODES.append(vm)
+            started = time.monotonic()
+            await asyncio.to_thread(vm.start)
+            node = Node(NODE, vm, install)
+            try:
+                await asyncio.to_thread(vm.wait_line, "READY", 300)
+                await wait_for(lambda: _ready(core), timeout=300, interval=1.0, what=f"node {NODE} Ready")
+                node.timings["boot to node Ready"] = time.monotonic() - started
+                yield node
+            finally:
+                _NODES.remove(vm)
+                vm.stop()
+                with contextlib.suppress(ApiException):
+                    await core.delete_node(NODE)
+    finally:
+        with contextlib.suppress(ApiException):
+            await core.delete_namespace(install_ns)
+        await api_client.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _ready(core: Any) -> bool:
+    try:
+        found = await core.read_node(NODE)
+    except ApiException:
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or [])
