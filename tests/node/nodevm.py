@@ -47,7 +47,7 @@ HERE = Path(__file__).resolve().parent
 GUEST = HERE / "guest"
 #: Bump when the disk's layout changes in a way its inputs do not show.
 NODE_FORMAT = 1
-DEBIAN_PACKAGES = ("python3", "apparmor", "iproute2", "kmod", "procps", "tini", "ca-certificates")
+DEBIAN_PACKAGES = ("python3", "apparmor", "auditd", "iproute2", "kmod", "procps", "tini", "ca-certificates")
 #: Loaded by the initramfs, dependencies first (resolved from each module's .modinfo).
 MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "e1000", "overlay", "veth", "br_netfilter")
 API_ADDRESS = "10.0.2.100"  # what the guest dials for the API server (guestfwd)

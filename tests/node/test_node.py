@@ -4,6 +4,7 @@ containerd and runc under it, and the kernel enforcing it, through updates and d
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 import uuid
@@ -21,7 +22,7 @@ from tests.node.conftest import IMAGE, NODE, Node
 pytestmark = pytest.mark.node
 G, V = "crd.varmor.org", "v1beta1"
 TOKEN = "/var/run/secrets/kubernetes.io/serviceaccount/token"
-# Each probe prints "<name>=allowed|denied" (the container's termination message).
+# Each probe's verdict, "<name>=allowed|denied", written by a loop in the container.
 PROBES = {
     "kallsyms": "cat /proc/kallsyms",  # hardening: disallow-access-kallsyms
     "hostname": "cat /etc/hostname",  # raw rule: deny /etc/hostname r
@@ -29,14 +30,6 @@ PROBES = {
     "token-by-probe": f"/usr/local/bin/probe cat {TOKEN}",  # attack protection for /usr/local/bin/probe only
     "token-by-shell": f"cat {TOKEN}",
 }
-
-
-def probe_script(probes: dict[str, str]) -> str:
-    lines = [
-        f'if {cmd} >/dev/null 2>&1; then r="$r {name}=allowed"; else r="$r {name}=denied"; fi'
-        for name, cmd in probes.items()
-    ]
-    return "r=''; " + "; ".join(lines) + '; echo "$r" > /dev/termination-log'
 
 
 def pod_spec(command: str) -> dict[str, Any]:
@@ -164,3 +157,145 @@ async def test_an_existing_workload_is_rolled_and_runs_confined_then_rolls_back(
         return profile not in node.loaded_profiles()
 
     await wait_for(unloaded, timeout=120, interval=1.0)
+
+
+def verdicts(node: Node, cid: str) -> dict[str, str]:
+    """The probe loop's latest results, read from the container's /tmp in the node."""
+    pid = node.run(f"ctr -n k8s.io tasks ls | awk '$1 == \"{cid}\" {{print $2}}'").strip()
+    rc, out = node.vm.run(f"cat /proc/{pid}/root/tmp/verdict")
+    return dict(item.split("=", 1) for item in out.split()) if rc == 0 else {}
+
+
+async def test_rules_deny_and_allow_in_the_container_and_a_live_update_reaches_it(
+    api_client: Any, node: Node, ns: str
+) -> None:
+    """Tests 4 and 5: a hardening rule, a raw rule and an attack-protection rule for one
+    executable (a child profile entered on exec under runc) deny what they name and
+    nothing else; a policy change reaches the running container: same container, no
+    restart, new verdict."""
+    core, apps, custom = client.CoreV1Api(api_client), client.AppsV1Api(api_client), client.CustomObjectsApi(api_client)
+    enhance = {
+        "hardeningRules": ["disallow-access-kallsyms"],
+        "attackProtectionRules": [{"rules": ["mitigate-sa-leak"], "targets": ["/usr/local/bin/probe"]}],
+        "appArmorRawRules": [{"rules": "deny /etc/hostname r,"}],
+    }
+    await custom.create_namespaced_custom_object(G, V, ns, "varmorpolicies", helpers.policy("probe", enhance=enhance))
+    await policy_ready(custom, ns, "probe")
+    loop = (
+        "while :; do r=''; "
+        + "; ".join(
+            f'if {cmd} >/dev/null 2>&1; then r="$r {name}=allowed"; else r="$r {name}=denied"; fi'
+            for name, cmd in PROBES.items()
+        )
+        + '; echo "$r" > /tmp/verdict.new; mv /tmp/verdict.new /tmp/verdict; sleep 1; done'
+    )
+    await apps.create_namespaced_deployment(ns, workload("probe", loop))
+    pod = await running_pod(core, ns, "probe")
+    cid = container_id(pod)
+    assert label_of(node, cid) == f"varmor-{ns}-probe (enforce)"
+    first = await wait_for(lambda: verdicts(node, cid), timeout=60, what="the first probe results")
+    assert first == {
+        "kallsyms": "denied",
+        "hostname": "denied",
+        "hosts": "allowed",
+        "token-by-probe": "denied",
+        "token-by-shell": "allowed",
+    }
+
+    current = await custom.get_namespaced_custom_object(G, V, ns, "varmorpolicies", "probe")
+    current["spec"]["policy"]["enhanceProtect"]["appArmorRawRules"] = [
+        {"rules": "deny /etc/hostname r,\ndeny /etc/hosts r,"}
+    ]
+    started = time.monotonic()
+    await custom.replace_namespaced_custom_object(G, V, ns, "varmorpolicies", "probe", current)
+
+    async def hosts_denied() -> bool:
+        return verdicts(node, cid).get("hosts") == "denied"
+
+    await wait_for(hosts_denied, timeout=120, interval=1.0, what="the running container denied /etc/hosts")
+    node.timings["policy update -> running container's new verdict"] = time.monotonic() - started
+    again = (await core.list_namespaced_pod(ns, label_selector="app=probe")).items
+    assert [p.metadata.name for p in again] == [pod.metadata.name]
+    assert container_id(again[0]) == cid
+    assert again[0].status.container_statuses[0].restart_count == 0
+    assert verdicts(node, cid)["token-by-probe"] == "denied"
+
+
+async def test_confinement_survives_an_agent_restart_and_a_reboot(api_client: Any, node: Node, ns: str) -> None:
+    """Test 8: running containers stay confined while the agent restarts; after a reboot
+    the agent loads the profile again from the node's disk, and the workload's container
+    runs under it (containerd refuses to start one whose Localhost profile is not loaded,
+    so none runs before)."""
+    core, apps, custom = client.CoreV1Api(api_client), client.AppsV1Api(api_client), client.CustomObjectsApi(api_client)
+    profile = f"varmor-{ns}-steady"
+    enhance = {"hardeningRules": ["disallow-access-kallsyms"]}
+    await custom.create_namespaced_custom_object(G, V, ns, "varmorpolicies", helpers.policy("steady", enhance=enhance))
+    await policy_ready(custom, ns, "steady")
+    await apps.create_namespaced_deployment(ns, workload("steady", "exec sleep 3600"))
+    pod = await running_pod(core, ns, "steady")
+    cid = container_id(pod)
+    assert label_of(node, cid) == f"{profile} (enforce)"
+
+    mark = node.run("grep -c '^' /var/log/varmor-agent.log").strip()
+    node.run("pkill -f '^python3 -m varmor.cli'")
+
+    async def agent_back() -> bool:
+        out = node.run(f"tail -n +{int(mark) + 1} /var/log/varmor-agent.log")
+        return "agent exited" in out and "running roles agent" in out
+
+    await wait_for(agent_back, timeout=120, interval=1.0, what="the agent restarted")
+    assert label_of(node, cid) == f"{profile} (enforce)"
+    assert node.loaded_profiles().get(profile) == "enforce"
+
+    started = time.monotonic()
+    await asyncio.to_thread(node.vm.reboot)
+
+    async def running_again() -> Any:
+        found = await core.read_namespaced_pod(pod.metadata.name, ns)
+        statuses = found.status.container_statuses or []
+        if statuses and statuses[0].state.running and container_id(found) != cid:
+            return found
+        return None
+
+    after = await wait_for(
+        running_again, timeout=300, interval=1.0, what="the pod's container restarted after the reboot"
+    )
+    node.timings["reboot -> workload running again"] = time.monotonic() - started
+    assert label_of(node, container_id(after)) == f"{profile} (enforce)"
+    assert node.loaded_profiles().get(profile) == "enforce"
+
+
+async def test_audited_violations_reach_the_log_an_event_and_the_metric(api_client: Any, node: Node, ns: str) -> None:
+    """Test 6: in auditViolations mode a denied action in the pod is reported by the agent
+    from the node's audit log: a JSON line, an Event on the policy naming the node, and
+    the violations metric."""
+    core, apps, custom = client.CoreV1Api(api_client), client.AppsV1Api(api_client), client.CustomObjectsApi(api_client)
+    profile = f"varmor-{ns}-audited"
+    enhance = {"hardeningRules": ["disallow-access-kallsyms"], "auditViolations": True}
+    await custom.create_namespaced_custom_object(G, V, ns, "varmorpolicies", helpers.policy("audited", enhance=enhance))
+    await policy_ready(custom, ns, "audited")
+    await apps.create_namespaced_deployment(
+        ns, workload("audited", "while :; do cat /proc/kallsyms > /dev/null 2>&1; sleep 5; done")
+    )
+    await running_pod(core, ns, "audited")
+
+    async def logged() -> bool:
+        rc, out = node.vm.run(f"grep -h '{profile}' /var/log/varmor-violations.log")
+        return rc == 0 and "kallsyms" in out
+
+    await wait_for(logged, timeout=120, interval=1.0, what="the violation in the agent's JSON log")
+
+    async def event() -> Any:
+        events = (await core.list_namespaced_event(ns)).items
+        return next((e for e in events if e.involved_object.name == "audited" and e.reason == "ViolationDenied"), None)
+
+    found = await wait_for(event, timeout=120, interval=1.0, what="a ViolationDenied Event on the policy")
+    assert f"node {NODE}:" in found.message
+    assert "/proc/kallsyms" in found.message
+    metrics = node.run(
+        "python3 -c \"import urllib.request; print(urllib.request.urlopen('http://127.0.0.1:8082/metrics').read().decode())\""
+    )
+    assert any(
+        line.startswith('varmor_violations_total{action="DENIED"') and not line.endswith(" 0.0")
+        for line in metrics.splitlines()
+    )

@@ -37,9 +37,19 @@ for image in /var/lib/varmor/images/*.tar; do
 done
 echo "CONTAINERD $(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 
-# The agent: the chart's arguments, the chart's agent token (see tests/node/nodevm.py).
-PYTHONPATH=/run/varmor/src:/opt/varmor/lib python3 -m varmor.cli $AGENT_ARGS \
-  > /var/log/varmor-agent.log 2>&1 &
+# The kernel's audit records to /var/log/audit/audit.log, as on a node with auditd.
+mkdir -p /var/log/audit
+auditd > /dev/null 2>&1
+
+# The agent: the chart's arguments, the chart's agent token (see tests/node/nodevm.py),
+# restarted when it exits, as the kubelet restarts a DaemonSet's pod.
+(
+  while :; do
+    PYTHONPATH=/run/varmor/src:/opt/varmor/lib python3 -m varmor.cli $AGENT_ARGS >> /var/log/varmor-agent.log 2>&1
+    echo "agent exited: $?" >> /var/log/varmor-agent.log
+    sleep 1
+  done
+) &
 
 kubelet --config=/etc/kubernetes/kubelet.yaml --kubeconfig=/run/varmor/kubelet.kubeconfig \
   --hostname-override="$NODE_NAME" --node-ip=10.0.2.15 $KUBELET_ARGS > /var/log/kubelet.log 2>&1 &
