@@ -66,7 +66,7 @@ echo "$CONTAINERD_VERSION" > "$OUT.tmp/containerd.version"
 
 # -- runc and the CNI plugins from Debian -------------------------------------------------
 mkdir -p "$work/deb" && cd "$work/deb"
-apt-get download runc containernetworking-plugins >/dev/null 2>&1 || {
+apt-get -o APT::Sandbox::User=root download runc containernetworking-plugins >/dev/null 2>&1 || {
   echo "cannot download runc and containernetworking-plugins (apt-get update?)" >&2
   exit 1
 }

@@ -43,5 +43,7 @@ for version in "" $(.venv/bin/python -c 'from varmor.dev.paths import COMPAT_K8S
   out="$(K8S_VERSION="${version:-${K8S_VERSION:-}}" bash hack/build-control-plane.sh)"
   echo "setup: $(basename "$out") ready in $(( $(date +%s) - t ))s"
 done
-if [ -f hack/fetch-kernel.sh ]; then bash hack/fetch-kernel.sh >/dev/null; fi
+t=$(date +%s)
+echo "setup: $(basename "$(bash hack/build-node.sh)") ready in $(( $(date +%s) - t ))s"
+bash hack/fetch-kernel.sh >/dev/null
 echo "setup: done ($(( $(date +%s) - start ))s for binaries and kernel)"

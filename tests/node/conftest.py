@@ -33,6 +33,15 @@ HOST_PATHS = {"/host/apparmor.d": "/etc/apparmor.d", "/host/securityfs": "/sys/k
 
 
 _NODES: list[nodevm.NodeVM] = []
+_TIMINGS: dict[str, float] = {}
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """What the node layer costs under TCG (bench/RESULTS.md quotes these)."""
+    if _TIMINGS:
+        terminalreporter.section("node layer timings")
+        for what, seconds in _TIMINGS.items():
+            terminalreporter.write_line(f"{what}: {seconds:.1f} s")
 
 
 @pytest.hookimpl(wrapper=True)
@@ -55,7 +64,7 @@ class Node:
     name: str
     vm: nodevm.NodeVM
     install: Install
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=lambda: _TIMINGS)
 
     def run(self, command: str, timeout: float = 60.0) -> str:
         """Run `command` in the guest; fails the test on a non-zero exit."""
