@@ -61,14 +61,9 @@ def kubeconfig(control_plane: ControlPlaneState) -> str:
 @pytest.fixture(scope="session")
 async def crds(kubeconfig: str) -> list[str]:
     """All four varmor CRDs from chart/crds/, installed and Established (once per session)."""
-    from varmor.dev.install import install_crds
-    from varmor.kube.client import new_api_client
+    from tests.helpers import install_crds_with
 
-    client = await new_api_client(kubeconfig)
-    try:
-        return await install_crds(client)
-    finally:
-        await client.close()
+    return await install_crds_with(kubeconfig)
 
 
 @pytest.fixture

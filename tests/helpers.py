@@ -452,3 +452,15 @@ def deployment(
         body = {"replicas": replicas, **body}
     obj: dict[str, Any] = {"apiVersion": "apps/v1", "kind": "Deployment"} if typed else {}
     return {**obj, "metadata": meta, "spec": body}
+
+
+async def install_crds_with(kubeconfig: str) -> list[str]:
+    """varmor's CRDs installed and Established on the cluster of `kubeconfig`."""
+    from varmor.dev.install import install_crds
+    from varmor.kube.client import new_api_client
+
+    api_client = await new_api_client(kubeconfig)
+    try:
+        return await install_crds(api_client)
+    finally:
+        await api_client.close()

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import install_crds_with
 from varmor.dev.cluster import ControlPlane, ControlPlaneError
-from varmor.dev.install import install_crds
 from varmor.dev.paths import COMPAT_K8S_VERSIONS
 
 
@@ -56,10 +56,4 @@ def kubeconfig(compat_plane: ControlPlane) -> str:
 @pytest.fixture(scope="package")
 async def crds(kubeconfig: str) -> list[str]:
     """The CRDs on this layer's control plane (the root fixture's, per compat release)."""
-    from varmor.kube.client import new_api_client
-
-    client = await new_api_client(kubeconfig)
-    try:
-        return await install_crds(client)
-    finally:
-        await client.close()
+    return await install_crds_with(kubeconfig)

@@ -47,6 +47,12 @@ def expected(version: str, profile: str) -> dict[str, str | None]:
     return {"field": None, "annotation": f"localhost/{profile}"}
 
 
+def web_policy() -> dict[str, Any]:
+    """A policy for `app: web` Deployments that rolls the existing ones."""
+    rules = {"hardeningRules": ["disallow-write-core-pattern"]}
+    return helpers.policy("web", selector={"matchLabels": {"app": "web"}}, enhance=rules, updateExistingWorkloads=True)
+
+
 def template_of(api_client: Any, dep: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     template = api_client.sanitize_for_serialization(dep.spec.template)
     return template, template["spec"]
@@ -83,13 +89,7 @@ async def _policy_rolls_and_admission_attaches(api_client: Any, install_ns: str,
     try:
         profile = f"varmor-{ns}-web"
         await apps.create_namespaced_deployment(ns, deployment("web", replicas=1))
-        policy = helpers.policy(
-            "web",
-            selector={"matchLabels": {"app": "web"}},
-            enhance={"hardeningRules": ["disallow-write-core-pattern"]},
-            updateExistingWorkloads=True,
-        )
-        await custom.create_namespaced_custom_object(G, V, ns, "varmorpolicies", policy)
+        await custom.create_namespaced_custom_object(G, V, ns, "varmorpolicies", web_policy())
 
         async def ready() -> bool:
             got = await custom.get_namespaced_custom_object(G, V, ns, "varmorpolicies", "web")

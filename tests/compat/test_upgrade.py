@@ -14,13 +14,11 @@ from typing import Any
 import pytest
 from kubernetes.aio import client
 
-from tests import helpers
 from tests.compat.conftest import start_plane, stop_plane
-from tests.compat.test_product import attached, template_of
-from tests.helpers import deployment, wait_for
+from tests.compat.test_product import attached, template_of, web_policy
+from tests.helpers import deployment, install_crds_with, wait_for
 from tests.product import installed
 from varmor import api
-from varmor.dev.install import install_crds
 from varmor.kube.client import new_api_client
 
 pytestmark = pytest.mark.compat
@@ -34,7 +32,7 @@ async def test_admission_follows_an_api_server_upgrade_from_1_29_to_1_30(tmp_pat
         assert plane.state is not None
         api_client = await new_api_client(plane.state.kubeconfig)
         try:
-            await install_crds(api_client)
+            await install_crds_with(plane.state.kubeconfig)
             await _upgrade(plane, api_client, tmp_path)
         finally:
             await api_client.close()
@@ -61,13 +59,7 @@ async def _upgrade(plane: Any, api_client: Any, tmp_path: Path) -> None:
         profile = f"varmor-{ns}-web"
         annotation = {"field": None, "annotation": f"localhost/{profile}"}
         await apps.create_namespaced_deployment(ns, deployment("web", replicas=1))
-        policy = helpers.policy(
-            "web",
-            selector={"matchLabels": {"app": "web"}},
-            enhance={"hardeningRules": ["disallow-write-core-pattern"]},
-            updateExistingWorkloads=True,
-        )
-        await custom.create_namespaced_custom_object(G, V, ns, "varmorpolicies", policy)
+        await custom.create_namespaced_custom_object(G, V, ns, "varmorpolicies", web_policy())
 
         async def rolled_with_annotation() -> bool:
             return attached(*template_of(api_client, await apps.read_namespaced_deployment("web", ns))) == annotation
