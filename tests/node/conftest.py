@@ -23,6 +23,7 @@ from tests.helpers import wait_for
 from tests.node import nodevm
 from tests.product import Install, container_args, installed
 from varmor.dev.cluster import ControlPlaneState
+from varmor.dev.paths import K8S_VERSION
 from varmor.kube.client import new_api_client
 
 NODE = "varmor-node-1"
@@ -114,19 +115,23 @@ async def agent_token(api_client: Any, install: Install) -> str:
     return str(token.status.token)
 
 
-@pytest.fixture(scope="session")
-async def node(control_plane: ControlPlaneState, kubeconfig: str, crds: list[str]) -> AsyncIterator[Node]:
-    api_client = await new_api_client(kubeconfig)
+@contextlib.asynccontextmanager
+async def running_node(
+    api_client: Any, plane: ControlPlaneState, kubeconfig: str, tmp: Path, *, kube_version: str = K8S_VERSION
+) -> AsyncIterator[Node]:
+    """varmor's manager on the host (the chart rendered for `kube_version`, split topology)
+    and a node VM with that release's kubelet, Ready, until the block ends."""
     core = client.CoreV1Api(api_client)
     install_ns = "varmor-node-system"
-    tmp = Path(tempfile.mkdtemp(prefix="varmor-node-"))
     await core.create_namespace({"metadata": {"name": install_ns}})
     try:
-        async with installed(api_client, kubeconfig, install_ns, tmp, topology="split", nodes=()) as install:
-            kubelet = control_plane.issue_client(f"system:node:{NODE}", ("system:nodes",))
+        async with installed(
+            api_client, kubeconfig, install_ns, tmp, topology="split", nodes=(), kube_version=kube_version
+        ) as install:
+            kubelet = plane.issue_client(f"system:node:{NODE}", ("system:nodes",))
             token = await agent_token(api_client, install)
             files = {
-                "ca.crt": control_plane.ca_cert.read_bytes(),
+                "ca.crt": plane.ca_cert.read_bytes(),
                 "kubelet.crt": kubelet.cert_pem,
                 "kubelet.key": kubelet.key_pem,
                 "kubelet.kubeconfig": nodevm.kubeconfig(
@@ -134,16 +139,16 @@ async def node(control_plane: ControlPlaneState, kubeconfig: str, crds: list[str
                 ),
                 "agent.kubeconfig": nodevm.kubeconfig({"token": token}),
             }
-            config = nodevm.NodeConfig(NODE, control_plane.api_port, files=files, agent_args=agent_args(install))
-            vm = nodevm.NodeVM(tmp / "vm", config)
+            config = nodevm.NodeConfig(NODE, plane.api_port, files=files, agent_args=agent_args(install))
+            vm = nodevm.NodeVM(tmp / "vm", config, kube_version=kube_version)
             _NODES.append(vm)
             started = time.monotonic()
-            await asyncio.to_thread(vm.start)
-            node = Node(NODE, vm, install)
             try:
+                await asyncio.to_thread(vm.start)
+                node = Node(NODE, vm, install)
                 await asyncio.to_thread(vm.wait_line, "READY", 300)
-                await wait_for(lambda: _ready(core), timeout=300, interval=1.0, what=f"node {NODE} Ready")
-                node.timings["boot to node Ready"] = time.monotonic() - started
+                await wait_for(lambda: node_ready(core), timeout=300, interval=1.0, what=f"node {NODE} Ready")
+                node.timings[f"boot to node Ready ({kube_version})"] = time.monotonic() - started
                 yield node
             finally:
                 _NODES.remove(vm)
@@ -153,11 +158,21 @@ async def node(control_plane: ControlPlaneState, kubeconfig: str, crds: list[str
     finally:
         with contextlib.suppress(ApiException):
             await core.delete_namespace(install_ns)
+
+
+@pytest.fixture(scope="session")
+async def node(control_plane: ControlPlaneState, kubeconfig: str, crds: list[str]) -> AsyncIterator[Node]:
+    api_client = await new_api_client(kubeconfig)
+    tmp = Path(tempfile.mkdtemp(prefix="varmor-node-"))
+    try:
+        async with running_node(api_client, control_plane, kubeconfig, tmp) as found:
+            yield found
+    finally:
         await api_client.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def _ready(core: Any) -> bool:
+async def node_ready(core: Any) -> bool:
     try:
         found = await core.read_node(NODE)
     except ApiException:

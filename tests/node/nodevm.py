@@ -41,7 +41,7 @@ from pathlib import Path
 
 from tests.kernel.aavm import Cpio
 from varmor.dev import oci
-from varmor.dev.paths import REPO_ROOT, cache_dir
+from varmor.dev.paths import K8S_VERSION, REPO_ROOT, cache_dir
 
 HERE = Path(__file__).resolve().parent
 GUEST = HERE / "guest"
@@ -79,8 +79,11 @@ def _need(tool: str) -> str:
     return path
 
 
-def node_binaries() -> Path:
-    return Path(_run(["bash", str(REPO_ROOT / "hack" / "build-node.sh")], env={**os.environ}).strip())
+def node_binaries(version: str = K8S_VERSION) -> Path:
+    """The kubelet of `version`, containerd, runc and the CNI plugins (hack/build-node.sh)."""
+    return Path(
+        _run(["bash", str(REPO_ROOT / "hack" / "build-node.sh")], env={**os.environ, "K8S_VERSION": version}).strip()
+    )
 
 
 def kernel_dir() -> Path:
@@ -285,9 +288,12 @@ class NodeConfig:
 class NodeVM:
     """One node VM: boot, run commands in the guest, reboot, stop."""
 
-    def __init__(self, workdir: Path, config: NodeConfig, *, memory_mb: int = 2048) -> None:
+    def __init__(
+        self, workdir: Path, config: NodeConfig, *, kube_version: str = K8S_VERSION, memory_mb: int = 2048
+    ) -> None:
         self.workdir = workdir
         self.config = config
+        self.kube_version = kube_version
         self.memory_mb = memory_mb
         self.proc: subprocess.Popen[bytes] | None = None
         self._ctl: socket.socket | None = None
@@ -302,7 +308,7 @@ class NodeVM:
     def start(self) -> None:
         qemu, socat = _need("qemu-system-x86_64"), _need("socat")
         kernel = kernel_dir()
-        binaries = node_binaries()
+        binaries = node_binaries(self.kube_version)
         disk = build_disk(binaries)
         initramfs = build_initramfs(kernel)
         self.workdir.mkdir(parents=True, exist_ok=True)
