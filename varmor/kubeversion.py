@@ -17,7 +17,6 @@ from typing import Literal
 
 MIN_SUPPORTED = (1, 29)
 APPARMOR_FIELD_SINCE = (1, 30)
-VALIDATING_ADMISSION_POLICY_SINCE = (1, 30)
 
 AppArmorApi = Literal["auto", "field", "annotation"]
 APPARMOR_API_CHOICES: tuple[AppArmorApi, ...] = ("auto", "field", "annotation")

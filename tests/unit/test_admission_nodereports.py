@@ -12,9 +12,9 @@ from varmor.admission.nodereports import (
     POD_NAME_CLAIM,
     POD_UID_CLAIM,
     PodClaim,
-    needs_pod_lookup,
     node_report_refusal,
     pod_claim,
+    pod_to_look_up,
 )
 from varmor.admission.registration import Registration, validating_configuration
 from varmor.admission.review import parse_validation_review
@@ -38,9 +38,9 @@ def test_before_1_30_the_node_of_the_bound_pod_stands_for_the_missing_node_claim
     assert pod_claim(AGENT, POD) == PodClaim("varmor", "varmor-agent-x1", "uid-1")
     assert pod_claim("admin", POD) is None  # only ServiceAccounts have bound pods
     assert pod_claim(AGENT, {POD_NAME_CLAIM: ["p"]}) is None  # a name without its uid names nothing
-    assert needs_pod_lookup(AGENT, POD, {AGENT})
-    assert not needs_pod_lookup(AGENT, {**POD, NODE_CLAIM: ["node-a"]}, {AGENT})  # the claim wins
-    assert not needs_pod_lookup("system:serviceaccount:varmor:other", POD, {AGENT})
+    assert pod_to_look_up(AGENT, POD, {AGENT}) == PodClaim("varmor", "varmor-agent-x1", "uid-1")
+    assert pod_to_look_up(AGENT, {**POD, NODE_CLAIM: ["node-a"]}, {AGENT}) is None  # the claim wins
+    assert pod_to_look_up("system:serviceaccount:varmor:other", POD, {AGENT}) is None
     assert node_report_refusal(AGENT, POD, "node-a", {AGENT}, pod_node="node-a") is None
     assert "not 'node-b'" in (node_report_refusal(AGENT, POD, "node-b", {AGENT}, pod_node="node-a") or "")
     assert "no bound pod on a node" in (node_report_refusal(AGENT, POD, "node-a", {AGENT}, pod_node="") or "")

@@ -45,9 +45,14 @@ def pod_claim(username: str, extra: Mapping[str, Sequence[str]]) -> PodClaim | N
     return PodClaim(namespace, name, uid) if namespace and name and uid else None
 
 
-def needs_pod_lookup(username: str, extra: Mapping[str, Sequence[str]], agent_accounts: Collection[str]) -> bool:
-    """True when only the bound pod can tell this agent's node (no node claim)."""
-    return username in agent_accounts and not node_claim(extra) and pod_claim(username, extra) is not None
+def pod_to_look_up(
+    username: str, extra: Mapping[str, Sequence[str]], agent_accounts: Collection[str]
+) -> PodClaim | None:
+    """The bound pod whose node must be looked up: an agent's, when its token carries no
+    node claim (before 1.30); None otherwise."""
+    if username not in agent_accounts or node_claim(extra):
+        return None
+    return pod_claim(username, extra)
 
 
 def node_report_refusal(
@@ -59,7 +64,7 @@ def node_report_refusal(
 ) -> str | None:
     """None when the write is allowed; else why it is refused. Accounts that do not run an
     agent are not this rule's business (RBAC decides for them). `pod_node`: the node of the
-    token's bound pod, looked up when `needs_pod_lookup` said so ("" if it has none)."""
+    token's bound pod, looked up when `pod_to_look_up` named its pod ("" if it has none)."""
     if username not in agent_accounts:
         return None
     node = node_claim(extra) or pod_node

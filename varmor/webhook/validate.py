@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from varmor import api
-from varmor.admission.nodereports import PodClaim, needs_pod_lookup, node_report_refusal, pod_claim
+from varmor.admission.nodereports import PodClaim, node_report_refusal, pod_to_look_up
 from varmor.admission.review import ValidationRequest
 from varmor.parser import DEADLINE, DEFAULT_BUDGET, CompileBudget, CompileResult, ParserNotFoundError, compile_profile
 from varmor.pipeline import CompileError, compile_policy
@@ -87,9 +87,8 @@ class PolicyValidator:
         meta = (req.obj or {}).get("metadata")
         name = req.name or (str(meta.get("name") or "") if isinstance(meta, dict) else "")
         pod_node = ""
-        claim = pod_claim(user.username, user.extra)
-        lookup = needs_pod_lookup(user.username, user.extra, self.node_report_accounts)
-        if claim is not None and self.pod_node is not None and lookup:
+        claim = pod_to_look_up(user.username, user.extra, self.node_report_accounts)
+        if claim is not None and self.pod_node is not None:
             try:
                 pod_node = await self.pod_node(claim)
             except Exception as exc:  # refuse: the agent retries its write
