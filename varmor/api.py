@@ -19,12 +19,14 @@ class Resource:
     plural: str
     namespaced: bool
     short_names: tuple[str, ...] = ()
+    api_version: str = API_VERSION  # "v1" for the core kinds varmor watches
 
 
 VARMOR_POLICY = Resource("VarmorPolicy", "varmorpolicies", True, ("vpol",))
 VARMOR_CLUSTER_POLICY = Resource("VarmorClusterPolicy", "varmorclusterpolicies", False, ("vcpol",))
 ARMOR_PROFILE = Resource("ArmorProfile", "armorprofiles", True)
 ARMOR_NODE = Resource("ArmorNode", "armornodes", False, ("anode",))
+POD = Resource("Pod", "pods", True, api_version="v1")  # the agent watches its node's pods
 
 TARGET_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Pod")
 PROFILE_PREFIX = "varmor-"

@@ -145,6 +145,7 @@ def agent_access() -> list[Access]:
         ("get", "armornodes", CRD, "", "node-1", ""),
         ("patch", "armornodes", CRD, "", "node-1", "status"),
         ("get", "nodes", "", "", "node-1", ""),
+        ("watch", "pods", "", "", "", ""),  # its node's, by field selector; RBAC cannot say so
         ("create", "events", "", "other-ns", "", ""),
     ]
 
@@ -192,7 +193,7 @@ def agent_never(namespace: str, release: str) -> list[Access]:
         ("patch", "armornodes", CRD, "", "node-1", ""),  # only the status subresource
         ("get", "secrets", "", namespace, f"{release}-webhook-tls", ""),
         ("patch", "deployments", "apps", "other-ns", "web", ""),
-        ("list", "pods", "", "", "", ""),
+        ("patch", "pods", "", "other-ns", "p", ""),
         ("get", "mutatingwebhookconfigurations", ADMISSION, "", release, ""),
         ("update", "leases", "coordination.k8s.io", namespace, f"{release}-leader", ""),
         ("list", "nodes", "", "", "", ""),

@@ -299,3 +299,75 @@ async def test_audited_violations_reach_the_log_an_event_and_the_metric(api_clie
         line.startswith('varmor_violations_total{action="DENIED"') and not line.endswith(" 0.0")
         for line in metrics.splitlines()
     )
+
+
+async def events_about(core: Any, ns: str, name: str, reason: str) -> list[Any]:
+    found = await core.list_namespaced_event(ns, field_selector=f"involvedObject.name={name},reason={reason}")
+    return list(found.items)
+
+
+async def test_a_pod_admitted_before_its_node_loaded_the_profile_is_named_and_starts_once_loaded(
+    api_client: Any, node: Node, ns: str
+) -> None:
+    """Test 9: the node's agent is paused (as while it restarts) when a policy is created, so
+    its profile is not loaded there when the workload's pod is admitted with it. containerd
+    refuses the container; the agent, once running, loads the profile and says which pod
+    waited for it, on the pod and on the policy; the kubelet's next retry starts the same
+    pod's container under the profile, with nobody deleting or restarting anything."""
+    core, apps, custom = client.CoreV1Api(api_client), client.AppsV1Api(api_client), client.CustomObjectsApi(api_client)
+    profile = f"varmor-{ns}-late"
+    node.run("pkill -STOP -f '^python3 -m varmor.cli'")
+    try:
+        enhance = {"hardeningRules": ["disallow-access-kallsyms"]}
+        await custom.create_namespaced_custom_object(
+            G, V, ns, "varmorpolicies", helpers.policy("late", enhance=enhance)
+        )
+
+        async def accepted() -> bool:
+            got = await custom.get_namespaced_custom_object(G, V, ns, "varmorpolicies", "late")
+            return (got.get("status") or {}).get("profileName") == profile
+
+        await wait_for(accepted, timeout=60, interval=0.5, what="the leader accepted the policy")
+        await apps.create_namespaced_deployment(ns, workload("late", "exec sleep 3600"))
+
+        async def refused() -> Any:
+            for pod in (await core.list_namespaced_pod(ns, label_selector="app=late")).items:
+                for status in pod.status.container_statuses or []:
+                    waiting = status.state.waiting
+                    if waiting is not None and waiting.reason == "CreateContainerError":
+                        return pod, waiting.message or ""
+            return None
+
+        waiting_pod, message = await wait_for(
+            refused, timeout=180, interval=0.5, what="containerd refused the container (profile not loaded)"
+        )
+        assert profile in message, message
+        assert profile not in node.loaded_profiles()
+    finally:
+        node.run("pkill -CONT -f '^python3 -m varmor.cli'")
+    resumed = time.monotonic()
+    name = waiting_pod.metadata.name
+
+    async def told() -> tuple[list[Any], list[Any]] | None:
+        on_pod = await events_about(core, ns, name, "ProfileNotLoaded")
+        on_policy = [e for e in await events_about(core, ns, "late", "ProfileNotLoaded") if name in e.message]
+        return (on_pod, on_policy) if on_pod and on_policy else None
+
+    on_pod, on_policy = await wait_for(told, timeout=120, interval=0.5, what="Events naming the waiting pod")
+    assert f"container app waits on node {NODE}" in on_pod[0].message
+    assert profile in on_pod[0].message
+    assert on_pod[0].type == on_policy[0].type == "Warning"
+    assert f"pod {ns}/{name} (app)" in on_policy[0].message
+
+    pod = await running_pod(core, ns, "late")
+    node.timings["agent resumed -> waiting pod running"] = time.monotonic() - resumed
+    assert pod.metadata.uid == waiting_pod.metadata.uid  # the same pod: recovery needed no one
+    assert pod.status.container_statuses[0].restart_count == 0
+    assert label_of(node, container_id(pod)) == f"{profile} (enforce)"
+
+    async def started() -> list[Any]:
+        return await events_about(core, ns, name, "ProfileLoaded")
+
+    [done] = await wait_for(started, timeout=60, interval=0.5, what="the Event saying the container started")
+    assert done.type == "Normal"
+    assert profile in done.message

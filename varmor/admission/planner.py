@@ -45,6 +45,20 @@ _TEMPLATE_POINTERS = ("/spec/template/metadata", "/spec/template/spec")
 POINTERS = {kind: _POD_POINTERS if kind == "Pod" else _TEMPLATE_POINTERS for kind in api.TARGET_KINDS}
 
 
+def effective_localhost(meta: ObjectMeta | None, spec: SpecView, container: Container) -> str | None:
+    """The Localhost profile `container` will run under, if any: its own field, else the beta
+    annotation (Kubernetes applies it to every container kind by name), else the pod's field."""
+    prof = apparmor_of(container.security_context)
+    if prof is not None and prof.type:
+        return prof.localhost_profile if prof.type == LOCALHOST else None
+    annotations = (meta.annotations if meta is not None else None) or {}
+    value = annotations.get(api.K8S_APPARMOR_ANNOTATION_PREFIX + container.name, "")
+    if value.startswith("localhost/"):
+        return value.removeprefix("localhost/")
+    pod_prof = apparmor_of(spec.security_context)
+    return pod_prof.localhost_profile if pod_prof is not None and pod_prof.type == LOCALHOST else None
+
+
 def _paths(kind: str) -> tuple[str, str]:
     pointers = POINTERS.get(kind)
     if pointers is None:

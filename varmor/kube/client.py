@@ -18,7 +18,7 @@ from kubernetes.aio.client.exceptions import ApiException
 
 JSON = dict[str, Any]
 
-__all__ = ["JSON", "ApiException", "list_all", "new_api_client", "raw_request", "to_dict"]
+__all__ = ["JSON", "ApiException", "list_all", "new_api_client", "open_stream", "raw_request", "to_dict"]
 
 
 async def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -38,6 +38,10 @@ def to_dict(api_client: client.ApiClient, obj: Any) -> JSON:
     return result
 
 
+def _query(query: Mapping[str, Any] | None) -> list[tuple[str, str]]:
+    return [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()]
+
+
 async def raw_request(
     api_client: client.ApiClient,
     method: str,
@@ -54,11 +58,10 @@ async def raw_request(
     headers = {"Accept": "application/json"}
     if body is not None:
         headers["Content-Type"] = content_type
-    params = [(k, str(v).lower() if isinstance(v, bool) else str(v)) for k, v in (query or {}).items()]
     serialized = await api_client.param_serialize(
         method=method,
         resource_path=path,
-        query_params=params,
+        query_params=_query(query),
         header_params=headers,
         body=body,
         auth_settings=["BearerToken"],
@@ -69,6 +72,23 @@ async def raw_request(
         raise ApiException(status=response.status, reason=response.reason, body=data.decode("utf-8", "replace"))
     result: JSON = orjson.loads(data) if data else {}
     return result
+
+
+async def open_stream(api_client: client.ApiClient, path: str, *, query: Mapping[str, Any] | None = None) -> Any:
+    """A GET whose body is read as it arrives (a watch): the aiohttp response, which the
+    caller reads line by line and must `release()`. Raises ApiException on non-2xx."""
+    serialized = await api_client.param_serialize(
+        method="GET",
+        resource_path=path,
+        query_params=_query(query),
+        header_params={"Accept": "application/json"},
+        auth_settings=["BearerToken"],
+    )
+    response = await api_client.call_api(*serialized)
+    if not 200 <= response.status <= 299:
+        data = await response.read()
+        raise ApiException(status=response.status, reason=response.reason, body=data.decode("utf-8", "replace"))
+    return response.response
 
 
 async def list_all(api_client: client.ApiClient, path: str, *, page: int = 500) -> list[JSON]:

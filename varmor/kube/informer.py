@@ -1,4 +1,5 @@
-"""List+watch cache for custom resources, shared by every role.
+"""List+watch cache for varmor's custom resources and the core kinds it watches, shared by
+every role.
 
 One implementation of the client-go informer contract that varmor needs: an initial list,
 a watch from its resourceVersion, a relist on 410 Gone, exponential backoff on errors,
@@ -18,8 +19,9 @@ import orjson
 from kubernetes.aio import client
 
 from varmor import api
+from varmor.kube import paths
 from varmor.kube.backoff import Backoff
-from varmor.kube.client import JSON, ApiException
+from varmor.kube.client import JSON, ApiException, open_stream, raw_request
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +36,8 @@ def object_key(obj: JSON) -> Key:
 
 
 class Informer:
-    """Watches one custom resource (all namespaces, or one) and keeps a cache."""
+    """Watches one resource (all namespaces, or one; optionally a label or field selector)
+    and keeps a cache."""
 
     def __init__(
         self,
@@ -43,13 +46,15 @@ class Informer:
         *,
         namespace: str | None = None,
         label_selector: str | None = None,
+        field_selector: str | None = None,
         resync_seconds: float = 300.0,
         watch_timeout_seconds: int = 240,
     ) -> None:
-        self._custom = client.CustomObjectsApi(api_client)
+        self._api_client = api_client
         self.resource = resource
         self.namespace = namespace
         self.label_selector = label_selector
+        self.field_selector = field_selector
         self.resync_seconds = resync_seconds
         self.watch_timeout_seconds = watch_timeout_seconds
         self.cache: dict[Key, JSON] = {}
@@ -74,34 +79,31 @@ class Informer:
         return [self.cache[k] for k in sorted(self.cache)]
 
     # -- plumbing ---------------------------------------------------------------
-    def _kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {}
+    def _selectors(self) -> dict[str, Any]:
+        query: dict[str, Any] = {}
         if self.label_selector:
-            kwargs["label_selector"] = self.label_selector
-        return kwargs
+            query["labelSelector"] = self.label_selector
+        if self.field_selector:
+            query["fieldSelector"] = self.field_selector
+        return query
+
+    @property
+    def _path(self) -> str:
+        return paths.custom_path(self.resource, self.namespace)
 
     async def _list(self) -> JSON:
-        g, v, p = api.GROUP, api.VERSION, self.resource.plural
-        if self.namespace:
-            result = await self._custom.list_namespaced_custom_object(g, v, self.namespace, p, **self._kwargs())
-        else:
-            result = await self._custom.list_cluster_custom_object(g, v, p, **self._kwargs())
-        return dict(result)
+        # A big first list on a busy API server may take long; a watch is capped by timeoutSeconds.
+        return await raw_request(self._api_client, "GET", self._path, query=self._selectors(), request_timeout=300)
 
     async def _open_watch(self) -> Any:
-        g, v, p = api.GROUP, api.VERSION, self.resource.plural
-        kwargs = {
-            **self._kwargs(),
+        query = {
+            **self._selectors(),
             "watch": True,
-            "allow_watch_bookmarks": True,
-            "resource_version": self._resource_version,
-            "timeout_seconds": self.watch_timeout_seconds,
+            "allowWatchBookmarks": True,
+            "resourceVersion": self._resource_version,
+            "timeoutSeconds": self.watch_timeout_seconds,
         }
-        if self.namespace:
-            return await self._custom.list_namespaced_custom_object_without_preload_content(
-                g, v, self.namespace, p, **kwargs
-            )
-        return await self._custom.list_cluster_custom_object_without_preload_content(g, v, p, **kwargs)
+        return await open_stream(self._api_client, self._path, query=query)
 
     async def _emit(self, event: EventType, obj: JSON) -> None:
         for handler in self._handlers:
@@ -114,7 +116,7 @@ class Informer:
         listing = await self._list()
         fresh = {object_key(o): o for o in listing.get("items", [])}
         for key, obj in fresh.items():
-            obj.setdefault("apiVersion", api.API_VERSION)
+            obj.setdefault("apiVersion", self.resource.api_version)
             obj.setdefault("kind", self.resource.kind)
             old = self.cache.get(key)
             self.cache[key] = obj

@@ -36,10 +36,10 @@ def resource_path(base: str, plural: str, namespace: str | None = None, name: st
 
 
 def custom_path(resource: api.Resource, namespace: str | None = None, name: str | None = None) -> str:
-    """A varmor custom resource (collection or object); cluster-scoped kinds ignore `namespace`."""
-    return resource_path(
-        f"/apis/{api.GROUP}/{api.VERSION}", resource.plural, namespace if resource.namespaced else None, name
-    )
+    """A resource `api` describes: varmor's custom kinds, and the core kinds varmor watches
+    (collection or object); cluster-scoped kinds ignore `namespace`."""
+    base = "/api/v1" if resource.api_version == "v1" else f"/apis/{resource.api_version}"
+    return resource_path(base, resource.plural, namespace if resource.namespaced else None, name)
 
 
 def policy_path(kind: str, namespace: str | None, name: str) -> str:

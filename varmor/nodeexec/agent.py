@@ -22,6 +22,7 @@ import logging
 import math
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -92,6 +93,7 @@ class Agent:
         self._node_local = ""
         self._started = self._last_phase = time.monotonic()
         self.phases: dict[str, float] = {}  # start-up phase -> seconds (logged, and for the benchmark)
+        self.synced_listeners: list[Callable[[str], None]] = []  # called with a name after each sync of it
 
     def _phase(self, name: str) -> None:
         now = time.monotonic()
@@ -113,6 +115,29 @@ class Agent:
         metrics.PROFILES_LOADED.set(len(self.state.loaded))
         metrics.PROFILES_FAILED.set(len(self.state.failures))
         self.status.mark()
+
+    async def explain_missing(self, name: str) -> str | None:
+        """Why profile `name` is not in this node's kernel, or None when it is there. A
+        profile this agent loaded and the kernel no longer has (removed outside varmor) is
+        reloaded now rather than at the next refresh."""
+        if not self.detection.supported:
+            return f"this node cannot load AppArmor profiles ({self.detection.reason})"
+        loaded = kernel.top_level(await asyncio.to_thread(kernel.read_loaded, self.config.securityfs))
+        if name in loaded:
+            return None
+        if not self.synced:
+            return "the agent is still loading this node's profiles after its start"
+        failure = self.state.failures.get(name)
+        if failure is not None:
+            return f"it failed to load here: {failure.message}"
+        if name in self.state.loaded:
+            log.warning("profile %s was removed from the kernel outside varmor; loading it again", name)
+            self._force.add(name)
+            self.queue.add(name)
+            return "it was removed from the kernel outside varmor, and the agent is loading it again"
+        if name not in self.desired:
+            return "no ArmorProfile of that name has reached this node (its policy does not exist, or not yet)"
+        return "the agent is loading it"
 
     def owner(self, profile: str) -> Desired | None:
         """The ArmorProfile a (possibly child) profile name comes from, for attribution."""
@@ -274,6 +299,13 @@ class Agent:
     async def sync(self, name: str, kernel_loaded: dict[str, str] | None = None) -> None:
         """Make the kernel match the ArmorProfiles named `name`. Raises on transient
         errors (the queue retries); a profile that does not compile is a recorded failure."""
+        try:
+            await self._sync(name, kernel_loaded)
+        finally:
+            for listener in self.synced_listeners:
+                listener(name)
+
+    async def _sync(self, name: str, kernel_loaded: dict[str, str] | None = None) -> None:
         assert self.loader is not None
         desired, rejected = choose(self._objects(name))
         if desired is None:

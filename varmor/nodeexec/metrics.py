@@ -38,3 +38,10 @@ VIOLATION_EVENTS = Counter(
 )  # result: sent | suppressed | dropped | error
 AUDIT_LINES = Counter("varmor_agent_audit_lines_total", "Audit source lines read.", ["result"])
 # result: varmor | other (not a varmor profile / not AppArmor) | malformed
+CONTAINERS_WAITING = Gauge(
+    "varmor_agent_containers_waiting_for_profile",
+    "Containers on this node the runtime refused because their varmor profile is not loaded here.",
+)
+WAITING_EVENTS = Counter(
+    "varmor_agent_waiting_events_total", "Kubernetes Events about containers waiting for a profile.", ["result"]
+)  # result: sent | dropped | error

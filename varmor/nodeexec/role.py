@@ -8,13 +8,17 @@ import socket
 from pathlib import Path
 from typing import Any
 
-from varmor import settings
+from varmor import api, settings
 from varmor.api import DEFAULT_HEARTBEAT
+from varmor.kube.informer import Informer
 from varmor.kube.tasks import task_group
+from varmor.nodeexec import metrics
 from varmor.nodeexec.agent import Agent, AgentConfig
+from varmor.nodeexec.eventqueue import EventQueue
 from varmor.nodeexec.files import DEFAULT_PARTITIONS, DEFAULT_PROFILE_DIR
 from varmor.nodeexec.kernel import DEFAULT_ENABLED_FILE, DEFAULT_SECURITYFS
 from varmor.nodeexec.violations import ViolationReporter
+from varmor.nodeexec.waiting import WaitingPods
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -70,6 +74,20 @@ async def run(ctx: Any) -> None:
     ctx.health.add("agent-initial-sync", lambda: agent.ready)
     async with task_group() as group:
         group.create_task(agent.run(), name="agent")
+        # This node's pods only (RBAC cannot narrow the agent's read to one node; the field
+        # selector keeps what it asks for, and holds, to its own node).
+        pods = Informer(
+            ctx.api_client,
+            api.POD,
+            field_selector=f"spec.nodeName={ctx.args.node_name}",
+            resync_seconds=ctx.args.agent_resync,
+        )
+        events = EventQueue(agent.kube, lambda result: metrics.WAITING_EVENTS.labels(result).inc())
+        waiting = WaitingPods(ctx.args.node_name, agent.explain_missing, agent.owner, events)
+        agent.synced_listeners.append(waiting.profile_known)
+        pods.add_handler(waiting.on_pod)
+        group.create_task(pods.run(), name="agent-pods")
+        group.create_task(events.run(), name="agent-pod-events")
         if ctx.args.audit_log:
             reporter = ViolationReporter.from_args(ctx.args, agent)
             group.create_task(reporter.run(), name="agent-violations")

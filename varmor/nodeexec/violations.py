@@ -27,6 +27,7 @@ from varmor.events import ObjectRef, event_body
 from varmor.kube.kube import Kube
 from varmor.nodeexec import metrics
 from varmor.nodeexec.audit import AuditRecord, parse_line
+from varmor.nodeexec.eventqueue import EventQueue
 from varmor.nodeexec.files import is_varmor_name
 from varmor.nodeexec.state import Desired
 
@@ -168,7 +169,11 @@ class ViolationReporter:
         self.json_out = json_out
         self.limiter = RateLimiter(event_interval)
         self.poll = poll
-        self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(queue_size)
+        self.events = (
+            EventQueue(kube, lambda result: metrics.VIOLATION_EVENTS.labels(result).inc(), size=queue_size)
+            if kube is not None
+            else None
+        )
         self.seen = 0
 
     @classmethod
@@ -208,7 +213,7 @@ class ViolationReporter:
         return violation
 
     def _queue_event(self, violation: Violation) -> None:
-        if self.kube is None or violation.owner is None or violation.owner.policy is None:
+        if self.events is None or violation.owner is None or violation.owner.policy is None:
             return
         p = violation.owner.policy
         send, suppressed = self.limiter.admit((p.kind, p.namespace, p.name, violation.record.action), time.monotonic())
@@ -216,23 +221,8 @@ class ViolationReporter:
             metrics.VIOLATION_EVENTS.labels("suppressed").inc()
             return
         body = violation_event(violation, self.node, suppressed, utc_now())
-        if body is None:
-            return
-        try:
-            self.events.put_nowait(body)
-        except asyncio.QueueFull:
-            metrics.VIOLATION_EVENTS.labels("dropped").inc()
-
-    async def _send_events(self) -> None:
-        assert self.kube is not None
-        while True:
-            body = await self.events.get()
-            try:
-                await self.kube.post_event(body)
-                metrics.VIOLATION_EVENTS.labels("sent").inc()
-            except Exception as exc:
-                metrics.VIOLATION_EVENTS.labels("error").inc()
-                log.warning("could not record violation event: %r", exc)
+        if body is not None:
+            self.events.offer(body)
 
     def _open_out(self) -> TextIO | None:
         if not self.json_out:
@@ -244,7 +234,7 @@ class ViolationReporter:
 
     async def run(self) -> None:
         out = await asyncio.to_thread(self._open_out)
-        sender = asyncio.create_task(self._send_events()) if self.kube is not None else None
+        sender = asyncio.create_task(self.events.run()) if self.events is not None else None
         try:
             async for lines in self.lines():
                 entries = [v.as_json(self.node) for v in map(self.handle, lines) if v is not None]

@@ -18,8 +18,8 @@ from typing import Any
 from kubernetes.aio import client
 
 from varmor import api
-from varmor.admission.objects import Container, ObjectMeta, ObjectView, SpecView, apparmor_of, view_of
-from varmor.admission.planner import LOCALHOST, PlanError, plan, pod_parts
+from varmor.admission.objects import ObjectView, view_of
+from varmor.admission.planner import PlanError, effective_localhost, plan, pod_parts
 from varmor.admission.registration import scopes
 from varmor.admission.selection import PolicyIndex
 from varmor.kube import paths
@@ -27,20 +27,6 @@ from varmor.kube.client import list_all
 from varmor.reconcile.findings import Findings
 
 PolicyKey = tuple[str, str]  # (namespace or "" for cluster policies, name)
-
-
-def _effective(meta: ObjectMeta | None, spec: SpecView, container: Container) -> str | None:
-    """The Localhost profile `container` will run under, if any: its own field, else the beta
-    annotation (Kubernetes applies it to every container kind by name), else the pod's field."""
-    prof = apparmor_of(container.security_context)
-    if prof is not None and prof.type:
-        return prof.localhost_profile if prof.type == LOCALHOST else None
-    annotations = (meta.annotations if meta is not None else None) or {}
-    value = annotations.get(api.K8S_APPARMOR_ANNOTATION_PREFIX + container.name, "")
-    if value.startswith("localhost/"):
-        return value.removeprefix("localhost/")
-    pod_prof = apparmor_of(spec.security_context)
-    return pod_prof.localhost_profile if pod_prof is not None and pod_prof.type == LOCALHOST else None
 
 
 def unprotected_reason(
@@ -72,7 +58,7 @@ def unprotected_reason(
         ("ephemeral container", spec.ephemeral_containers),
     ):
         for container in group or ():
-            if container.name in confined and (effective := _effective(meta, spec, container)) != profile:
+            if container.name in confined and (effective := effective_localhost(meta, spec, container)) != profile:
                 return f"{label} {container.name} runs " + (f"under {effective}" if effective else "without a profile")
     return None
 
