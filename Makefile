@@ -1,5 +1,5 @@
 # The two commands of the README: `make demo` and `make test`. Both run setup first.
-.PHONY: setup test demo lint cluster-up cluster-down bench
+.PHONY: setup test demo image lint cluster-up cluster-down bench
 
 setup:
 	bash hack/setup.sh
@@ -9,6 +9,10 @@ test: setup
 
 demo: setup
 	.venv/bin/varmor dev up
+
+# varmor's OCI image as dist/varmor-<version>.oci.tar: no container engine, reproducible.
+image: setup
+	.venv/bin/varmor dev image
 
 lint:
 	.venv/bin/ruff check varmor tests bench

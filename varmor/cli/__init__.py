@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from varmor import __version__
 
@@ -36,7 +38,22 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
     return parser
 
 
+def without_home() -> None:
+    """Let varmor start for a user with no home: `kubernetes.aio` computes ~/.kube/config
+    when it is imported (even with KUBECONFIG set) and raises when HOME is unset and the uid
+    has no passwd entry, as under `runAsUser` in an image without that user. varmor never
+    reads that file (it takes --kubeconfig, KUBECONFIG or the pod's ServiceAccount), so HOME
+    then points at a directory that does not exist, as Debian's `nobody` has."""
+    if "HOME" in os.environ:
+        return
+    try:
+        Path.home()
+    except RuntimeError:
+        os.environ["HOME"] = "/nonexistent"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    without_home()
     parser = build_parser(argv)
     args = parser.parse_args(argv)
     func: Handler | None = getattr(args, "func", None)

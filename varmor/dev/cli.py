@@ -1,4 +1,4 @@
-"""`varmor dev ...`: the local control plane, and (later) the one-command demo."""
+"""`varmor dev ...`: the local control plane, the one-command demo, and the image build."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import argparse
 import sys
 from typing import Any
 
+from varmor.dev import image
 from varmor.dev.cluster import ControlPlane, ControlPlaneError, stop_detached
 from varmor.dev.paths import dev_cluster_dir
 
@@ -66,6 +67,9 @@ def register(sub: Any) -> None:
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the policy to turn Ready")
     up.set_defaults(func=demo_up)
     dev_sub.add_parser("down", help="remove everything `dev up` started").set_defaults(func=demo_down)
+    img = dev_sub.add_parser("image", help="build varmor's OCI image archive, no container engine (`make image`)")
+    image.add_arguments(img)
+    img.set_defaults(func=image.run)
     standin = dev_sub.add_parser("securityfs-standin", help="serve a stand-in securityfs in DIR (no AppArmor kernel)")
     standin.add_argument("dir")
     standin.set_defaults(func=securityfs_standin)
