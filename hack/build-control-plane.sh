@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds kube-apiserver, kube-controller-manager and etcd from the Go module proxy
+# Builds kube-apiserver, kube-controller-manager, kube-scheduler and etcd from the Go module proxy
 # at a pinned release, into $VARMOR_CACHE/bin/k8s-<version>/. Prebuilt binaries cannot
 # be downloaded on the machines this project runs on, so we compile them; the result
 # is cached, so only the first run pays (see README for measured cost).
@@ -15,7 +15,7 @@ export GOCACHE="${GOCACHE:-$CACHE/go/build}"
 export GOFLAGS="-mod=mod"
 export CGO_ENABLED=0
 
-if [[ -x "$OUT/kube-apiserver" && -x "$OUT/kube-controller-manager" && -x "$OUT/etcd" ]]; then
+if [[ -x "$OUT/kube-apiserver" && -x "$OUT/kube-controller-manager" && -x "$OUT/kube-scheduler" && -x "$OUT/etcd" ]]; then
   echo "$OUT"
   exit 0
 fi
@@ -68,13 +68,15 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-scheduler"
 )
 GO
 
 go mod tidy >/dev/null 2>&1 || go mod tidy
 mkdir -p "$OUT.tmp"
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
-go build -trimpath -ldflags "$ldflags" -o "$OUT.tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager
+go build -trimpath -ldflags "$ldflags" -o "$OUT.tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+  k8s.io/kubernetes/cmd/kube-scheduler
 go build -trimpath -ldflags "-s -w" -o "$OUT.tmp/etcd" ./etcd
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 echo "$OUT"

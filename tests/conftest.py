@@ -54,6 +54,15 @@ def control_plane() -> Iterator[ControlPlaneState]:
 
 
 @pytest.fixture(scope="session")
+def scheduler(control_plane: ControlPlaneState) -> None:
+    """kube-scheduler on the shared control plane, from the first test that runs pods of a
+    DaemonSet, Deployment or Job on a real node (before that, pods stay unscheduled)."""
+    if not _PLANES:
+        pytest.fail("a scheduler needs the suite's own control plane (unset VARMOR_TEST_KUBECONFIG)", pytrace=False)
+    _PLANES[0].start_scheduler()
+
+
+@pytest.fixture(scope="session")
 def kubeconfig(control_plane: ControlPlaneState) -> str:
     return control_plane.kubeconfig
 

@@ -58,6 +58,9 @@ ValidatingAdmissionPolicy (node-report-guard.yaml is the guard from 1.30). */}}
 {{- define "varmor.webhookArgs" -}}
 - --webhook-port={{ .Values.webhook.port }}
 - --webhook-service={{ include "varmor.fullname" . }}-webhook
+{{- with .Values.webhook.url }}
+- --webhook-url={{ . }}
+{{- end }}
 - --webhook-config-name={{ include "varmor.fullname" . }}
 - --webhook-failure-policy={{ .Values.webhook.failurePolicy }}
 - --webhook-timeout-seconds={{ .Values.webhook.timeoutSeconds }}
@@ -83,6 +86,7 @@ ValidatingAdmissionPolicy (node-report-guard.yaml is the guard from 1.30). */}}
 - --profile-dir=/host/apparmor.d
 - --securityfs=/host/securityfs
 - --audit-log=/host/audit/{{ base .Values.agent.auditLog }}
+- --host-proc=/host/proc
 {{- end -}}
 
 {{- define "varmor.downwardEnv" -}}
@@ -92,6 +96,24 @@ ValidatingAdmissionPolicy (node-report-guard.yaml is the guard from 1.30). */}}
   valueFrom: {fieldRef: {fieldPath: metadata.name}}
 - name: VARMOR_NAMESPACE
   valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+{{- include "varmor.apiServerEnv" . }}
+{{- end -}}
+
+{{- /* apiServer.host: explicit variables take precedence over the kubelet's Service ones */ -}}
+{{- define "varmor.apiServerEnv" -}}
+{{- with .Values.apiServer.host }}
+- name: KUBERNETES_SERVICE_HOST
+  value: {{ . | quote }}
+- name: KUBERNETES_SERVICE_PORT
+  value: {{ $.Values.apiServer.port | quote }}
+{{- end }}
+{{- end -}}
+
+{{- define "varmor.hostNetwork" -}}
+{{- if .Values.hostNetwork }}
+hostNetwork: true
+dnsPolicy: ClusterFirstWithHostNet
+{{- end }}
 {{- end -}}
 
 {{- define "varmor.probes" -}}
@@ -108,6 +130,7 @@ livenessProbe:
 - {name: securityfs, mountPath: /host/securityfs}
 - {name: apparmor-d, mountPath: /host/apparmor.d}
 - {name: audit, mountPath: /host/audit, readOnly: true}
+- {name: host-proc, mountPath: /host/proc, readOnly: true}
 {{- end -}}
 
 {{- define "varmor.agentVolumes" -}}
@@ -117,6 +140,9 @@ livenessProbe:
   hostPath: {path: {{ .Values.agent.profileDir }}, type: DirectoryOrCreate}
 - name: audit
   hostPath: {path: {{ dir .Values.agent.auditLog }}, type: DirectoryOrCreate}
+{{- /* the host's processes, for /proc/<pid>/cgroup: which pod an audit record came from */}}
+- name: host-proc
+  hostPath: {path: /proc, type: Directory}
 {{- end -}}
 
 {{/* The ServiceAccount that runs every role in one process (allinone) or webhook+leader (split). */}}

@@ -30,7 +30,7 @@ NODE = "varmor-node-1"
 IMAGE = nodevm.IMAGES[0]
 #: The chart's hostPath for each /host mount of the agent (values.yaml agent.*).
 HOST_PATHS = {"/host/apparmor.d": "/etc/apparmor.d", "/host/securityfs": "/sys/kernel/security",
-              "/host/audit": "/var/log/audit"}  # fmt: skip
+              "/host/audit": "/var/log/audit", "/host/proc": "/proc"}  # fmt: skip
 
 
 _NODES: list[nodevm.NodeVM] = []
@@ -115,6 +115,20 @@ async def agent_token(api_client: Any, install: Install) -> str:
     return str(token.status.token)
 
 
+def kubelet_files(plane: ControlPlaneState, node: str) -> dict[str, bytes]:
+    """The cluster CA and the kubelet's client certificate and kubeconfig (system:node:NAME),
+    for the node's config disk."""
+    kubelet = plane.issue_client(f"system:node:{node}", ("system:nodes",))
+    return {
+        "ca.crt": plane.ca_cert.read_bytes(),
+        "kubelet.crt": kubelet.cert_pem,
+        "kubelet.key": kubelet.key_pem,
+        "kubelet.kubeconfig": nodevm.kubeconfig(
+            {"client-certificate": "/run/varmor/kubelet.crt", "client-key": "/run/varmor/kubelet.key"}
+        ),
+    }
+
+
 @contextlib.asynccontextmanager
 async def running_node(
     api_client: Any, plane: ControlPlaneState, kubeconfig: str, tmp: Path, *, kube_version: str = K8S_VERSION
@@ -128,17 +142,8 @@ async def running_node(
         async with installed(
             api_client, kubeconfig, install_ns, tmp, topology="split", nodes=(), kube_version=kube_version
         ) as install:
-            kubelet = plane.issue_client(f"system:node:{NODE}", ("system:nodes",))
             token = await agent_token(api_client, install)
-            files = {
-                "ca.crt": plane.ca_cert.read_bytes(),
-                "kubelet.crt": kubelet.cert_pem,
-                "kubelet.key": kubelet.key_pem,
-                "kubelet.kubeconfig": nodevm.kubeconfig(
-                    {"client-certificate": "/run/varmor/kubelet.crt", "client-key": "/run/varmor/kubelet.key"}
-                ),
-                "agent.kubeconfig": nodevm.kubeconfig({"token": token}),
-            }
+            files = {**kubelet_files(plane, NODE), "agent.kubeconfig": nodevm.kubeconfig({"token": token})}
             config = nodevm.NodeConfig(NODE, plane.api_port, files=files, agent_args=agent_args(install))
             vm = nodevm.NodeVM(tmp / "vm", config, kube_version=kube_version)
             _NODES.append(vm)
@@ -172,9 +177,9 @@ async def node(control_plane: ControlPlaneState, kubeconfig: str, crds: list[str
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def node_ready(core: Any) -> bool:
+async def node_ready(core: Any, name: str = NODE) -> bool:
     try:
-        found = await core.read_node(NODE)
+        found = await core.read_node(name)
     except ApiException:
         return False
     return any(c.type == "Ready" and c.status == "True" for c in found.status.conditions or [])

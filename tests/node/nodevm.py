@@ -18,7 +18,9 @@ Network: qemu's user network with `restrict=on`: the guest reaches nothing but t
 server, through one `guestfwd` rule (10.0.2.100:443 -> the host's loopback port, each
 connection relayed by socat). The API server never reaches the kubelet, so results come
 back through pod status (exit codes, termination messages) or the control port: a second
-serial line on which the guest runs the host's commands (`NodeVM.run`).
+serial line on which the guest runs the host's commands (`NodeVM.run`). Where the API server
+must call into the node (the chart's webhook, in the node's network namespace), a `hostfwd`
+rule maps a host loopback port to it; nothing else.
 """
 
 from __future__ import annotations
@@ -41,16 +43,23 @@ from pathlib import Path
 
 from tests.kernel.aavm import Cpio
 from varmor.dev import oci
+from varmor.dev.cluster import NODE_VM_API_ADDRESS
 from varmor.dev.paths import K8S_VERSION, REPO_ROOT, cache_dir
 
 HERE = Path(__file__).resolve().parent
 GUEST = HERE / "guest"
 #: Bump when the disk's layout changes in a way its inputs do not show.
 NODE_FORMAT = 1
-DEBIAN_PACKAGES = ("python3", "apparmor", "auditd", "iproute2", "kmod", "procps", "tini", "ca-certificates")
+DEBIAN_PACKAGES = (
+    "python3", "apparmor", "auditd", "iproute2", "iptables", "kmod", "procps", "tini", "ca-certificates"
+)  # fmt: skip
 #: Loaded by the initramfs, dependencies first (resolved from each module's .modinfo).
-MODULES = ("virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "e1000", "overlay", "veth", "br_netfilter")
-API_ADDRESS = "10.0.2.100"  # what the guest dials for the API server (guestfwd)
+MODULES = (
+    "virtio_pci", "virtio_blk", "crc32c_generic", "ext4", "e1000", "overlay", "veth", "br_netfilter",
+    # the CNI bridge's masquerade (iptables-nft): pods reach the API server as the node does
+    "nf_tables", "nft_compat", "nft_chain_nat", "xt_MASQUERADE", "xt_comment",
+)  # fmt: skip
+API_ADDRESS = NODE_VM_API_ADDRESS  # what the guest dials for the API server (guestfwd)
 SETUP_HINT = "run `make setup` (mmdebstrap, socat, e2fsprogs, qemu-system-x86; hack/build-node.sh)"
 IMAGES = ("varmor.local/busybox:1", "varmor.local/pause:1")
 
@@ -268,9 +277,20 @@ class NodeConfig:
     api_port: int
     files: dict[str, bytes] = field(default_factory=dict)
     agent_args: list[str] = field(default_factory=list)
+    #: OCI archives attached as read-only disks (/dev/vdc, ...) and imported at boot.
+    images: list[Path] = field(default_factory=list)
+    #: host loopback port -> guest port (qemu hostfwd), e.g. a hostNetwork webhook's.
+    host_ports: dict[int, int] = field(default_factory=dict)
+
+    @property
+    def image_devices(self) -> list[str]:
+        return [f"/dev/vd{chr(ord('c') + i)}" for i in range(len(self.images))]
 
     def archive(self) -> bytes:
-        env = f"NODE_NAME={self.name}\nAGENT_ARGS='{' '.join(self.agent_args)}'\nKUBELET_ARGS=''\n"
+        env = (
+            f"NODE_NAME={self.name}\nAGENT_ARGS='{' '.join(self.agent_args)}'\nKUBELET_ARGS=''\n"
+            f"IMAGE_DEVICES='{' '.join(self.image_devices)}'\n"
+        )
         files = {"node.env": env.encode(), **self.files}
         src = REPO_ROOT / "varmor"
         for path in sorted(src.rglob("*")):
@@ -318,6 +338,8 @@ class NodeVM:
         config_disk.write_bytes(self.config.archive())
         ctl = self.workdir / "ctl.sock"
         relay = f"cmd:{socat} - TCP:127.0.0.1:{self.config.api_port}"
+        forwards = "".join(f",hostfwd=tcp:127.0.0.1:{h}-:{g}" for h, g in self.config.host_ports.items())
+        images = [a for path in self.config.images for a in ("-drive", f"file={path},format=raw,if=virtio,readonly=on")]
         argv = [
             qemu, "-accel", "tcg", "-M", "pc", "-cpu", "max", "-m", str(self.memory_mb), "-smp", "1",
             "-nodefaults", "-display", "none",
@@ -325,7 +347,8 @@ class NodeVM:
             "-append", "console=ttyS0 panic=-1 audit=1 audit_backlog_limit=8192 apparmor=1 security=apparmor",
             "-drive", f"file={node_disk},format=raw,if=virtio,cache=unsafe",
             "-drive", f"file={config_disk},format=raw,if=virtio,readonly=on",
-            "-netdev", f"user,id=n0,restrict=on,guestfwd=tcp:{API_ADDRESS}:443-{relay}",
+            *images,
+            "-netdev", f"user,id=n0,restrict=on,guestfwd=tcp:{API_ADDRESS}:443-{relay}{forwards}",
             "-device", "e1000,netdev=n0",
             "-serial", f"file:{self.console}",
             "-chardev", f"socket,id=ctl,path={ctl},server=on,wait=off",

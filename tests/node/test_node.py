@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -268,22 +269,43 @@ async def test_confinement_survives_an_agent_restart_and_a_reboot(api_client: An
 async def test_audited_violations_reach_the_log_an_event_and_the_metric(api_client: Any, node: Node, ns: str) -> None:
     """Test 6: in auditViolations mode a denied action in the pod is reported by the agent
     from the node's audit log: a JSON line, an Event on the policy naming the node, and
-    the violations metric."""
+    the violations metric. Two pods of the policy run on the node, each denied a file named
+    after itself: every line names the pod whose process it was."""
     core, apps, custom = client.CoreV1Api(api_client), client.AppsV1Api(api_client), client.CustomObjectsApi(api_client)
     profile = f"varmor-{ns}-audited"
-    enhance = {"hardeningRules": ["disallow-access-kallsyms"], "auditViolations": True}
+    enhance = {
+        "hardeningRules": ["disallow-access-kallsyms"],
+        "appArmorRawRules": [{"rules": "deny /tmp/pod-* r,"}],
+        "auditViolations": True,
+    }
     await custom.create_namespaced_custom_object(G, V, ns, "varmorpolicies", helpers.policy("audited", enhance=enhance))
     await policy_ready(custom, ns, "audited")
-    await apps.create_namespaced_deployment(
-        ns, workload("audited", "while :; do cat /proc/kallsyms > /dev/null 2>&1; sleep 5; done")
-    )
-    await running_pod(core, ns, "audited")
+    # Each pod is denied a file named like itself: /tmp/pod-<the pod name's last part>.
+    loop = 'me="/tmp/pod-${HOSTNAME##*-}"; touch "$me"; while :; do cat /proc/kallsyms "$me"; sleep 5; done'
+    deployment = workload("audited", f"{loop} > /dev/null 2>&1")
+    deployment["spec"]["replicas"] = 2
+    await apps.create_namespaced_deployment(ns, deployment)
+    first = await running_pod(core, ns, "audited")
+    second = await running_pod(core, ns, "audited", not_in={first.metadata.name})
 
-    async def logged() -> bool:
+    async def logged() -> list[dict[str, Any]] | None:
         rc, out = node.vm.run(f"grep -h '{profile}' /var/log/varmor-violations.log")
-        return rc == 0 and "kallsyms" in out
+        lines = [json.loads(line) for line in out.splitlines()] if rc == 0 else []
+        named = {(e.get("pod") or {}).get("name") for e in lines}
+        return lines if {first.metadata.name, second.metadata.name} <= named else None
 
-    await wait_for(logged, timeout=120, interval=1.0, what="the violation in the agent's JSON log")
+    lines = await wait_for(logged, timeout=180, interval=1.0, what="violations of both pods in the agent's JSON log")
+    assert any("kallsyms" in entry["target"] for entry in lines)
+    for entry in lines:
+        pod = entry["pod"]
+        if pod is None:  # kept, with the reason: the process ended before the agent looked
+            assert entry["unattributed"]
+            continue
+        assert pod["namespace"] == ns
+        if entry["target"].startswith("/tmp/pod-"):
+            assert pod["name"].endswith("-" + entry["target"].removeprefix("/tmp/pod-")), entry
+        if "container" in pod:
+            assert (pod["container"], pod["image"]) == ("app", IMAGE)
 
     async def event() -> Any:
         events = (await core.list_namespaced_event(ns)).items

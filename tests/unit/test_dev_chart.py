@@ -23,6 +23,16 @@ MATRIX: dict[str, dict[str, Any]] = {
     "kern-log": {"agent": {"auditLog": "/var/log/kern.log", "supplementalGroups": [4]}},
     "opt-outs": {"networkPolicy": {"enabled": False}, "nodeReportGuard": {"enabled": False}},
     "metrics-from": {"networkPolicy": {"metricsFrom": [{"namespaceSelector": {"matchLabels": {"name": "mon"}}}]}},
+    "host-network": {
+        "hostNetwork": True,
+        "webhook": {"url": "https://10.1.2.3:8443"},
+        "apiServer": {"host": "10.1.2.3"},
+    },
+    "host-network-split": {
+        "topology": "split",
+        "hostNetwork": True,
+        "apiServer": {"host": "api.example", "port": 6443},
+    },
 }
 TOPOLOGIES = {k: MATRIX[k] for k in ("defaults", "split", "leader-eligible")}
 AGENT_CAPABILITIES = {"drop": ["ALL"], "add": ["MAC_ADMIN"]}
@@ -100,7 +110,28 @@ def test_nothing_runs_privileged_and_capabilities_are_exact(values: dict[str, An
                 assert ctx["capabilities"] == NO_CAPABILITIES
                 assert pod["securityContext"]["runAsNonRoot"] is True
                 assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
-        assert not [k for k in ("hostNetwork", "hostPID", "hostIPC") if pod.get(k)]
+        assert not [k for k in ("hostPID", "hostIPC") if pod.get(k)]
+        # The node's network only by choice, and only for the pods the API server calls.
+        serves_webhook = "webhook" in roles_of(pod).split(",")
+        assert pod.get("hostNetwork", False) is (bool(values.get("hostNetwork")) and serves_webhook)
+
+
+def test_the_api_server_address_and_webhook_url_reach_every_pod_that_needs_them() -> None:
+    values = MATRIX["host-network"]
+    objects = render(values)
+    for pod in pod_specs(objects):
+        env = {e["name"]: e.get("value") for e in pod["containers"][0].get("env", [])}
+        assert (env["KUBERNETES_SERVICE_HOST"], env["KUBERNETES_SERVICE_PORT"]) == ("10.1.2.3", "443")
+    [allinone] = [p for p in pod_specs(objects) if "webhook" in roles_of(p).split(",")]
+    assert "--webhook-url=https://10.1.2.3:8443" in allinone["containers"][0]["args"]
+    assert allinone["dnsPolicy"] == "ClusterFirstWithHostNet"
+    for bad in (
+        {"webhook": {"url": "https://x/mutate"}},
+        {"webhook": {"url": "http://x"}},
+        {"apiServer": {"host": "a;b"}},
+    ):
+        with pytest.raises(Exception, match="values don't meet the specifications"):
+            render(bad)
 
 
 def test_default_topology_is_one_daemonset_running_every_role_as_the_manager() -> None:

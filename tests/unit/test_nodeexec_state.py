@@ -11,9 +11,10 @@ import pytest
 
 from tests import helpers
 from varmor.nodeexec import kernel
+from varmor.nodeexec.eventqueue import RateLimiter
 from varmor.nodeexec.files import ProfileDir, atomic_write, is_varmor_name, parse_partitions
 from varmor.nodeexec.state import Failed, Loaded, NodeState, choose, node_status, validate
-from varmor.nodeexec.violations import Follower, RateLimiter
+from varmor.nodeexec.violations import Follower
 
 TEXT = "profile varmor-demo-web {\n  file,\n}\n"
 

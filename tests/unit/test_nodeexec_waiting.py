@@ -6,7 +6,7 @@ from typing import Any
 
 from varmor import api
 from varmor.nodeexec.state import Desired, PolicyRef
-from varmor.nodeexec.waiting import WaitingPods, may_tell, waiting_for_profile
+from varmor.nodeexec.waiting import WaitingPods, waiting_for_profile
 
 MESSAGE = "failed to create containerd container: apparmor profile not found varmor-team-a-web"
 
@@ -64,9 +64,9 @@ def test_a_malformed_pod_is_ignored_not_fatal() -> None:
 
 
 def test_a_policy_hears_only_of_its_own_namespaces_pods_unless_cluster_wide() -> None:
-    assert may_tell("team-a", "VarmorPolicy", "team-a")
-    assert not may_tell("team-b", "VarmorPolicy", "team-a")
-    assert may_tell("varmor", "VarmorClusterPolicy", "team-a")
+    assert PolicyRef("VarmorPolicy", "p", "team-a", "u").may_name("team-a")
+    assert not PolicyRef("VarmorPolicy", "p", "team-b", "u").may_name("team-a")
+    assert PolicyRef("VarmorClusterPolicy", "p", "", "u").may_name("team-a")
 
 
 class Sent:
@@ -165,4 +165,33 @@ async def test_a_deleted_pod_ends_its_episode_without_a_start_event() -> None:
     await pods.on_pod("ADDED", pod())
     await pods.on_pod("DELETED", pod())
     assert [b["reason"] for b in sent.bodies] == ["ProfileNotLoaded"]
+    assert pods.episodes == {}
+
+
+async def test_a_pod_naming_another_tenants_profile_learns_nothing_of_that_tenants_policy() -> None:
+    pods, sent, _ = await watch("it failed to load here: apparmor_parser: secret line 12", owner_in("team-b"))
+    await pods.on_pod("ADDED", pod())  # team-a's pod names team-b's profile
+    [only] = sent.bodies
+    assert only["involvedObject"]["kind"] == "Pod"
+    assert "secret line" not in only["message"]
+    assert "it is not loaded on this node" in only["message"]
+
+
+async def test_a_policy_hears_of_waiting_pods_at_a_bounded_rate() -> None:
+    pods, sent, _ = await watch("the agent is loading it", owner_in("varmor", "VarmorClusterPolicy"))
+    for i in range(5):
+        many = pod()
+        many["metadata"] |= {"name": f"web-{i}", "uid": f"u-{i}"}
+        await pods.on_pod("ADDED", many)
+    kinds = [b["involvedObject"]["kind"] for b in sent.bodies]
+    assert kinds.count("Pod") == 5  # each pod hears of its own container
+    assert kinds.count("VarmorClusterPolicy") == 1  # the policy once per interval
+
+
+async def test_a_pod_replaced_under_the_same_name_ends_the_old_ones_episode() -> None:
+    pods, _, _ = await watch("the agent is loading it", owner_in("team-a"))
+    await pods.on_pod("ADDED", pod())
+    newer = pod(running=True)
+    newer["metadata"]["uid"] = "u-2"
+    await pods.on_pod("MODIFIED", newer)  # what a relist delivers after a watch gap
     assert pods.episodes == {}

@@ -25,7 +25,10 @@ import yaml
 from varmor.certs import pki
 from varmor.dev.paths import K8S_VERSION, REPO_ROOT, control_plane_bin_dir
 
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+#: The address a node VM on qemu's user network dials for this API server (tests/node); the
+#: serving certificate names it, so pods there can use it as KUBERNETES_SERVICE_HOST.
+NODE_VM_API_ADDRESS = "10.0.2.100"
 CONTROLLERS = (
     "garbage-collector-controller",
     "namespace-controller",
@@ -33,6 +36,7 @@ CONTROLLERS = (
     "replicaset-controller",
     "statefulset-controller",
     "daemonset-controller",
+    "job-controller",  # the chart's uninstall hook
     "serviceaccount-controller",
     "serviceaccount-token-controller",
     "root-ca-certificate-publisher-controller",
@@ -116,7 +120,7 @@ class ControlPlane:
             "kube-apiserver",
             year,
             dns_names=("localhost", "kubernetes", "kubernetes.default", "kubernetes.default.svc"),
-            ip_addresses=("127.0.0.1", "10.0.0.1"),
+            ip_addresses=("127.0.0.1", "10.0.0.1", NODE_VM_API_ADDRESS),
         )
         admin = pki.issue(ca, "admin", year, organizations=("system:masters",), server=False, client=True)
         # The controller-manager runs every controller under its own identity
@@ -265,6 +269,23 @@ class ControlPlane:
         self.state.pids = {name: proc.pid for name, proc in self.procs.items()}
         (self.workdir / "state.json").write_text(json.dumps(asdict(self.state)))
         return self.state
+
+    def start_scheduler(self) -> None:
+        """Start kube-scheduler (once): only a run with real nodes needs one, and a scheduler
+        would bind the pods of other tests to the Node objects they create."""
+        if "kube-scheduler" in self.procs:
+            return
+        assert self.state is not None
+        p = self._pki
+        cert = self.state.issue_client("system:kube-scheduler")
+        crt, key = self.workdir / "pki" / "scheduler.crt", self.workdir / "pki" / "scheduler.key"
+        crt.write_bytes(cert.cert_pem)
+        key.write_bytes(cert.key_pem)
+        key.chmod(0o600)
+        config = self._kubeconfig("kube-scheduler", self.state.server, p["ca.crt"], crt, key)
+        bin_dir = ensure_binaries(self.version)
+        argv = [str(bin_dir / "kube-scheduler"), f"--kubeconfig={config}", "--leader-elect=false", "--v=1"]
+        self._spawn("kube-scheduler", [*argv, "--secure-port=0"], False)
 
     def upgrade_apiserver(self, version: str, timeout: float = 90.0) -> None:
         """Replace the running kube-apiserver with `version`'s, same flags, same etcd and

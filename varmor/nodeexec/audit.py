@@ -36,6 +36,14 @@ _RECORD = re.compile(
     r"(?:\[ *\d+\.\d+\] )?audit: type=1400 )"
     r"audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\): (?=apparmor=)"
 )
+# The SYSCALL record (type 1300) the kernel emits with an AVC, same stamp: it carries the
+# ppid, which names the pod when the process itself is gone by the time it is read.
+_SYSCALL = re.compile(
+    r"^(?:(?:node=\S+ )?type=SYSCALL msg="
+    r"|(?:(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ kernel: )?"
+    r"(?:\[ *\d+\.\d+\] )?audit: type=1300 )"
+    r"audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\): (?=arch=)"
+)
 _PAIR = re.compile(
     r'(?P<key>[a-z_][a-z0-9_]*)=(?:"(?P<quoted>[^"\x00-\x1f\x7f]*)"|(?P<bare>[^\s"\x00-\x1f\x7f]*))(?: +|$)'
 )
@@ -157,6 +165,35 @@ def classify(fields: dict[str, str]) -> str:
     if "name" in fields or "requested_mask" in fields:
         return "file"
     return "other"
+
+
+@dataclass(frozen=True)
+class SyscallRecord:
+    """The process side of an audit event: `serial` is shared with the event's AVC."""
+
+    serial: int
+    pid: str
+    ppid: str
+
+
+_SYSCALL_PIDS = re.compile(r" ppid=(?P<ppid>\d{1,10}) pid=(?P<pid>\d{1,10}) ")
+
+
+def parse_syscall(line: str) -> SyscallRecord | None:
+    """A kernel SYSCALL record's serial, pid and ppid, or None for anything else. Only the
+    header and the fixed `ppid=N pid=N` pair are read: the kernel writes them in that order
+    before any string a process controls (those are hex-encoded when they hold a space), and
+    the record's subject may carry a mode suffix (`subj=p (enforce)`) the pair grammar of
+    AVC records does not take."""
+    line = line.rstrip("\n").split("\x1d", 1)[0]
+    header = _SYSCALL.search(line)
+    if header is None:
+        return None
+    numbers = line[header.end() : line.find(" comm=")]  # the kernel's fields before any string
+    pids = _SYSCALL_PIDS.search(numbers)
+    if pids is None or numbers.count(" ppid=") != 1 or numbers.count(" pid=") != 1:
+        return None
+    return SyscallRecord(int(header["serial"]), pids["pid"], pids["ppid"])
 
 
 def parse_line(line: str) -> AuditRecord | None:

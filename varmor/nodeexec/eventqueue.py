@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from varmor.kube.kube import Kube
@@ -36,3 +37,22 @@ class EventQueue:
             except Exception as exc:
                 self.count("error")
                 log.warning("could not record event %s: %r", body.get("reason"), exc)
+
+
+@dataclass
+class RateLimiter:
+    """At most one Event per key per `interval`; what was held back is counted and told
+    in the next Event."""
+
+    interval: float
+    _last: dict[Any, float] = field(default_factory=dict)
+    _held: dict[Any, int] = field(default_factory=dict)
+
+    def admit(self, key: Any, now: float) -> tuple[bool, int]:
+        """(send now?, how many were suppressed before this one)."""
+        last = self._last.get(key)
+        if last is not None and now - last < self.interval:
+            self._held[key] = self._held.get(key, 0) + 1
+            return False, 0
+        self._last[key] = now
+        return True, self._held.pop(key, 0)

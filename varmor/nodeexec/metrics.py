@@ -45,3 +45,7 @@ CONTAINERS_WAITING = Gauge(
 WAITING_EVENTS = Counter(
     "varmor_agent_waiting_events_total", "Kubernetes Events about containers waiting for a profile.", ["result"]
 )  # result: sent | dropped | error
+UNATTRIBUTED = Counter(
+    "varmor_agent_unattributed_records_total",
+    "varmor audit records whose pod the agent could not name (the process was gone, or not a pod's).",
+)

@@ -14,6 +14,7 @@ from varmor.kube.informer import Informer
 from varmor.kube.tasks import task_group
 from varmor.nodeexec import metrics
 from varmor.nodeexec.agent import Agent, AgentConfig
+from varmor.nodeexec.attribution import Attributor, PodIndex
 from varmor.nodeexec.eventqueue import EventQueue
 from varmor.nodeexec.files import DEFAULT_PARTITIONS, DEFAULT_PROFILE_DIR
 from varmor.nodeexec.kernel import DEFAULT_ENABLED_FILE, DEFAULT_SECURITYFS
@@ -41,6 +42,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="abstractions/tunables searched before the profile dir (the image's own)",
     )
     g.add_argument("--audit-log", default="", help="kernel audit source to tail: audit.log or kern.log")
+    g.add_argument(
+        "--host-proc", type=Path, default=Path("/proc"), help="the host's /proc: which pod an audit record came from"
+    )
     g.add_argument("--violation-log", default="-", help="JSON lines of violations: a file, '-' (stdout) or ''")
     g.add_argument("--violation-event-interval", type=float, default=60.0, help="seconds between Events per policy")
     g.add_argument("--agent-resync", type=float, default=300.0, help="seconds between agent resyncs")
@@ -85,9 +89,11 @@ async def run(ctx: Any) -> None:
         events = EventQueue(agent.kube, lambda result: metrics.WAITING_EVENTS.labels(result).inc())
         waiting = WaitingPods(ctx.args.node_name, agent.explain_missing, agent.owner, events)
         agent.synced_listeners.append(waiting.profile_known)
+        index = PodIndex()
         pods.add_handler(waiting.on_pod)
+        pods.add_handler(index.on_pod)
         group.create_task(pods.run(), name="agent-pods")
         group.create_task(events.run(), name="agent-pod-events")
         if ctx.args.audit_log:
-            reporter = ViolationReporter.from_args(ctx.args, agent)
+            reporter = ViolationReporter.from_args(ctx.args, agent, Attributor(ctx.args.host_proc, index))
             group.create_task(reporter.run(), name="agent-violations")

@@ -24,6 +24,12 @@ class PolicyRef:
     namespace: str  # "" for VarmorClusterPolicy
     uid: str
 
+    def may_name(self, pod_namespace: str) -> bool:
+        """Whether this policy's Events may name a pod: its own namespace's, or any for a
+        cluster policy (whose owner administers the cluster). A pod in another tenant's
+        namespace that runs under this tenant's profile stays invisible to that tenant."""
+        return self.kind == api.VARMOR_CLUSTER_POLICY.kind or self.namespace == pod_namespace
+
 
 @dataclass(frozen=True)
 class Desired:

@@ -16,7 +16,7 @@ import os
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -26,8 +26,9 @@ from varmor.clock import utc_now
 from varmor.events import ObjectRef, event_body
 from varmor.kube.kube import Kube
 from varmor.nodeexec import metrics
-from varmor.nodeexec.audit import AuditRecord, parse_line
-from varmor.nodeexec.eventqueue import EventQueue
+from varmor.nodeexec.attribution import Attribution, Attributor
+from varmor.nodeexec.audit import AuditRecord, SyscallRecord, parse_line, parse_syscall
+from varmor.nodeexec.eventqueue import EventQueue, RateLimiter
 from varmor.nodeexec.files import is_varmor_name
 from varmor.nodeexec.state import Desired
 
@@ -87,33 +88,19 @@ class Follower:
             self._handle = None
 
 
-# -- rate limiting (pure) --------------------------------------------------------------
-@dataclass
-class RateLimiter:
-    """At most one Event per key per `interval`; what was held back is counted and told
-    in the next Event."""
-
-    interval: float
-    _last: dict[Any, float] = field(default_factory=dict)
-    _held: dict[Any, int] = field(default_factory=dict)
-
-    def admit(self, key: Any, now: float) -> tuple[bool, int]:
-        """(send now?, how many were suppressed before this one)."""
-        last = self._last.get(key)
-        if last is not None and now - last < self.interval:
-            self._held[key] = self._held.get(key, 0) + 1
-            return False, 0
-        self._last[key] = now
-        return True, self._held.pop(key, 0)
-
-
 @dataclass(frozen=True)
 class Violation:
     record: AuditRecord
     owner: Desired | None  # the ArmorProfile it came from, when known
+    attribution: Attribution | None = None  # the pod, when the agent resolves pods
 
     def as_json(self, node: str) -> dict[str, Any]:
         entry: dict[str, Any] = {"node": node, **self.record.as_json()}
+        if self.attribution is not None:
+            pod = self.attribution.pod
+            entry["pod"] = pod.as_json() if pod is not None else None
+            if pod is None:
+                entry["unattributed"] = self.attribution.reason
         if self.owner is not None:
             entry["armorProfile"] = {"namespace": self.owner.namespace, "name": self.owner.name}
             if self.owner.policy is not None:
@@ -131,6 +118,9 @@ def violation_event(violation: Violation, node: str, suppressed: int, now: dt.da
     message = f"node {node}: {record.action} {record.operation} {record.target}".rstrip()
     comm = record.fields.get("comm")
     message += f" by {comm}" if comm else ""
+    pod = violation.attribution.pod if violation.attribution is not None else None
+    if pod is not None:
+        message += f" in {pod.describe()}" if policy.may_name(pod.namespace) else " in a pod of another namespace"
     message += f" (profile {record.profile})"
     if suppressed:
         message += f"; {suppressed} more since the previous event"
@@ -156,6 +146,7 @@ class ViolationReporter:
         source: Path,
         owner: Callable[[str], Desired | None],
         *,
+        attributor: Attributor | None = None,
         json_out: str = "-",
         event_interval: float = 60.0,
         poll: float = 0.5,
@@ -166,6 +157,7 @@ class ViolationReporter:
         self.node = node
         self.follower = Follower(source, from_start=from_start)
         self.owner = owner
+        self.attributor = attributor
         self.json_out = json_out
         self.limiter = RateLimiter(event_interval)
         self.poll = poll
@@ -177,12 +169,13 @@ class ViolationReporter:
         self.seen = 0
 
     @classmethod
-    def from_args(cls, args: Any, agent: Any) -> ViolationReporter:
+    def from_args(cls, args: Any, agent: Any, attributor: Attributor | None = None) -> ViolationReporter:
         return cls(
             agent.kube,
             args.node_name,
             Path(args.audit_log),
             agent.owner,
+            attributor=attributor,
             json_out=args.violation_log,
             event_interval=args.violation_event_interval,
         )
@@ -195,8 +188,8 @@ class ViolationReporter:
             else:
                 await asyncio.sleep(self.poll)
 
-    def handle(self, line: str) -> Violation | None:
-        """Parse, attribute and count one line; queue its Event if the limiter allows."""
+    def parse(self, line: str) -> AuditRecord | None:
+        """One line's record of a varmor profile, or None; counted either way."""
         try:
             record = parse_line(line)
         except Exception:  # a malformed line must never stop the tailer
@@ -206,8 +199,32 @@ class ViolationReporter:
             metrics.AUDIT_LINES.labels("other").inc()
             return None
         metrics.AUDIT_LINES.labels("varmor").inc()
+        return record
+
+    def attribute(self, records: list[AuditRecord], syscalls: dict[int, SyscallRecord]) -> list[Attribution | None]:
+        """Blocking (a /proc read per record): the pods of `records`, read while their
+        processes (or, for one already gone, its parent from the event's SYSCALL record,
+        `syscalls` by serial, the same pid) most likely still run."""
+        if self.attributor is None:
+            return [None] * len(records)
+        out: list[Attribution | None] = []
+        for record in records:
+            pid = record.fields.get("pid")
+            syscall = syscalls.get(record.serial) if record.serial is not None else None
+            parent = syscall.ppid if syscall is not None and syscall.pid == pid else None
+            out.append(self.attributor.attribute(pid, parent, record.timestamp))
+        return out
+
+    def handle(self, line: str, attribution: Attribution | None = None) -> Violation | None:
+        """Parse, attribute and count one line; queue its Event if the limiter allows."""
+        record = self.parse(line)
+        return None if record is None else self.report(record, attribution)
+
+    def report(self, record: AuditRecord, attribution: Attribution | None) -> Violation:
         metrics.VIOLATIONS.labels(record.action, record.klass).inc()
-        violation = Violation(record, self.owner(record.base_profile))
+        if attribution is not None and attribution.pod is None:
+            metrics.UNATTRIBUTED.inc()
+        violation = Violation(record, self.owner(record.base_profile), attribution)
         self.seen += 1
         self._queue_event(violation)
         return violation
@@ -237,7 +254,10 @@ class ViolationReporter:
         sender = asyncio.create_task(self.events.run()) if self.events is not None else None
         try:
             async for lines in self.lines():
-                entries = [v.as_json(self.node) for v in map(self.handle, lines) if v is not None]
+                records = [r for r in map(self.parse, lines) if r is not None]
+                syscalls = {s.serial: s for s in map(parse_syscall, lines) if s is not None} if records else {}
+                attributions = await asyncio.to_thread(self.attribute, records, syscalls) if records else []
+                entries = [self.report(r, a).as_json(self.node) for r, a in zip(records, attributions, strict=True)]
                 if out is not None and entries:
                     text = "".join(orjson.dumps(e).decode() + "\n" for e in entries)
                     await asyncio.to_thread(_write, out, text)

@@ -27,7 +27,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from varmor import api
 from varmor.admission.objects import Container, PlanError, view_of
 from varmor.admission.planner import effective_localhost
 from varmor.clock import Clock, utc_now
@@ -35,7 +34,7 @@ from varmor.events import ObjectRef, event_body
 from varmor.kube.client import JSON
 from varmor.kube.informer import EventType
 from varmor.nodeexec import metrics
-from varmor.nodeexec.eventqueue import EventQueue
+from varmor.nodeexec.eventqueue import EventQueue, RateLimiter
 from varmor.nodeexec.files import is_varmor_name
 from varmor.nodeexec.state import Desired
 
@@ -110,13 +109,6 @@ def waiting_for_profile(pod: Mapping[str, Any]) -> list[Waiting]:
     return out
 
 
-def may_tell(policy_namespace: str, policy_kind: str, pod_namespace: str) -> bool:
-    """Whether a policy's Events may name a pod: its own namespace's, or any for a cluster
-    policy (whose owner administers the cluster). A pod in another tenant's namespace that
-    names this tenant's profile stays invisible to that tenant."""
-    return policy_kind == api.VARMOR_CLUSTER_POLICY.kind or policy_namespace == pod_namespace
-
-
 @dataclass
 class _Episode:
     waiting: Waiting
@@ -145,6 +137,7 @@ class WaitingPods:
         *,
         clock: Clock = utc_now,
         monotonic: Callable[[], float] = time.monotonic,
+        policy_event_interval: float = 60.0,
     ) -> None:
         self.node = node
         self.explain = explain
@@ -153,12 +146,22 @@ class WaitingPods:
         self.clock = clock
         self.monotonic = monotonic
         self.episodes: dict[tuple[str, str, str], _Episode] = {}
+        # Pods of any tenant can name a cluster policy's profile: its Events are rate-limited.
+        self.limiter = RateLimiter(policy_event_interval)
+        self._uid_of: dict[tuple[str, str], str] = {}  # (namespace, name) -> UID
         self._lock = asyncio.Lock()
 
     async def on_pod(self, event: EventType, pod: JSON) -> None:
-        uid = str((pod.get("metadata") or {}).get("uid") or "")
+        meta = pod.get("metadata") or {}
+        uid = str(meta.get("uid") or "")
+        name = (str(meta.get("namespace") or ""), str(meta.get("name") or ""))
         now_waiting = {} if event == "DELETED" else {w.key: w for w in waiting_for_profile(pod)}
         async with self._lock:  # one pod's episodes change as one step
+            replaced = self._uid_of.pop(name, uid)
+            if event != "DELETED":
+                self._uid_of[name] = uid
+            for key in [k for k in self.episodes if k[0] == replaced != uid]:  # a relist's same-name pod
+                del self.episodes[key]
             for key in [k for k in self.episodes if k[0] == uid and k not in now_waiting]:
                 episode = self.episodes.pop(key)
                 if episode.told and event != "DELETED" and _running(pod, key[1]):
@@ -177,10 +180,14 @@ class WaitingPods:
 
     def profile_known(self, profile: str) -> None:
         """The agent synced `profile`: a policy whose ArmorProfile reached this node after the
-        runtime refused its pod hears of that pod now."""
+        runtime refused its pod hears of that pod now (once: the decision is kept)."""
+        if self.owner(profile) is None:
+            return
         for episode in self.episodes.values():
             if episode.told and not episode.policy_told and episode.waiting.profile == profile:
-                self._tell_waiting(episode, "its ArmorProfile reached this node after the runtime tried", pod=False)
+                episode.policy_told = True
+                if (policy := self._policy(episode.waiting)) is not None:
+                    self._tell_policy(policy, episode, "its ArmorProfile reached this node after the runtime tried")
 
     def _count(self) -> None:
         metrics.CONTAINERS_WAITING.set(sum(1 for e in self.episodes.values() if e.told))
@@ -194,18 +201,33 @@ class WaitingPods:
         )
 
     def _policy(self, w: Waiting) -> ObjectRef | None:
+        """The policy that may hear of `w`'s pod, if any."""
         owner = self.owner(w.profile)
         policy = owner.policy if owner is not None else None
-        if policy is None or not may_tell(policy.namespace, policy.kind, w.namespace):
+        if policy is None or not policy.may_name(w.namespace):
             return None
         return ObjectRef(kind=policy.kind, name=policy.name, namespace=policy.namespace, uid=policy.uid)
 
-    def _targets(self, w: Waiting, *, pod: bool = True) -> list[ObjectRef]:
-        refs = [ObjectRef(kind="Pod", name=w.pod, namespace=w.namespace, uid=w.uid, api_version="v1")] if pod else []
-        policy = self._policy(w)
-        return [*refs, policy] if policy is not None else refs
+    def _pod(self, w: Waiting) -> ObjectRef:
+        return ObjectRef(kind="Pod", name=w.pod, namespace=w.namespace, uid=w.uid, api_version="v1")
 
-    def _tell_waiting(self, episode: _Episode, why: str, *, pod: bool = True) -> None:
+    def _tell_policy(self, policy: ObjectRef, episode: _Episode, why: str) -> None:
+        w = episode.waiting
+        send, suppressed = self.limiter.admit((policy.kind, policy.namespace, policy.name), self.monotonic())
+        if not send:
+            return
+        message = (
+            f"pod {w.namespace}/{w.pod} ({w.container}) waits on node {self.node}: AppArmor profile {w.profile} "
+            f"is not loaded there: {why}. The kubelet retries and starts it once the profile is loaded."
+        )
+        if suppressed:
+            message += f" {suppressed} more pods waited since the previous event."
+        self._send(policy, "Warning", "ProfileNotLoaded", message)
+
+    def _tell_waiting(self, episode: _Episode, why: str) -> None:
+        """The pod always hears; the reason in detail only when the profile's policy may name
+        the pod (its own namespace's, or a cluster policy): a pod that names another
+        tenant's profile learns nothing of that tenant's policy, not even a load failure."""
         w = episode.waiting
         log.warning(
             "pod %s/%s container %s waits for profile %s: %s",
@@ -216,16 +238,19 @@ class WaitingPods:
             why,
             extra={"fields": {"runtime": w.message}},
         )
-        for ref in self._targets(w, pod=pod):
-            episode.policy_told = episode.policy_told or ref.kind != "Pod"
-            subject = f"container {w.container}" if ref.kind == "Pod" else f"pod {w.namespace}/{w.pod} ({w.container})"
-            message = (
-                f"{subject} waits on node {self.node}: AppArmor profile {w.profile} is not loaded there: {why}. "
-                "The kubelet retries and starts it once the profile is loaded."
-            )
-            if ref.kind == "Pod" and w.message:
-                message += f" Runtime: {w.message}"
-            self._send(ref, "Warning", "ProfileNotLoaded", message)
+        policy = self._policy(w)
+        shown = why if policy is not None else "it is not loaded on this node"
+        message = (
+            f"container {w.container} waits on node {self.node}: AppArmor profile {w.profile} is not loaded "
+            f"there: {shown}. The kubelet retries and starts it once the profile is loaded."
+        )
+        if w.message:
+            message += f" Runtime: {w.message}"
+        self._send(self._pod(w), "Warning", "ProfileNotLoaded", message)
+        if self.owner(w.profile) is not None:
+            episode.policy_told = True
+            if policy is not None:
+                self._tell_policy(policy, episode, why)
 
     def _tell_started(self, episode: _Episode) -> None:
         w = episode.waiting
@@ -233,10 +258,14 @@ class WaitingPods:
         log.info(
             "pod %s/%s container %s started under %s after %.0fs", w.namespace, w.pod, w.container, w.profile, waited
         )
-        for ref in self._targets(w):
-            subject = f"container {w.container}" if ref.kind == "Pod" else f"pod {w.namespace}/{w.pod} ({w.container})"
-            message = f"{subject} started on node {self.node} under {w.profile} after waiting {waited:.0f}s for it"
-            self._send(ref, "Normal", "ProfileLoaded", message)
+        started = f"started on node {self.node} under {w.profile} after waiting {waited:.0f}s for it"
+        self._send(self._pod(w), "Normal", "ProfileLoaded", f"container {w.container} {started}")
+        policy = self._policy(w)
+        if (
+            policy is not None
+            and self.limiter.admit((policy.kind, policy.namespace, policy.name, "started"), self.monotonic())[0]
+        ):
+            self._send(policy, "Normal", "ProfileLoaded", f"pod {w.namespace}/{w.pod} ({w.container}) {started}")
 
 
 def _running(pod: Mapping[str, Any], container: str) -> bool:

@@ -32,7 +32,7 @@ echo "BOOT $(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
 
 containerd --config /etc/containerd/config.toml > /var/log/containerd.log 2>&1 &
 for _ in $(seq 1 300); do [ -S /run/containerd/containerd.sock ] && break; sleep 0.1; done
-for image in /var/lib/varmor/images/*.tar; do
+for image in /var/lib/varmor/images/*.tar $IMAGE_DEVICES; do
   ctr -n k8s.io images import "$image" > /dev/null 2>> /var/log/varmor-images.log
 done
 echo "CONTAINERD $(cut -d' ' -f1 /proc/uptime)" > /dev/ttyS0
@@ -42,14 +42,17 @@ mkdir -p /var/log/audit
 auditd > /dev/null 2>&1
 
 # The agent: the chart's arguments, the chart's agent token (see tests/node/nodevm.py),
-# restarted when it exits, as the kubelet restarts a DaemonSet's pod.
-(
-  while :; do
-    PYTHONPATH=/run/varmor/src:/opt/varmor/lib python3 -m varmor.cli $AGENT_ARGS >> /var/log/varmor-agent.log 2>&1
-    echo "agent exited: $?" >> /var/log/varmor-agent.log
-    sleep 1
-  done
-) &
+# restarted when it exits, as the kubelet restarts a DaemonSet's pod. None when the chart's
+# own DaemonSet runs it from the image.
+if [ -n "$AGENT_ARGS" ]; then
+  (
+    while :; do
+      PYTHONPATH=/run/varmor/src:/opt/varmor/lib python3 -m varmor.cli $AGENT_ARGS >> /var/log/varmor-agent.log 2>&1
+      echo "agent exited: $?" >> /var/log/varmor-agent.log
+      sleep 1
+    done
+  ) &
+fi
 
 kubelet --config=/etc/kubernetes/kubelet.yaml --kubeconfig=/run/varmor/kubelet.kubeconfig \
   --hostname-override="$NODE_NAME" --node-ip=10.0.2.15 $KUBELET_ARGS > /var/log/kubelet.log 2>&1 &
@@ -63,6 +66,7 @@ while read -r id cmd <&3; do
   [ -n "$id" ] || continue
   sh -c "$cmd" > /tmp/ctl.out 2>&1 < /dev/null
   rc=$?
+  [ -z "$(tail -c1 /tmp/ctl.out)" ] || echo >> /tmp/ctl.out  # end a last line without newline
   sed "s/^/OUT $id /" /tmp/ctl.out >&3
   echo "RC $id $rc" >&3
 done
