@@ -328,7 +328,9 @@ async def compile_profile(
         run = await run_async(compile_command([path], [tmp / "inc"]), budget, wall)
         return _result(run, budget, path, name)
     finally:
-        await asyncio.shield(asyncio.to_thread(shutil.rmtree, tmp, True))
+        # Synchronously: a few small files, and a thread started here may never run when the
+        # caller is cancelled as its loop shuts down, which left these directories behind.
+        shutil.rmtree(tmp, True)
 
 
 def _stage(tmp: Path, path: Path, text: str) -> None:

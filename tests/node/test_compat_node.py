@@ -5,6 +5,7 @@ upgrade (the field plus the matching annotation, which a 1.29 kubelet reads) con
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import time
 import uuid
@@ -30,14 +31,15 @@ async def test_a_1_29_kubelet_keeps_pods_confined_across_the_api_server_upgrade(
     plane = start_plane(OLD)
     assert plane.state is not None
     api_client = await new_api_client(plane.state.kubeconfig)
+    tmp = Path(tempfile.mkdtemp(prefix="varmor-node-old-"))
     try:
         await install_crds_with(plane.state.kubeconfig)
-        tmp = Path(tempfile.mkdtemp(prefix="varmor-node-old-"))
         async with running_node(api_client, plane.state, plane.state.kubeconfig, tmp, kube_version=OLD) as node:
             await _across_the_upgrade(api_client, plane, node)
     finally:
         await api_client.close()
         stop_plane(plane)
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 async def _across_the_upgrade(api_client: Any, plane: Any, node: Any) -> None:
