@@ -61,6 +61,9 @@ ValidatingAdmissionPolicy (node-report-guard.yaml is the guard from 1.30). */}}
 {{- with .Values.webhook.url }}
 - --webhook-url={{ . }}
 {{- end }}
+{{- if .Values.webhook.clientCA }}
+- --webhook-client-ca=/etc/varmor/webhook-client-ca/ca.crt
+{{- end }}
 - --webhook-config-name={{ include "varmor.fullname" . }}
 - --webhook-failure-policy={{ .Values.webhook.failurePolicy }}
 - --webhook-timeout-seconds={{ .Values.webhook.timeoutSeconds }}
@@ -210,4 +213,18 @@ nodeAffinity:
       - matchExpressions: [{key: {{ $k | quote }}, operator: DoesNotExist}]
       {{- end }}
       {{- end }}
+{{- end -}}
+
+{{- /* webhook.clientCA: the CA file the webhook checks the API server's certificate with */ -}}
+{{- define "varmor.webhookClientCAMount" -}}
+{{- if .Values.webhook.clientCA }}
+- {name: webhook-client-ca, mountPath: /etc/varmor/webhook-client-ca, readOnly: true}
+{{- end }}
+{{- end -}}
+
+{{- define "varmor.webhookClientCAVolume" -}}
+{{- if .Values.webhook.clientCA }}
+- name: webhook-client-ca
+  configMap: {name: {{ include "varmor.fullname" . }}-webhook-client-ca}
+{{- end }}
 {{- end -}}

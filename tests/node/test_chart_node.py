@@ -108,7 +108,11 @@ def chart_values(node: ChartNode, topology: str) -> dict[str, Any]:
         "topology": topology,
         "image": {"pullPolicy": "Never"},  # imported into the node's containerd, no registry
         "hostNetwork": True,
-        "webhook": {"url": f"https://127.0.0.1:{node.webhook_port}"},
+        # The port is on the node's network: the webhook answers only the API server's certificate.
+        "webhook": {
+            "url": f"https://127.0.0.1:{node.webhook_port}",
+            "clientCA": node.plane.webhook_client_ca.read_text(),
+        },
         "apiServer": {"host": nodevm.API_ADDRESS, "port": 443},
         "manager": {"replicas": 1},
     }
@@ -150,6 +154,18 @@ def workload(name: str) -> dict[str, Any]:
             "template": {"metadata": {"labels": labels}, "spec": spec},
         },
     }
+
+
+async def refused_without_the_api_servers_certificate(node: ChartNode) -> None:
+    """The webhook port listens on the node's network: a review from anyone but the API
+    server (no client certificate signed by webhook.clientCA) is refused at the handshake."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    review = {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {"uid": "x"}}
+    async with aiohttp.ClientSession() as session:
+        with pytest.raises((aiohttp.ClientError, ssl.SSLError, ConnectionError)):
+            async with session.post(f"https://127.0.0.1:{node.webhook_port}/mutate", json=review, ssl=ctx) as r:
+                await r.read()
 
 
 # -- root on the node versus the cluster ---------------------------------------------------
@@ -302,6 +318,7 @@ async def test_the_chart_runs_varmor_from_its_image_on_the_node_from_install_to_
 
         holder = await wait_for(leader, timeout=120, interval=1.0, what="a leader elected")
         assert holder in {p.metadata.name for p in pods}
+        await refused_without_the_api_servers_certificate(chart_node)
 
         name = "confined"
         profile = f"varmor-{work_ns}-{name}"

@@ -134,6 +134,26 @@ def test_the_api_server_address_and_webhook_url_reach_every_pod_that_needs_them(
             render(bad)
 
 
+@pytest.mark.parametrize("topology", ["allinone", "split"])
+def test_a_webhook_client_ca_makes_every_webhook_pod_require_the_api_servers_certificate(topology: str) -> None:
+    import datetime as dt
+
+    from varmor.certs import pki
+
+    pem = pki.new_ca("api-server-webhook-client-ca", dt.timedelta(days=1)).cert_pem.decode()
+    objects = render({"topology": topology, "hostNetwork": True, "webhook": {"clientCA": pem}})
+    [config_map] = by_kind(objects, "ConfigMap")
+    assert config_map["data"]["ca.crt"] == pem
+    for pod in pod_specs(objects):
+        args = pod["containers"][0]["args"]
+        serves = "webhook" in roles_of(pod).split(",")
+        assert ("--webhook-client-ca=/etc/varmor/webhook-client-ca/ca.crt" in args) is serves
+        mounts = {m["name"]: m for m in pod["containers"][0].get("volumeMounts", [])}
+        assert ("webhook-client-ca" in mounts) is serves
+    with pytest.raises(Exception, match="values don't meet the specifications"):
+        render({"webhook": {"clientCA": "not a certificate"}})
+
+
 def test_default_topology_is_one_daemonset_running_every_role_as_the_manager() -> None:
     objects = render({})
     assert not by_kind(objects, "Deployment")
