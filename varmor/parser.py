@@ -321,7 +321,9 @@ async def compile_profile(
     name: str, text: str, budget: CompileBudget = DEFAULT_BUDGET, *, wall: float | None = None
 ) -> CompileResult:
     """Compile one profile text from the event loop (the webhook, the leader)."""
-    tmp = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="varmor-compile-"))
+    # Made here, not in a thread: a caller cancelled while a thread made it never got the
+    # name to remove it.
+    tmp = Path(tempfile.mkdtemp(prefix="varmor-compile-"))
     try:
         path = tmp / "profile.aa"
         await asyncio.to_thread(_stage, tmp, path, text)
