@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,19 @@ _POD_UID = re.compile(r"pod([0-9a-f]{8}[-_][0-9a-f]{4}[-_][0-9a-f]{4}[-_][0-9a-f
 _CONTAINER_ID = re.compile(r"^(?:[a-z]+(?:-[a-z]+)*-)?([0-9a-f]{64})(?:\.scope)?$")
 _PID = re.compile(r"^[1-9][0-9]{0,9}$")
 _STATUSES = ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses")
+
+
+def container_statuses(pod: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """Every container status of a pod (init, regular, ephemeral), skipping misshapen ones."""
+    status = pod.get("status") or {}
+    if not isinstance(status, Mapping):
+        return
+    for group in _STATUSES:
+        for entry in status.get(group) or ():
+            if isinstance(entry, Mapping):
+                yield entry
+
+
 MAX_CGROUP_BYTES = 4096
 
 
@@ -119,13 +132,12 @@ class PodIndex:
         ref = PodRef(str(meta.get("namespace") or ""), str(meta.get("name") or ""), uid)
         self.pods[uid] = ref
         ids: set[str] = set()
-        for group in _STATUSES:
-            for status in (pod.get("status") or {}).get(group) or ():
-                cid = _container_id(status)
-                if cid:
-                    name, image = str(status.get("name") or ""), str(status.get("image") or "")
-                    self.containers[cid] = PodRef(ref.namespace, ref.name, uid, name, image)
-                    ids.add(cid)
+        for status in container_statuses(pod):
+            cid = _container_id(status)
+            if cid:
+                name, image = str(status.get("name") or ""), str(status.get("image") or "")
+                self.containers[cid] = PodRef(ref.namespace, ref.name, uid, name, image)
+                ids.add(cid)
         self._ids_of[uid] = ids
 
     def find(self, pod_uid: str | None, container: str | None) -> PodRef | None:

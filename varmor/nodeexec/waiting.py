@@ -34,13 +34,13 @@ from varmor.events import ObjectRef, event_body
 from varmor.kube.client import JSON
 from varmor.kube.informer import EventType
 from varmor.nodeexec import metrics
+from varmor.nodeexec.attribution import container_statuses
 from varmor.nodeexec.eventqueue import EventQueue, RateLimiter
 from varmor.nodeexec.files import is_varmor_name
 from varmor.nodeexec.state import Desired
 
 log = logging.getLogger(__name__)
 REFUSED = "CreateContainerError"  # the kubelet's waiting reason when the runtime refused to create
-_STATUSES = ("initContainerStatuses", "containerStatuses", "ephemeralContainerStatuses")
 MAX_MESSAGE = 300  # of the runtime's message, quoted in the pod's Event
 
 
@@ -73,15 +73,13 @@ def waiting_for_profile(pod: Mapping[str, Any]) -> list[Waiting]:
     one. The profile comes from the pod's spec (what the kubelet asked the runtime for),
     never from the runtime's message, which is only quoted."""
     meta = pod.get("metadata") or {}
-    status = pod.get("status") or {}
-    if not isinstance(meta, Mapping) or not isinstance(status, Mapping):
+    if not isinstance(meta, Mapping):
         return []
     refused = []
-    for group in _STATUSES:
-        for entry in status.get(group) or ():
-            waiting = ((entry or {}).get("state") or {}).get("waiting") or {}
-            if isinstance(waiting, Mapping) and waiting.get("reason") == REFUSED:
-                refused.append((str(entry.get("name") or ""), str(waiting.get("message") or "")))
+    for entry in container_statuses(pod):
+        waiting = (entry.get("state") or {}).get("waiting") or {}
+        if isinstance(waiting, Mapping) and waiting.get("reason") == REFUSED:
+            refused.append((str(entry.get("name") or ""), str(waiting.get("message") or "")))
     if not refused:
         return []
     try:
@@ -269,10 +267,8 @@ class WaitingPods:
 
 
 def _running(pod: Mapping[str, Any], container: str) -> bool:
-    status = pod.get("status") or {}
-    for group in _STATUSES:
-        for entry in status.get(group) or ():
-            if (entry or {}).get("name") == container:
-                state = entry.get("state") or {}
-                return isinstance(state, Mapping) and ("running" in state or "terminated" in state)
+    for entry in container_statuses(pod):
+        if entry.get("name") == container:
+            state = entry.get("state") or {}
+            return isinstance(state, Mapping) and ("running" in state or "terminated" in state)
     return False
