@@ -26,6 +26,10 @@ VARMOR_POLICY = Resource("VarmorPolicy", "varmorpolicies", True, ("vpol",))
 VARMOR_CLUSTER_POLICY = Resource("VarmorClusterPolicy", "varmorclusterpolicies", False, ("vcpol",))
 ARMOR_PROFILE = Resource("ArmorProfile", "armorprofiles", True)
 ARMOR_NODE = Resource("ArmorNode", "armornodes", False, ("anode",))
+# Behaviour modelling: one node's share of what a profile's processes did (written by that
+# node's agent), and the leader's merge of the shares, per profile (outlives its policy).
+ARMOR_BEHAVIOR = Resource("ArmorBehavior", "armorbehaviors", True)
+ARMOR_PROFILE_MODEL = Resource("ArmorProfileModel", "armorprofilemodels", True)
 POD = Resource("Pod", "pods", True, api_version="v1")  # the agent watches its node's pods
 
 TARGET_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "Pod")
@@ -38,6 +42,10 @@ VARMOR_APPARMOR_ANNOTATION_PREFIX = "container.apparmor.security.beta.varmor.org
 UNCONFINED = "unconfined"
 RESTARTED_AT_ANNOTATION = "controller.varmor.org/restartedAt"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+PROFILE_LABEL = "varmor.org/profile"  # an ArmorBehavior's profile (the leader selects a profile's shares by it)
+# A DefenseInDepth policy enforces the model digest it was switched in with; a later model
+# is enforced only once this annotation on the policy names its sha256 (`varmor model accept`).
+ACCEPT_MODEL_ANNOTATION = "varmor.org/accept-model"
 
 # ArmorNode heartbeats: the agent renews `status.heartbeatTime` this often, and the leader
 # treats a node whose heartbeat is older than DEFAULT_LOST_AFTER as having lost its agent.

@@ -188,6 +188,22 @@ def columns(kind: str) -> list[JSON]:
             _column("CURRENT", ".status.currentNumberLoaded", "integer"),
             _age(),
         ]
+    if kind == api.ARMOR_BEHAVIOR.kind:
+        return [
+            _column("PROFILE", ".spec.profileName"),
+            _column("NODE", ".spec.nodeName"),
+            _column("RECORDS", ".spec.records", "integer"),
+            _column("LOST", ".spec.lostRecords", "integer"),
+            _age(),
+        ]
+    if kind == api.ARMOR_PROFILE_MODEL.kind:
+        return [
+            _column("STORAGE-TYPE", ".storageType"),
+            _column("RULES", ".status.rules", "integer"),
+            _column("RECORDS", ".status.records", "integer"),
+            _column("LOST", ".status.lostRecords", "integer"),
+            _age(),
+        ]
     return [
         _column("PHASE", ".status.phase"),
         _column("READY", ".status.ready", "boolean"),
@@ -233,7 +249,7 @@ def crd(resource: api.Resource, tp: Any) -> JSON:
 
 
 def crds() -> list[JSON]:
-    """All four CRDs, in a stable order."""
+    """All of varmor's CRDs, in a stable order."""
     return [crd(resource, tp) for resource, tp in KINDS]
 
 

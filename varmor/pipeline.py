@@ -20,6 +20,7 @@ from typing import Any
 from varmor import api
 from varmor.policy import Policy, PolicyError, parse_policy
 from varmor.profile.builder import BuiltProfile, build_profile
+from varmor.profile.deny_default import BehaviorInputs, ModelMissing
 from varmor.rules import Catalog, load_catalog
 
 CACHE_SIZE = 4096
@@ -34,7 +35,8 @@ MAX_PROFILE_BYTES = 1024 * 1024
 
 class CompileError(Exception):
     """The policy cannot become a profile. `reason` is the status condition's reason:
-    `Invalid` (the user's input; the message names the field) or `BuildFailed` (a bug)."""
+    `Invalid` (the user's input; the message names the field), `ModelMissing` (DefenseInDepth
+    with no behaviour model yet) or `BuildFailed` (a bug)."""
 
     def __init__(self, reason: str, message: str) -> None:
         super().__init__(message)
@@ -56,24 +58,36 @@ class CompiledPolicy:
         return self.profile.warnings
 
 
-_cache: OrderedDict[tuple[str, int, str, int], CompiledPolicy] = OrderedDict()
+CacheKey = tuple[str, int, str, int, BehaviorInputs]
+_cache: OrderedDict[CacheKey, CompiledPolicy] = OrderedDict()
+# Admission and `varmor profile render` know no model and no modelling window: they check
+# the modelling profile, and a DefenseInDepth profile with an empty model (which still
+# compiles every raw and custom rule). The leader passes the real inputs.
+ADMISSION_VIEW = BehaviorInputs(modeling=True, model_rules=())
 
 
-def _cache_key(obj: Mapping[str, Any], install_namespace: str, catalog: Catalog) -> tuple[str, int, str, int] | None:
+def _cache_key(
+    obj: Mapping[str, Any], install_namespace: str, catalog: Catalog, inputs: BehaviorInputs
+) -> CacheKey | None:
     meta = obj.get("metadata")
     if not isinstance(meta, Mapping):
         return None
     uid, generation = meta.get("uid"), meta.get("generation")
     if not isinstance(uid, str) or not uid or not isinstance(generation, int) or generation <= 0:
         return None  # not stored yet (admission of a CREATE): nothing identifies the content
-    return uid, generation, install_namespace, id(catalog)
+    return uid, generation, install_namespace, id(catalog), inputs
 
 
-def compile_policy(obj: Mapping[str, Any], install_namespace: str, catalog: Catalog | None = None) -> CompiledPolicy:
+def compile_policy(
+    obj: Mapping[str, Any],
+    install_namespace: str,
+    catalog: Catalog | None = None,
+    inputs: BehaviorInputs = ADMISSION_VIEW,
+) -> CompiledPolicy:
     """A VarmorPolicy or VarmorClusterPolicy (the API's JSON) as its profile, or
-    CompileError."""
+    CompileError. `inputs`: the behaviour modes' window and model (the leader's)."""
     catalog = catalog or load_catalog()
-    key = _cache_key(obj, install_namespace, catalog)
+    key = _cache_key(obj, install_namespace, catalog, inputs)
     if key is not None and (hit := _cache.get(key)) is not None:
         _cache.move_to_end(key)
         return hit
@@ -93,7 +107,9 @@ def compile_policy(obj: Mapping[str, Any], install_namespace: str, catalog: Cata
             "(each becomes a child profile repeating every rule)",
         )
     try:
-        profile = build_profile(policy, name, catalog)
+        profile = build_profile(policy, name, catalog, inputs)
+    except ModelMissing as exc:
+        raise CompileError("ModelMissing", str(exc)) from None
     except Exception as exc:  # a builder bug must not crash-loop the leader or 500 an admission
         raise CompileError("BuildFailed", f"building the profile failed: {exc}") from exc
     if len(profile.text.encode()) > MAX_PROFILE_BYTES:

@@ -120,4 +120,6 @@ def test_each_call_returns_fresh_crds() -> None:
         api.VARMOR_CLUSTER_POLICY.kind,
         api.ARMOR_PROFILE.kind,
         api.ARMOR_NODE.kind,
+        api.ARMOR_BEHAVIOR.kind,
+        api.ARMOR_PROFILE_MODEL.kind,
     ]

@@ -82,9 +82,16 @@ def test_closed_sets_agree_with_the_code() -> None:
     assert typing.get_args(typing.get_args(operator.type)[0]) == OPERATORS
 
 
-def test_kinds_cover_the_four_resources() -> None:
+def test_kinds_cover_every_resource() -> None:
     resources = [r for r, _ in models.KINDS]
-    assert resources == [api.VARMOR_POLICY, api.VARMOR_CLUSTER_POLICY, api.ARMOR_PROFILE, api.ARMOR_NODE]
+    assert resources == [
+        api.VARMOR_POLICY,
+        api.VARMOR_CLUSTER_POLICY,
+        api.ARMOR_PROFILE,
+        api.ARMOR_NODE,
+        api.ARMOR_BEHAVIOR,
+        api.ARMOR_PROFILE_MODEL,
+    ]
     assert VarmorPolicy().kind == api.VARMOR_POLICY.kind
     assert msgspec.to_builtins(ArmorNode()) == {"apiVersion": api.API_VERSION, "kind": "ArmorNode", "metadata": {}}
 

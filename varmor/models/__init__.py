@@ -32,22 +32,21 @@ from varmor.models.base import (
     ProfileMode,
     TargetKind,
 )
+from varmor.models.behavior import ArmorBehavior, ArmorBehaviorRoot, ArmorProfileModel
 from varmor.models.node import ArmorNode, ArmorNodeStatus, FailedProfile, LoadedProfile
 from varmor.models.policy import (
     CATEGORY_FIELDS,
     AttackProtectionRules,
     EnhanceProtect,
-    PolicyCondition,
     PolicyRules,
     PolicySpec,
-    PolicyStatus,
     RawRules,
-    Selector,
-    SelectorRequirement,
-    Target,
     VarmorClusterPolicy,
+    VarmorClusterPolicyRoot,
     VarmorPolicy,
+    VarmorPolicyRoot,
 )
+from varmor.models.policystatus import ModelingStatus, ModelStatus, PolicyCondition, PolicyStatus
 from varmor.models.profile import (
     ArmorProfile,
     ArmorProfileRoot,
@@ -56,21 +55,26 @@ from varmor.models.profile import (
     NodeCondition,
     Profile,
 )
+from varmor.models.target import Selector, SelectorRequirement, Target
 
 # Each kind with the type its CRD schema is generated from, in the order `varmor crds` writes them.
 KINDS: Final[tuple[tuple[api.Resource, Any], ...]] = (
-    (api.VARMOR_POLICY, VarmorPolicy),
-    (api.VARMOR_CLUSTER_POLICY, VarmorClusterPolicy),
+    (api.VARMOR_POLICY, VarmorPolicyRoot),
+    (api.VARMOR_CLUSTER_POLICY, VarmorClusterPolicyRoot),
     (api.ARMOR_PROFILE, ArmorProfileRoot),
     (api.ARMOR_NODE, ArmorNode),
+    (api.ARMOR_BEHAVIOR, ArmorBehaviorRoot),
+    (api.ARMOR_PROFILE_MODEL, ArmorProfileModel),
 )
 
 __all__ = [
     "CATEGORY_FIELDS",
     "KINDS",
+    "ArmorBehavior",
     "ArmorNode",
     "ArmorNodeStatus",
     "ArmorProfile",
+    "ArmorProfileModel",
     "ArmorProfileRoot",
     "ArmorProfileSpec",
     "ArmorProfileStatus",
@@ -80,6 +84,8 @@ __all__ = [
     "EnhanceProtect",
     "FailedProfile",
     "LoadedProfile",
+    "ModelStatus",
+    "ModelingStatus",
     "NodeCondition",
     "NodePhase",
     "ObjectMeta",

@@ -13,10 +13,10 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 from varmor import api
 
 TargetKind = Literal["Deployment", "StatefulSet", "DaemonSet", "Pod"]  # == api.TARGET_KINDS (tested)
-PolicyMode = Literal["AlwaysAllow", "RuntimeDefault", "EnhanceProtect"]
+PolicyMode = Literal["AlwaysAllow", "RuntimeDefault", "EnhanceProtect", "BehaviorModeling", "DefenseInDepth"]
 ProfileMode = Literal["enforce", "complain"]
 Enforcer = Literal["AppArmor"]
-PolicyPhase = Literal["Pending", "Protecting", "Error"]
+PolicyPhase = Literal["Pending", "Protecting", "Modeling", "Completed", "Error"]
 NodePhase = Literal["Supported", "Unsupported"]
 ConditionStatus = Literal["True", "False", "Unknown"]
 

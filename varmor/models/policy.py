@@ -11,16 +11,15 @@ from msgspec import UNSET, Meta, UnsetType
 
 from varmor import api
 from varmor.models.base import (
-    Condition,
     Enforcer,
-    Int32,
-    Int64,
     KindName,
     KubeObject,
     PolicyMode,
-    PolicyPhase,
-    TargetKind,
     Wire,
+)
+from varmor.models.policystatus import PolicyStatus
+from varmor.models.target import (
+    PolicyTarget,
 )
 from varmor.rules import load_catalog
 
@@ -78,91 +77,6 @@ ExecutablePath = Annotated[
         "(AppArmor globs allowed; no quotes, commas, braces, #, whitespace or control characters).",
         max_length=MAX_PATH,
         pattern=EXECUTABLE_PATTERN,
-    ),
-]
-DNS_SUBDOMAIN_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-DNS_LABEL_PATTERN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
-
-
-# -- target ------------------------------------------------------------------------
-class SelectorRequirement(Wire):
-    """A label selector requirement."""
-
-    key: Annotated[str, Meta(description="The label key.")]
-    operator: Annotated[
-        Literal["In", "NotIn", "Exists", "DoesNotExist"], Meta(description="How the key relates to the values.")
-    ]
-    values: (
-        Annotated[
-            list[Annotated[str, Meta(description="A value.")]],
-            Meta(description="Values for In and NotIn; empty for Exists and DoesNotExist.", max_length=256),
-        ]
-        | UnsetType
-    ) = UNSET
-
-
-# The wire shape of a metav1.LabelSelector; matching (and its checks) is
-# varmor.admission.selector.LabelSelector's job. Named apart so that stays the one definition.
-class Selector(Wire):
-    """Selects workloads by the workload object's own labels (not its pod template's)."""
-
-    match_labels: (
-        Annotated[dict[str, str], Meta(description="Labels the workload must carry, all of them.")] | UnsetType
-    ) = UNSET
-    match_expressions: (
-        Annotated[
-            list[SelectorRequirement],
-            Meta(description="Requirements the workload's labels must meet, all of them.", max_length=64),
-        ]
-        | UnsetType
-    ) = UNSET
-
-
-class Target(Wire):
-    """The workloads the policy protects."""
-
-    kind: Annotated[TargetKind, Meta(description="The kind of workload.")]
-    name: (
-        Annotated[
-            str,
-            Meta(
-                description="The workload's name (in the policy's namespace; any namespace for a cluster policy).",
-                max_length=253,
-                min_length=1,
-                pattern=DNS_SUBDOMAIN_PATTERN,
-            ),
-        ]
-        | UnsetType
-    ) = UNSET
-    # Atomic: a selector is replaced whole, never merged key by key.
-    selector: Annotated[Selector, Meta(extra_json_schema={"x-kubernetes-map-type": "atomic"})] | UnsetType = UNSET
-    containers: (
-        Annotated[
-            list[Annotated[str, Meta(description="A container name.", max_length=63, pattern=DNS_LABEL_PATTERN)]],
-            Meta(
-                description="Names of the containers to confine (regular, init, sidecar or ephemeral); "
-                "empty means every container of the pod.",
-                max_length=64,
-            ),
-        ]
-        | UnsetType
-    ) = UNSET
-
-
-# A policy's target is also checked by the API server: name XOR selector, and immutable
-# (changing it would move the profile to other workloads under the same name).
-PolicyTarget = Annotated[
-    Target,
-    Meta(
-        extra_json_schema={
-            "x-kubernetes-validations": [
-                {
-                    "rule": "has(self.name) != has(self.selector)",
-                    "message": "exactly one of target.name and target.selector must be set",
-                },
-                {"rule": "self == oldSelf", "message": "target is immutable: create a new policy instead"},
-            ]
-        }
     ),
 ]
 
@@ -254,6 +168,79 @@ class EnhanceProtect(Wire):
     ] = False
 
 
+MAX_MODELING_MINUTES = 7 * 24 * 60
+MAX_CUSTOM_PROFILE = 64 * 1024  # == varmor.profile.raw_lex.MAX_RAW_TEXT: its rules pass that check
+
+
+class ModelingOptions(Wire):
+    """How long BehaviorModeling collects."""
+
+    duration: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=MAX_MODELING_MINUTES,
+            description="Minutes to collect behaviour for, from when modelling starts. Changed while Modeling: "
+            "the window ends at start + the new duration (at once if that is past). Changed once Completed: "
+            "modelling restarts and adds to the model.",
+        ),
+    ]
+
+
+class DefenseInDepthAppArmor(Wire):
+    """The deny-by-default AppArmor profile of DefenseInDepth."""
+
+    profile_type: Annotated[
+        Literal["BehaviorModel", "Custom"],
+        Meta(
+            description="BehaviorModel: allow what the policy's behaviour model holds, deny the rest. Custom: "
+            "customProfile's rules."
+        ),
+    ]
+    custom_profile: (
+        Annotated[
+            str,
+            Meta(
+                description="Custom: the profile's rules, alone or inside one `profile NAME [flags=(...)] { }` "
+                "block. Each rule passes the raw-rule checks; the name is always the policy's profile name.",
+                max_length=MAX_CUSTOM_PROFILE,
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    app_armor_raw_rules: (
+        Annotated[
+            list[RawRules],
+            Meta(description="Raw AppArmor rules added to the profile (as in EnhanceProtect).", max_length=MAX_TARGETS),
+        ]
+        | UnsetType
+    ) = UNSET
+
+
+DefenseInDepthAppArmorField = Annotated[
+    DefenseInDepthAppArmor,
+    Meta(
+        extra_json_schema={
+            "x-kubernetes-validations": [
+                {
+                    "rule": "self.profileType != 'Custom' || has(self.customProfile)",
+                    "message": "customProfile is required when profileType is Custom",
+                }
+            ]
+        }
+    ),
+]
+
+
+class DefenseInDepth(Wire):
+    """Deny by default: only what the model (or the custom profile) allows."""
+
+    app_armor: DefenseInDepthAppArmorField
+    allow_violations: Annotated[
+        bool, Meta(description="Load the profile in complain mode: log what it would deny (ALLOWED), block nothing.")
+    ] = False
+
+
 class PolicyRules(Wire):
     """How to confine the target."""
 
@@ -268,10 +255,14 @@ class PolicyRules(Wire):
         PolicyMode,
         Meta(
             description="AlwaysAllow: an allow-all placeholder. RuntimeDefault: the container runtime's default "
-            "profile. EnhanceProtect: a base profile plus the chosen rules."
+            "profile. EnhanceProtect: a base profile plus the chosen rules. BehaviorModeling: watch (complain "
+            "mode) and build a behaviour model. DefenseInDepth: deny by default, allowing the model or a custom "
+            "profile."
         ),
     ]
     enhance_protect: EnhanceProtect | UnsetType = UNSET
+    modeling_options: ModelingOptions | UnsetType = UNSET
+    defense_in_depth: DefenseInDepth | UnsetType = UNSET
     allow_opt_out: Annotated[
         bool,
         Meta(
@@ -295,7 +286,15 @@ class PolicySpec(Wire):
                     {
                         "rule": "self.mode != 'EnhanceProtect' || has(self.enhanceProtect)",
                         "message": "policy.enhanceProtect is required when mode is EnhanceProtect",
-                    }
+                    },
+                    {
+                        "rule": "self.mode != 'BehaviorModeling' || has(self.modelingOptions)",
+                        "message": "policy.modelingOptions.duration is required when mode is BehaviorModeling",
+                    },
+                    {
+                        "rule": "self.mode != 'DefenseInDepth' || has(self.defenseInDepth)",
+                        "message": "policy.defenseInDepth is required when mode is DefenseInDepth",
+                    },
                 ]
             }
         ),
@@ -309,60 +308,18 @@ class PolicySpec(Wire):
     ] = False
 
 
-class PolicyCondition(Condition):
-    """A condition."""
-
-    observed_generation: (
-        Annotated[Int64, Meta(description="The policy generation the condition was computed for.")] | UnsetType
-    ) = UNSET
-
-
-DESIRED_DESCRIPTION = "Supported nodes with a ready agent that still heartbeats."
-
-
-class PolicyStatus(Wire):
-    """Written by the varmor leader only."""
-
-    profile_name: (
-        Annotated[
-            str,
-            Meta(description="The AppArmor profile attached to the target; set once the leader accepted the policy."),
-        ]
-        | UnsetType
-    ) = UNSET
-    ready: (
-        Annotated[
-            bool, Meta(description="True when every supported node with a ready agent has loaded the current profile.")
-        ]
-        | UnsetType
-    ) = UNSET
-    phase: Annotated[PolicyPhase, Meta(description="Pending, Protecting or Error.")] | UnsetType = UNSET
-    observed_generation: Annotated[Int64, Meta(description="The generation the leader last processed.")] | UnsetType = (
-        UNSET
-    )
-    desired_number_loaded: Annotated[Int32, Meta(description=DESIRED_DESCRIPTION)] | UnsetType = UNSET
-    current_number_loaded: (
-        Annotated[Int32, Meta(description="Nodes that loaded the current profile content.")] | UnsetType
-    ) = UNSET
-    # Found by the leader's audit, written by the policy controller with the rest of the status.
-    unprotected_workloads: (
-        Annotated[
-            Int32,
-            Meta(description="Selected workloads with a container that runs without the profile (see Unprotected)."),
-        ]
-        | UnsetType
-    ) = UNSET
-    conditions: (
-        Annotated[
-            list[PolicyCondition],
-            Meta(
-                description="Created, Updated, Ready, and Conflict, Unprotected, Rollout when they apply.",
-                max_length=32,
-                extra_json_schema={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
-            ),
-        ]
-        | UnsetType
-    ) = UNSET
+# Leaving BehaviorModeling while it collects would drop the model half-built (vArmor refuses
+# it too): end the window by lowering modelingOptions.duration instead.
+_STAY_WHILE_MODELING: Final = {
+    "x-kubernetes-validations": [
+        {
+            "rule": "!has(oldSelf.status) || !has(oldSelf.status.phase) || oldSelf.status.phase != 'Modeling' "
+            "|| self.spec.policy.mode == 'BehaviorModeling'",
+            "message": "spec.policy.mode cannot leave BehaviorModeling while the policy is Modeling; "
+            "lower spec.policy.modelingOptions.duration to end modelling first",
+        }
+    ]
+}
 
 
 class VarmorPolicy(KubeObject, kw_only=True):
@@ -381,3 +338,7 @@ class VarmorClusterPolicy(KubeObject, kw_only=True):
     kind: KindName = api.VARMOR_CLUSTER_POLICY.kind
     spec: PolicySpec | UnsetType = UNSET
     status: PolicyStatus | UnsetType = UNSET
+
+
+VarmorPolicyRoot = Annotated[VarmorPolicy, Meta(extra_json_schema=_STAY_WHILE_MODELING)]
+VarmorClusterPolicyRoot = Annotated[VarmorClusterPolicy, Meta(extra_json_schema=_STAY_WHILE_MODELING)]

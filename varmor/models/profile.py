@@ -11,7 +11,8 @@ from msgspec import UNSET, Meta, UnsetType
 
 from varmor import api
 from varmor.models.base import Condition, Enforcer, Int32, KindName, KubeObject, ProfileMode, Wire
-from varmor.models.policy import DESIRED_DESCRIPTION, Target
+from varmor.models.policystatus import DESIRED_DESCRIPTION
+from varmor.models.target import Target
 
 
 class Profile(Wire):
@@ -26,12 +27,20 @@ class Profile(Wire):
     sha256: Annotated[str, Meta(description="Hex SHA-256 of the profile text (UTF-8).", pattern="^[0-9a-f]{64}$")]
 
 
+class BehaviorModelingSpec(Wire):
+    """Whether agents collect this profile's behaviour (vArmor's field)."""
+
+    enable: Annotated[bool, Meta(description="Collect the profile's ALLOWED records into ArmorBehaviors.")] = False
+    duration: Annotated[Int32, Meta(description="The policy's modelingOptions.duration, in minutes.")] = 0
+
+
 class ArmorProfileSpec(Wire):
     """The profile a policy compiled to, and where it applies. Written by the leader only."""
 
     target: Target
     profile: Profile
     update_existing_workloads: Annotated[bool, Meta(description="Copied from the policy.")] = False
+    behavior_modeling: BehaviorModelingSpec | UnsetType = UNSET
 
 
 class NodeCondition(Condition):

@@ -43,7 +43,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
-from varmor.profile import templates
+from varmor.profile import deny_default, templates
+from varmor.profile.deny_default import BehaviorInputs
 from varmor.profile.node_local import NODE_LOCAL_INCLUDE
 from varmor.rules import CATEGORIES, Catalog, Rule, load_catalog
 
@@ -238,7 +239,18 @@ def _indent(lines: Iterable[str], depth: int) -> list[str]:
     return [f"{INDENT * depth}{line}" if line else "" for line in lines]
 
 
-def render(policy: Policy, profile_name: str, catalog: Catalog) -> tuple[str, ProfileMode]:
+def _behavior_mode(policy: Policy, profile_name: str, inputs: BehaviorInputs) -> tuple[str, ProfileMode]:
+    lines, complain = deny_default.body(policy, inputs)
+    disp = Disposition("deny", "rx", complain)
+    text = [HEADER, "abi <abi/3.0>,", "#include <tunables/global>", "", f"profile {profile_name} {_flags(disp)} {{"]
+    return "\n".join([*text, *_indent(lines, 1), "}"]) + "\n", ("complain" if complain else "enforce")
+
+
+def render(
+    policy: Policy, profile_name: str, catalog: Catalog, inputs: BehaviorInputs | None = None
+) -> tuple[str, ProfileMode]:
+    if policy.mode in ("BehaviorModeling", "DefenseInDepth"):
+        return _behavior_mode(policy, profile_name, inputs or BehaviorInputs())
     ep = policy.enhance_protect if policy.mode == "EnhanceProtect" else None
     disp = disposition(ep.audit_violations, ep.allow_violations) if ep else ENFORCE
     plan = _Plan(ep, catalog) if ep else None
@@ -287,10 +299,13 @@ def _warnings(policy: Policy, catalog: Catalog) -> tuple[str, ...]:
     return tuple(dict.fromkeys(found))
 
 
-def build_profile(policy: Policy, profile_name: str, catalog: Catalog | None = None) -> BuiltProfile:
-    """The AppArmor profile for `policy`, named `profile_name` (see Policy.profile_name)."""
+def build_profile(
+    policy: Policy, profile_name: str, catalog: Catalog | None = None, inputs: BehaviorInputs | None = None
+) -> BuiltProfile:
+    """The AppArmor profile for `policy`, named `profile_name` (see Policy.profile_name);
+    `inputs` are the behaviour modes' (deny_default.BehaviorInputs)."""
     catalog = catalog or load_catalog()
-    text, mode = render(policy, profile_name, catalog)
+    text, mode = render(policy, profile_name, catalog, inputs)
     return BuiltProfile(
         name=profile_name,
         text=text,

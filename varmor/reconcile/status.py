@@ -34,7 +34,7 @@ from varmor.reconcile.findings import AUDIT_CONDITIONS, Findings, audit_conditio
 
 JSON = dict[str, Any]
 NodeReason = Literal["LoadFailed", "Unsupported", "Stale", "AgentLost"]
-Phase = Literal["Pending", "Protecting", "Error"]
+Phase = Literal["Pending", "Protecting", "Modeling", "Completed", "Error"]
 
 MAX_NAMES_IN_MESSAGE = 10
 

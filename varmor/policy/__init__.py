@@ -11,19 +11,23 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from varmor import api
 from varmor.admission.selector import LabelSelector, SelectorError
-from varmor.models.policy import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, EXECUTABLE_PATTERN
+from varmor.models.policy import EXECUTABLE_PATTERN
+from varmor.models.target import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
+from varmor.policy.fields import PolicyError as PolicyError
+from varmor.policy.fields import bool_field, list_field, mapping, only, string, strings
+from varmor.policy.modes import DefenseInDepth, defense_in_depth, modeling_minutes
 from varmor.profile.raw import RawRuleError, check_raw_rules
 from varmor.rules import Catalog, Rule, load_catalog, normalize_id
 
 PolicyKind = Literal["VarmorPolicy", "VarmorClusterPolicy"]
-Mode = Literal["AlwaysAllow", "RuntimeDefault", "EnhanceProtect"]
-MODES: tuple[Mode, ...] = ("AlwaysAllow", "RuntimeDefault", "EnhanceProtect")
+Mode = Literal["AlwaysAllow", "RuntimeDefault", "EnhanceProtect", "BehaviorModeling", "DefenseInDepth"]
+MODES: tuple[Mode, ...] = ("AlwaysAllow", "RuntimeDefault", "EnhanceProtect", "BehaviorModeling", "DefenseInDepth")
 DEFAULT_INSTALL_NAMESPACE = "varmor"
 DEFAULT_NAMESPACE = "default"
 
@@ -31,7 +35,6 @@ _KINDS: dict[str, PolicyKind] = {
     api.VARMOR_POLICY.kind: "VarmorPolicy",
     api.VARMOR_CLUSTER_POLICY.kind: "VarmorClusterPolicy",
 }
-_LATER_MODES = {"BehaviorModeling", "DefenseInDepth"}
 _OTHER_ENFORCERS = ("BPF", "Seccomp", "NetworkProxy")
 # A target is an absolute executable path; AppArmor globs are fine, block syntax is not.
 # Always `fullmatch`: `$` alone would let a trailing newline through.
@@ -45,15 +48,6 @@ _CATEGORY_FIELD = {
     "attack-protection": "attackProtectionRules",
     "vul-mitigation": "vulMitigationRules",
 }
-
-
-class PolicyError(ValueError):
-    """Invalid policy; the message starts with the offending field's path."""
-
-    def __init__(self, path: str, message: str) -> None:
-        super().__init__(f"{path}: {message}")
-        self.path = path
-        self.reason = message
 
 
 @dataclass(frozen=True)
@@ -109,6 +103,8 @@ class Policy:
     mode: Mode
     enforcer: str = "AppArmor"
     enhance_protect: EnhanceProtect | None = None
+    modeling_minutes: int | None = None  # BehaviorModeling
+    defense_in_depth: DefenseInDepth | None = None
     update_existing_workloads: bool = False
     allow_opt_out: bool = False
     generation: int | None = None
@@ -123,52 +119,6 @@ class Policy:
         return api.profile_name(self.namespace, self.name, install_namespace)
 
 
-# ---------------------------------------------------------------------------- helpers
-
-
-def _mapping(value: Any, path: str, *, required: bool = True) -> dict[str, Any]:
-    if value is None and not required:
-        return {}
-    if not isinstance(value, dict):
-        raise PolicyError(path, "must be an object" if value is not None else "is required")
-    return value
-
-
-def _only(obj: Mapping[str, Any], allowed: Sequence[str], path: str, why: str = "") -> None:
-    unknown = sorted(set(obj) - set(allowed))
-    if unknown:
-        raise PolicyError(f"{path}.{unknown[0]}", why or "unknown field")
-
-
-def _string(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not value:
-        raise PolicyError(path, "must be a non-empty string")
-    return value
-
-
-def _bool(value: Any, path: str) -> bool:
-    if value is None:
-        return False
-    if not isinstance(value, bool):
-        raise PolicyError(path, "must be true or false")
-    return value
-
-
-def _list(value: Any, path: str) -> list[Any]:
-    if value is None:
-        return []
-    if not isinstance(value, list):
-        raise PolicyError(path, "must be a list")
-    return value
-
-
-def _strings(value: Any, path: str) -> list[str]:
-    items = _list(value, path)
-    for i, item in enumerate(items):
-        _string(item, f"{path}[{i}]")
-    return items
-
-
 # ---------------------------------------------------------------------------- target
 
 
@@ -176,7 +126,7 @@ def _selector(raw: Any, path: str) -> LabelSelector:
     """A target selector: well-formed, and not empty (Kubernetes reads an empty selector
     as "every object", which a policy must say explicitly, never by omission)."""
     try:
-        selector = LabelSelector.parse(_mapping(raw, path))
+        selector = LabelSelector.parse(mapping(raw, path))
     except SelectorError as exc:
         raise PolicyError(f"{path}.{exc.path}" if exc.path else path, exc.reason) from None
     if selector.empty:
@@ -197,8 +147,8 @@ def _selector(raw: Any, path: str) -> LabelSelector:
 
 def _target(raw: Any) -> Target:
     path = "spec.target"
-    tgt = _mapping(raw, path)
-    _only(tgt, ("kind", "name", "selector", "containers"), path)
+    tgt = mapping(raw, path)
+    only(tgt, ("kind", "name", "selector", "containers"), path)
     kind = tgt.get("kind")
     if kind not in api.TARGET_KINDS:
         raise PolicyError(f"{path}.kind", f"must be one of {', '.join(api.TARGET_KINDS)}")
@@ -208,11 +158,11 @@ def _target(raw: Any) -> Target:
         raise PolicyError(path, "name and selector are mutually exclusive")
     if not has_name and not has_selector:
         raise PolicyError(path, "one of name or selector is required")
-    name = _string(tgt["name"], f"{path}.name") if has_name else None
+    name = string(tgt["name"], f"{path}.name") if has_name else None
     if name is not None and (len(name) > 253 or not _WORKLOAD_NAME.fullmatch(name)):
         raise PolicyError(f"{path}.name", f"{name!r} is not a workload name (a DNS-1123 subdomain)")
     selector = _selector(tgt["selector"], f"{path}.selector") if has_selector else None
-    containers = _strings(tgt.get("containers"), f"{path}.containers")
+    containers = strings(tgt.get("containers"), f"{path}.containers")
     for i, c in enumerate(containers):
         if len(c) > 63 or not _CONTAINER.fullmatch(c):
             raise PolicyError(f"{path}.containers[{i}]", f"{c!r} is not a container name")
@@ -230,7 +180,7 @@ class _RuleChecker:
         self.warnings: list[str] = []
 
     def resolve(self, raw_id: Any, path: str, field_name: str) -> Rule:
-        rule_id = _string(raw_id, path)
+        rule_id = string(raw_id, path)
         rule = self.catalog.get(rule_id)
         if rule is None:
             hint = difflib.get_close_matches(normalize_id(rule_id), self.catalog.known_ids(), 1)
@@ -244,7 +194,7 @@ class _RuleChecker:
         return rule
 
     def ids(self, raw: Any, path: str, field_name: str) -> tuple[str, ...]:
-        items = _list(raw, path)
+        items = list_field(raw, path)
         return tuple(dict.fromkeys(self.resolve(r, f"{path}[{i}]", field_name).id for i, r in enumerate(items)))
 
 
@@ -252,7 +202,7 @@ def _targets(raw: Any, path: str) -> tuple[str, ...]:
     """Executable paths, matched whole against the one grammar (models.policy.EXECUTABLE_PATTERN):
     they are written unquoted into the profile, so any character with a meaning there (or a
     control character, which would also reach logs and kubectl output) is refused."""
-    items = _strings(raw, path)
+    items = strings(raw, path)
     for i, t in enumerate(items):
         if not t.startswith("/"):
             raise PolicyError(f"{path}[{i}]", f"{t!r} must be an absolute executable path")
@@ -271,11 +221,11 @@ def _targets(raw: Any, path: str) -> tuple[str, ...]:
 
 def _enhance_protect(raw: Any, checker: _RuleChecker) -> EnhanceProtect:
     path = "spec.policy.enhanceProtect"
-    ep = _mapping(raw, path)
+    ep = mapping(raw, path)
     for other in ("bpfRawRules", "syscallRawRules", "networkProxyRawRules"):
         if ep.get(other):
             raise PolicyError(f"{path}.{other}", "belongs to another enforcer; varmor is AppArmor")
-    _only(
+    only(
         ep,
         (
             "hardeningRules",
@@ -294,29 +244,29 @@ def _enhance_protect(raw: Any, checker: _RuleChecker) -> EnhanceProtect:
     hardening = checker.ids(ep.get("hardeningRules"), f"{path}.hardeningRules", "hardeningRules")
     groups: list[RuleGroup] = []
     field_name = "attackProtectionRules"
-    for i, raw_group in enumerate(_list(ep.get(field_name), f"{path}.{field_name}")):
+    for i, raw_group in enumerate(list_field(ep.get(field_name), f"{path}.{field_name}")):
         gpath = f"{path}.{field_name}[{i}]"
-        group = _mapping(raw_group, gpath)
-        _only(group, ("rules", "targets"), gpath)
+        group = mapping(raw_group, gpath)
+        only(group, ("rules", "targets"), gpath)
         if not group.get("rules"):
             raise PolicyError(f"{gpath}.rules", "is required and must not be empty")
         ids = checker.ids(group["rules"], f"{gpath}.rules", field_name)
         groups.append(RuleGroup(ids, _targets(group.get("targets"), f"{gpath}.targets")))
     vul = checker.ids(ep.get("vulMitigationRules"), f"{path}.vulMitigationRules", "vulMitigationRules")
     raws: list[RawRuleGroup] = []
-    for i, raw_group in enumerate(_list(ep.get("appArmorRawRules"), f"{path}.appArmorRawRules")):
+    for i, raw_group in enumerate(list_field(ep.get("appArmorRawRules"), f"{path}.appArmorRawRules")):
         gpath = f"{path}.appArmorRawRules[{i}]"
-        group = _mapping(raw_group, gpath)
-        _only(group, ("rules", "targets"), gpath)
-        text = _string(group.get("rules"), f"{gpath}.rules")
+        group = mapping(raw_group, gpath)
+        only(group, ("rules", "targets"), gpath)
+        text = string(group.get("rules"), f"{gpath}.rules")
         try:
             checked = check_raw_rules(text)
         except RawRuleError as exc:
             raise PolicyError(f"{gpath}.rules", str(exc)) from None
         checker.warnings += [f"{gpath}.rules: {w}" for w in checked.warnings]
         raws.append(RawRuleGroup(checked.rules, _targets(group.get("targets"), f"{gpath}.targets")))
-    audit = _bool(ep.get("auditViolations"), f"{path}.auditViolations")
-    allow = _bool(ep.get("allowViolations"), f"{path}.allowViolations")
+    audit = bool_field(ep.get("auditViolations"), f"{path}.auditViolations")
+    allow = bool_field(ep.get("allowViolations"), f"{path}.allowViolations")
     if allow and not audit:
         checker.warnings.append(
             "allowViolations without auditViolations: the profile is loaded in complain mode, "
@@ -329,7 +279,7 @@ def _enhance_protect(raw: Any, checker: _RuleChecker) -> EnhanceProtect:
         attack_protection_rules=tuple(groups),
         vul_mitigation_rules=vul,
         raw_rules=tuple(raws),
-        privileged=_bool(ep.get("privileged"), f"{path}.privileged"),
+        privileged=bool_field(ep.get("privileged"), f"{path}.privileged"),
         audit_violations=audit,
         allow_violations=allow,
     )
@@ -337,7 +287,7 @@ def _enhance_protect(raw: Any, checker: _RuleChecker) -> EnhanceProtect:
 
 def _enforcer(raw: Any) -> str:
     path = "spec.policy.enforcer"
-    value = _string(raw, path)
+    value = string(raw, path)
     if value == "AppArmor":
         return value
     others = [e for e in _OTHER_ENFORCERS if e.lower() in value.lower()]
@@ -364,30 +314,38 @@ def parse_policy(
     kind = _KINDS.get(doc.get("kind", ""))
     if kind is None:
         raise PolicyError("kind", f"must be one of {', '.join(_KINDS)}")
-    meta = _mapping(doc.get("metadata"), "metadata")
-    name = _string(meta.get("name"), "metadata.name")
+    meta = mapping(doc.get("metadata"), "metadata")
+    name = string(meta.get("name"), "metadata.name")
     namespace: str | None = None
     if kind == "VarmorPolicy":
         ns = meta.get("namespace")
-        namespace = DEFAULT_NAMESPACE if ns is None else _string(ns, "metadata.namespace")
+        namespace = DEFAULT_NAMESPACE if ns is None else string(ns, "metadata.namespace")
     generation = meta.get("generation")
     if generation is not None and not isinstance(generation, int):
         raise PolicyError("metadata.generation", "must be an integer")
-    spec = _mapping(doc.get("spec"), "spec")
-    _only(spec, ("target", "policy", "updateExistingWorkloads"), "spec")
+    spec = mapping(doc.get("spec"), "spec")
+    only(spec, ("target", "policy", "updateExistingWorkloads"), "spec")
     target = _target(spec.get("target"))
-    pol = _mapping(spec.get("policy"), "spec.policy")
+    pol = mapping(spec.get("policy"), "spec.policy")
     enforcer = _enforcer(pol.get("enforcer"))
     mode = pol.get("mode")
-    if mode in _LATER_MODES:
-        raise PolicyError("spec.policy.mode", f"{mode} is not supported yet")
     if mode not in MODES:
         raise PolicyError("spec.policy.mode", f"must be one of {', '.join(MODES)}")
-    unsupported = ("modelingOptions", "defenseInDepth", "networkProxyConfig")
-    for key in unsupported:
-        if pol.get(key) is not None:
-            raise PolicyError(f"spec.policy.{key}", "is not supported by varmor")
-    _only(pol, ("enforcer", "mode", "enhanceProtect", "allowOptOut", *unsupported), "spec.policy")
+    if pol.get("networkProxyConfig") is not None:
+        raise PolicyError("spec.policy.networkProxyConfig", "is not supported by varmor")
+    only(
+        pol,
+        (
+            "enforcer",
+            "mode",
+            "enhanceProtect",
+            "modelingOptions",
+            "defenseInDepth",
+            "allowOptOut",
+            "networkProxyConfig",
+        ),
+        "spec.policy",
+    )
     checker = _RuleChecker(catalog or load_catalog())
     enhance: EnhanceProtect | None = None
     if mode == "EnhanceProtect":
@@ -397,6 +355,22 @@ def parse_policy(
     elif pol.get("enhanceProtect") is not None:
         _enhance_protect(pol["enhanceProtect"], checker)  # still validated
         checker.warnings.append(f"spec.policy.enhanceProtect is ignored in {mode} mode")
+    minutes: int | None = None
+    if mode == "BehaviorModeling" or pol.get("modelingOptions") is not None:
+        if pol.get("modelingOptions") is None:
+            raise PolicyError("spec.policy.modelingOptions", "is required in BehaviorModeling mode")
+        minutes = modeling_minutes(pol["modelingOptions"])
+        if mode != "BehaviorModeling":
+            minutes = None
+            checker.warnings.append(f"spec.policy.modelingOptions is ignored in {mode} mode")
+    did: DefenseInDepth | None = None
+    if mode == "DefenseInDepth" or pol.get("defenseInDepth") is not None:
+        if pol.get("defenseInDepth") is None:
+            raise PolicyError("spec.policy.defenseInDepth", "is required in DefenseInDepth mode")
+        did = defense_in_depth(pol["defenseInDepth"], checker.warnings)
+        if mode != "DefenseInDepth":
+            did = None
+            checker.warnings.append(f"spec.policy.defenseInDepth is ignored in {mode} mode")
     policy = Policy(
         kind=kind,
         name=name,
@@ -405,8 +379,10 @@ def parse_policy(
         mode=mode,
         enforcer=enforcer,
         enhance_protect=enhance,
-        update_existing_workloads=_bool(spec.get("updateExistingWorkloads"), "spec.updateExistingWorkloads"),
-        allow_opt_out=_bool(pol.get("allowOptOut"), "spec.policy.allowOptOut"),
+        modeling_minutes=minutes,
+        defense_in_depth=did,
+        update_existing_workloads=bool_field(spec.get("updateExistingWorkloads"), "spec.updateExistingWorkloads"),
+        allow_opt_out=bool_field(pol.get("allowOptOut"), "spec.policy.allowOptOut"),
         generation=generation,
         warnings=tuple(dict.fromkeys(checker.warnings)),
     )
