@@ -56,6 +56,7 @@ def test_the_guard_is_registered_only_when_asked_and_fails_closed() -> None:
     assert hook["name"] == "armornodes.validate.varmor.org"
     assert hook["failurePolicy"] == "Fail"
     assert hook["rules"][0]["resources"] == ["armornodes", "armornodes/status"]
+    assert hook["rules"][1]["resources"] == ["armorbehaviors"]
     assert AGENT in hook["matchConditions"][0]["expression"]
 
 

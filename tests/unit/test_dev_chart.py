@@ -220,7 +220,7 @@ def test_node_report_guard_binds_the_agents_to_their_own_armornode() -> None:
     (binding,) = by_kind(objects, "ValidatingAdmissionPolicyBinding")
     assert binding["spec"] == {"policyName": policy["metadata"]["name"], "validationActions": ["Deny"]}
     (rule,) = policy["spec"]["matchConstraints"]["resourceRules"]
-    assert rule["resources"] == ["armornodes", "armornodes/status"]
+    assert rule["resources"] == ["armornodes", "armornodes/status", "armorbehaviors"]
     (condition,) = policy["spec"]["matchConditions"]
     for sa in ("varmor-agent", "varmor-manager"):
         assert f"'system:serviceaccount:vns:{sa}'" in condition["expression"]

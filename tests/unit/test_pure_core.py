@@ -32,6 +32,7 @@ PURE_GLOBS = (
     "reconcile/profiles.py",
     "nodeexec/audit.py",
     "nodeexec/trust.py",
+    "nodeexec/auditloss.py",
 )
 FORBIDDEN = {
     "aiohttp",

@@ -276,7 +276,14 @@ def _node_report_hooks(reg: Registration, ca_bundle: bytes) -> list[dict[str, An
                     "operations": ["CREATE", "UPDATE"],
                     "resources": [api.ARMOR_NODE.plural, f"{api.ARMOR_NODE.plural}/status"],
                     "scope": "Cluster",
-                }
+                },
+                {
+                    "apiGroups": [api.GROUP],
+                    "apiVersions": [api.VERSION],
+                    "operations": ["CREATE", "UPDATE"],
+                    "resources": [api.ARMOR_BEHAVIOR.plural],
+                    "scope": "Namespaced",
+                },
             ],
             "matchConditions": [{"name": "agent-accounts", "expression": f"request.userInfo.username in [{users}]"}],
         }

@@ -8,6 +8,8 @@ layout, less its BPF and seccomp halves). Pure: no I/O; the codec is in `codec`.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -196,3 +198,10 @@ def from_wire(data: Mapping[str, Any]) -> Behavior:
             behavior.rules[kind(**kwargs)] = behavior.rules.get(kind(**kwargs), 0) + count
             behavior.records += count
     return behavior
+
+
+def digest(behavior: Behavior) -> str:
+    """The rules' identity, counts left out: more records of known behaviour do not change
+    a model, a new rule does (what DefenseInDepth asks the user to accept)."""
+    rules = to_wire(Behavior(rules=dict.fromkeys(behavior.rules, 0)))
+    return hashlib.sha256(json.dumps(rules, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -16,7 +16,11 @@ async def _main(args: argparse.Namespace) -> int:
     api_client = await new_api_client(args.kubeconfig)
     try:
         await cleanup(
-            api_client, args.webhook_config_name, resources=not args.webhooks_only, unload_timeout=args.unload_timeout
+            api_client,
+            args.webhook_config_name,
+            resources=not args.webhooks_only,
+            unload_timeout=args.unload_timeout,
+            keep_models=args.keep_models,
         )
     finally:
         await api_client.close()
@@ -29,6 +33,7 @@ def register(sub: Any) -> None:
     p.add_argument("--namespace", default=os.environ.get("VARMOR_NAMESPACE", "varmor"), help="install namespace")
     p.add_argument("--webhook-config-name", default="varmor")
     p.add_argument("--webhooks-only", action="store_true", help="keep policies, ArmorProfiles and ArmorNodes")
+    p.add_argument("--keep-models", action="store_true", help="keep ArmorProfileModels (behaviour models)")
     p.add_argument("--unload-timeout", type=float, default=120.0, help="seconds to wait for agents to unload")
 
     def handler(args: argparse.Namespace) -> int:

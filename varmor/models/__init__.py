@@ -52,6 +52,7 @@ from varmor.models.profile import (
     ArmorProfileRoot,
     ArmorProfileSpec,
     ArmorProfileStatus,
+    BehaviorModelingSpec,
     NodeCondition,
     Profile,
 )
@@ -79,6 +80,7 @@ __all__ = [
     "ArmorProfileSpec",
     "ArmorProfileStatus",
     "AttackProtectionRules",
+    "BehaviorModelingSpec",
     "ConditionStatus",
     "Enforcer",
     "EnhanceProtect",

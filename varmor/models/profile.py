@@ -41,6 +41,9 @@ class ArmorProfileSpec(Wire):
     profile: Profile
     update_existing_workloads: Annotated[bool, Meta(description="Copied from the policy.")] = False
     behavior_modeling: BehaviorModelingSpec | UnsetType = UNSET
+    model_sha256: (
+        Annotated[str, Meta(description="DefenseInDepth: the behaviour model digest the profile enforces.")] | UnsetType
+    ) = UNSET
 
 
 class NodeCondition(Condition):

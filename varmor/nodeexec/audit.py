@@ -26,23 +26,26 @@ ACTIONS = ("DENIED", "AUDIT", "ALLOWED")
 STRING_FIELDS = frozenset(
     {"profile", "name", "comm", "peer", "target", "exe", "srcname", "label", "peer_label", "info", "fstype", "flags"}
 )
+# Where a kernel log line starts: dmesg, or syslog's kern.log (`<time> <host> kernel: `).
+# Patterns put it right after `^`, so text a process logs (a USER_AVC message) cannot pose
+# as the kernel's writing.
+KERNEL_LOG_PREFIX = (
+    r"(?:(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ kernel: )?(?:\[ *\d+\.\d+\] )?"
+)
+# Every record's stamp: its time and the serial number of the event it belongs to.
+_STAMP = r"audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\): "
 # The kernel's record header, as auditd (`type=AVC msg=audit(..)`) and the kernel log
 # (`audit: type=1400 audit(..)`) write it, followed at once by the AppArmor message.
-_RECORD = re.compile(
-    r"^(?:(?:node=\S+ )?type=AVC msg="  # auditd's audit.log
-    # the kernel log: dmesg, or syslog's kern.log (`<time> <host> kernel: `), anchored at the
-    # start of the line so text a process logs (a USER_AVC message) cannot pose as one
-    r"|(?:(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ kernel: )?"
-    r"(?:\[ *\d+\.\d+\] )?audit: type=1400 )"
-    r"audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\): (?=apparmor=)"
-)
+_RECORD = re.compile(rf"^(?:(?:node=\S+ )?type=AVC msg=|{KERNEL_LOG_PREFIX}audit: type=1400 ){_STAMP}(?=apparmor=)")
 # The SYSCALL record (type 1300) the kernel emits with an AVC, same stamp: it carries the
 # ppid, which names the pod when the process itself is gone by the time it is read.
-_SYSCALL = re.compile(
-    r"^(?:(?:node=\S+ )?type=SYSCALL msg="
-    r"|(?:(?:[A-Z][a-z]{2} [ \d]\d \d\d:\d\d:\d\d|\d{4}-\d\d-\d\dT\S+) \S+ kernel: )?"
-    r"(?:\[ *\d+\.\d+\] )?audit: type=1300 )"
-    r"audit\((?P<ts>\d+(?:\.\d+)?):(?P<serial>\d+)\): (?=arch=)"
+_SYSCALL = re.compile(rf"^(?:(?:node=\S+ )?type=SYSCALL msg=|{KERNEL_LOG_PREFIX}audit: type=1300 ){_STAMP}(?=arch=)")
+# Any record's header: auditd names the type (`UNKNOWN[1334]` for one it does not know),
+# the kernel log numbers it. Not auditd's own DAEMON_* records (types 12xx): auditd
+# numbers them from a counter of its own.
+_ANY = re.compile(
+    r"^(?:(?:node=\S+ )?type=(?!DAEMON_)[A-Z][A-Z0-9_]*(?:\[\d+\])? msg="
+    rf"|{KERNEL_LOG_PREFIX}audit: type=(?!12)\d{{4}} ){_STAMP}"
 )
 _PAIR = re.compile(
     r'(?P<key>[a-z_][a-z0-9_]*)=(?:"(?P<quoted>[^"\x00-\x1f\x7f]*)"|(?P<bare>[^\s"\x00-\x1f\x7f]*))(?: +|$)'
@@ -194,6 +197,16 @@ def parse_syscall(line: str) -> SyscallRecord | None:
     if pids is None or numbers.count(" ppid=") != 1 or numbers.count(" pid=") != 1:
         return None
     return SyscallRecord(int(header["serial"]), pids["pid"], pids["ppid"])
+
+
+def parse_serial(line: str) -> int | None:
+    """The serial of any kernel audit record (every type, not only AppArmor's), or None:
+    what loss accounting needs, since every record takes its serial from one counter."""
+    header = _ANY.match(line)
+    if header is None or len(header["serial"]) > 10:
+        return None
+    serial = int(header["serial"])
+    return serial if serial <= 0xFFFFFFFF else None
 
 
 def parse_line(line: str) -> AuditRecord | None:

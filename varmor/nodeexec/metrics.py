@@ -49,3 +49,15 @@ UNATTRIBUTED = Counter(
     "varmor_agent_unattributed_records_total",
     "varmor audit records whose pod the agent could not name (the process was gone, or not a pod's).",
 )
+BEHAVIOR_RECORDS = Counter(
+    "varmor_agent_behavior_records_total",
+    "ALLOWED records of modelling profiles: collected into a rule, or excluded (runtime start-up, unusable).",
+    ["result"],
+)
+BEHAVIOR_WRITES = Counter(
+    "varmor_agent_behavior_writes_total", "Writes of this node's ArmorBehavior shares.", ["result"]
+)
+AUDIT_LOST = Gauge(
+    "varmor_agent_audit_records_lost",
+    "Audit records the kernel dropped (rate limits), measured since the agent started.",
+)

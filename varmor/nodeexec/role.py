@@ -15,6 +15,7 @@ from varmor.kube.tasks import task_group
 from varmor.nodeexec import metrics
 from varmor.nodeexec.agent import Agent, AgentConfig
 from varmor.nodeexec.attribution import Attributor, PodIndex
+from varmor.nodeexec.collector import BehaviorCollector
 from varmor.nodeexec.eventqueue import EventQueue
 from varmor.nodeexec.files import DEFAULT_PARTITIONS, DEFAULT_PROFILE_DIR
 from varmor.nodeexec.kernel import DEFAULT_ENABLED_FILE, DEFAULT_SECURITYFS
@@ -47,6 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--violation-log", default="-", help="JSON lines of violations: a file, '-' (stdout) or ''")
     g.add_argument("--violation-event-interval", type=float, default=60.0, help="seconds between Events per policy")
+    g.add_argument(
+        "--behavior-flush", type=float, default=30.0, help="seconds between writes of this node's behaviour shares"
+    )
     g.add_argument("--agent-resync", type=float, default=300.0, help="seconds between agent resyncs")
     g.add_argument("--agent-status-debounce", type=float, default=0.5, help="seconds to coalesce ArmorNode writes")
     g.add_argument(
@@ -95,5 +99,9 @@ async def run(ctx: Any) -> None:
         group.create_task(pods.run(), name="agent-pods")
         group.create_task(events.run(), name="agent-pod-events")
         if ctx.args.audit_log:
-            reporter = ViolationReporter.from_args(ctx.args, agent, Attributor(ctx.args.host_proc, index))
+            collector = BehaviorCollector(
+                agent.kube, ctx.args.node_name, agent.owner, flush_seconds=ctx.args.behavior_flush
+            )
+            reporter = ViolationReporter.from_args(ctx.args, agent, Attributor(ctx.args.host_proc, index), collector)
             group.create_task(reporter.run(), name="agent-violations")
+            group.create_task(collector.run(), name="agent-behavior")

@@ -41,6 +41,8 @@ class Desired:
     sha256: str
     mode: str
     policy: PolicyRef | None = None
+    uid: str = ""  # the ArmorProfile's (behaviour shares are owned by it)
+    modeling: bool = False  # BehaviorModeling: collect its ALLOWED records (complain mode only)
 
 
 @dataclass(frozen=True)
@@ -111,7 +113,8 @@ def validate(obj: Mapping[str, Any]) -> Desired | Failed:
     refused = check_profile_text(name, text, mode)
     if refused is not None:
         return fail(f"refused to load: {refused}")
-    return Desired(name, namespace, text, actual, mode, policy_ref(obj))
+    modeling = mode == "complain" and bool((spec.get("behaviorModeling") or {}).get("enable") is True)
+    return Desired(name, namespace, text, actual, mode, policy_ref(obj), str(meta.get("uid") or ""), modeling)
 
 
 def _age(obj: Mapping[str, Any]) -> tuple[str, str]:

@@ -28,6 +28,7 @@ from varmor.kube.kube import Kube
 from varmor.nodeexec import metrics
 from varmor.nodeexec.attribution import Attribution, Attributor
 from varmor.nodeexec.audit import AuditRecord, SyscallRecord, parse_line, parse_syscall
+from varmor.nodeexec.collector import BehaviorCollector
 from varmor.nodeexec.eventqueue import EventQueue, RateLimiter
 from varmor.nodeexec.files import is_varmor_name
 from varmor.nodeexec.state import Desired
@@ -152,7 +153,9 @@ class ViolationReporter:
         poll: float = 0.5,
         from_start: bool = False,
         queue_size: int = 256,
+        collector: BehaviorCollector | None = None,
     ) -> None:
+        self.collector = collector
         self.kube = kube
         self.node = node
         self.follower = Follower(source, from_start=from_start)
@@ -169,7 +172,9 @@ class ViolationReporter:
         self.seen = 0
 
     @classmethod
-    def from_args(cls, args: Any, agent: Any, attributor: Attributor | None = None) -> ViolationReporter:
+    def from_args(
+        cls, args: Any, agent: Any, attributor: Attributor | None = None, collector: BehaviorCollector | None = None
+    ) -> ViolationReporter:
         return cls(
             agent.kube,
             args.node_name,
@@ -178,7 +183,25 @@ class ViolationReporter:
             attributor=attributor,
             json_out=args.violation_log,
             event_interval=args.violation_event_interval,
+            collector=collector,
         )
+
+    def behavior(self, lines: list[str], records: list[AuditRecord]) -> list[AuditRecord]:
+        """Measure loss on every line; hand modelling profiles' ALLOWED records to the
+        collector (behaviour, not violations); return the rest."""
+        if self.collector is None:
+            return records
+        for line in lines:
+            self.collector.loss.feed(line)
+        metrics.AUDIT_LOST.set(self.collector.loss.lost)
+        rest = []
+        for record in records:
+            owner = self.collector.modeling(record)
+            if owner is None:
+                rest.append(record)
+            else:
+                self.collector.collect(record, owner)
+        return rest
 
     async def lines(self) -> AsyncIterator[list[str]]:
         while True:
@@ -254,7 +277,7 @@ class ViolationReporter:
         sender = asyncio.create_task(self.events.run()) if self.events is not None else None
         try:
             async for lines in self.lines():
-                records = [r for r in map(self.parse, lines) if r is not None]
+                records = self.behavior(lines, [r for r in map(self.parse, lines) if r is not None])
                 syscalls = {s.serial: s for s in map(parse_syscall, lines) if s is not None} if records else {}
                 attributions = await asyncio.to_thread(self.attribute, records, syscalls) if records else []
                 entries = [self.report(r, a).as_json(self.node) for r, a in zip(records, attributions, strict=True)]

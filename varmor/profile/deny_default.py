@@ -7,9 +7,8 @@ DefenseInDepth's deny-by-default profile from a model or a custom profile.
   only add noise, and the enforcing profile carries it anyway.
 - **BehaviorModeling, once modelling has ended:** the AlwaysAllow body, enforced (as
   vArmor): nothing logged, nothing blocked, until the policy switches to DefenseInDepth.
-- **DefenseInDepth:** `abstractions/base`, `signal (receive) peer=unconfined` (the container
-  runtime must be able to stop the container: AppArmor checks the receiver too, and a
-  refused SIGTERM/SIGKILL leaves a pod that cannot be stopped), then the model's rules or
+- **DefenseInDepth:** `BASELINE` (below: the base, and the runtime's stop signals), then
+  the model's rules or
   the custom profile's, then `appArmorRawRules`. Anything else is denied. `allowViolations`
   loads it in complain mode instead (nothing blocked, what it would deny logged ALLOWED).
 """
@@ -25,8 +24,15 @@ from varmor.profile import templates
 if TYPE_CHECKING:
     from varmor.policy import Policy
 
+# What complain mode never logs, so no model holds it:
+# - what the modelling profile itself allows: abstractions/base (the loader, libc,
+#   /dev/null), since complain mode logs only what a profile does not allow;
+# - the stop signals: the runtime and the kubelet signal the workload when the pod ends,
+#   after modelling, and AppArmor checks the receiver too; a refused stop signal leaves a
+#   pod kill(2) cannot stop. From the peers containerd's default profile admits (runc and
+#   crun are labelled by name where the distribution gives them a profile).
 BASE = ("#include <abstractions/base>",)
-RUNTIME_SIGNALS = ("signal (receive) peer=unconfined,",)
+BASELINE = (*BASE, *(f"{rule}," for rule in templates.RUNTIME_SIGNALS))
 
 
 @dataclass(frozen=True)
@@ -50,7 +56,7 @@ def body(policy: Policy, inputs: BehaviorInputs) -> tuple[list[str], bool]:
         return [*BASE, "", "# BehaviorModeling has ended: AlwaysAllow", *templates.always_allow_body()], False
     did = policy.defense_in_depth
     assert did is not None, "DefenseInDepth policies carry defense_in_depth"
-    lines = [*BASE, "", "# The container runtime stops the container", *RUNTIME_SIGNALS]
+    lines = [*BASELINE]
     if did.profile_type == "BehaviorModel":
         if inputs.model_rules is None:
             raise ModelMissing("no behaviour model for this policy yet: model it with mode BehaviorModeling first")

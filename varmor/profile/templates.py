@@ -85,7 +85,7 @@ ALWAYS_ALLOW_BODY = (
 )
 
 _RUNTIME_DEFAULT_ALLOW = ("network", "capability", "file", "umount")
-_RUNTIME_DEFAULT_SIGNALS = (
+RUNTIME_SIGNALS = (
     # Host (unconfined) processes, runc and crun may signal the container (stop, kill).
     "signal (receive) peer=unconfined",
     "signal (receive) peer=runc",
@@ -140,7 +140,7 @@ def runtime_default_body(qualifier: str, allowed: bool, peers: Sequence[str], de
     lines: list[str] = []
     for rule in _RUNTIME_DEFAULT_ALLOW:
         lines += network_allows(deny_unix) if rule == "network" else [f"{rule},"]
-    lines += [f"{rule}," for rule in _RUNTIME_DEFAULT_SIGNALS]
+    lines += [f"{rule}," for rule in RUNTIME_SIGNALS]
     lines += [f"signal (send,receive) peer={peer}," for peer in peers]
     for rule, perms in _RUNTIME_DEFAULT_DENIES:
         if allowed and "x" in perms:

@@ -79,7 +79,12 @@ async def _wait_unloaded(api_client: Any, limit: float) -> bool:
 
 
 async def cleanup(
-    api_client: Any, config_name: str, *, resources: bool = True, unload_timeout: float = 120.0
+    api_client: Any,
+    config_name: str,
+    *,
+    resources: bool = True,
+    unload_timeout: float = 120.0,
+    keep_models: bool = False,
 ) -> list[str]:
     """The uninstall hook's work; returns the webhook configurations it deleted."""
     deleted = await delete_webhook_configurations(api_client, config_name)
@@ -90,7 +95,9 @@ async def cleanup(
     for resource in (api.VARMOR_CLUSTER_POLICY, api.VARMOR_POLICY, api.ARMOR_PROFILE):
         log.info("deleted %d %s", await _delete_all(api_client, resource), resource.plural)
     await _wait_unloaded(api_client, unload_timeout)
-    log.info("deleted %d %s", await _delete_all(api_client, api.ARMOR_NODE), api.ARMOR_NODE.plural)
+    leftovers = (api.ARMOR_NODE, api.ARMOR_BEHAVIOR) + (() if keep_models else (api.ARMOR_PROFILE_MODEL,))
+    for resource in leftovers:
+        log.info("deleted %d %s", await _delete_all(api_client, resource), resource.plural)
     # The leader, still running during the hook, re-registers when the policies go: take
     # that down too, so only what it writes after this point waits for the garbage
     # collector (the configurations are owned by the chart's ClusterRole).

@@ -3,6 +3,10 @@ and outcomes, never policy, namespace or node names."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
 from prometheus_client import Counter, Gauge, Histogram
 
 IS_LEADER = Gauge("varmor_leader_is_leader", "1 while this process holds the leader lease.")
@@ -37,3 +41,15 @@ REGISTRATION_WITHHELD = Counter(
     "varmor_webhook_registration_withheld_total",
     "Registrations not written because the chart's owner ClusterRole is gone (varmor is being uninstalled).",
 )
+
+
+async def track_phases(list_policies: Callable[[], list[dict[str, Any]]], every: float = 15.0) -> None:
+    """Keep POLICIES current (every phase always present, so a count can fall to 0)."""
+    while True:
+        counts = dict.fromkeys(("Pending", "Protecting", "Modeling", "Completed", "Error"), 0)
+        for policy in list_policies():
+            phase = (policy.get("status") or {}).get("phase", "Pending")
+            counts[phase] = counts.get(phase, 0) + 1
+        for phase, count in counts.items():
+            POLICIES.labels(phase).set(count)
+        await asyncio.sleep(every)

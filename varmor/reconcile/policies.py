@@ -32,19 +32,19 @@ from varmor import api
 from varmor.api import DEFAULT_LOST_AFTER
 from varmor.clock import Clock, now_rfc3339, utc_now
 from varmor.events import Severity
-from varmor.kube import paths
-from varmor.kube.client import JSON, ApiException
+from varmor.kube.client import JSON
 from varmor.kube.errors import TemporaryError
 from varmor.kube.informer import EventType, Informer
-from varmor.kube.kube import MERGE_PATCH, Kube
+from varmor.kube.kube import Kube
 from varmor.kube.tasks import task_group
 from varmor.kube.workqueue import WorkQueue
 from varmor.kubeversion import FIELD_ONLY, Attachment
 from varmor.parser import DEFAULT_BUDGET, CompileBudget
-from varmor.pipeline import CompileError, compile_policy
-from varmor.reconcile import metrics
+from varmor.pipeline import ADMISSION_VIEW, CompileError, compile_policy
+from varmor.reconcile import metrics, modeling
 from varmor.reconcile.armorprofiles import ArmorProfileWriter
 from varmor.reconcile.audit import AuditResult, findings_of
+from varmor.reconcile.behaviors import ModelController
 from varmor.reconcile.compiles import CompileGate, CompilePending
 from varmor.reconcile.profiles import (
     ROLLOUT_FINALIZER,
@@ -59,13 +59,12 @@ from varmor.reconcile.status import (
     Liveness,
     Outcome,
     ProfileStatus,
-    aggregate,
-    armor_profile_status,
     lost_nodes,
     next_expiry,
     policy_status,
     status_patch,
 )
+from varmor.reconcile.statuswrites import patch_policy_status, write_profile_status
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +120,14 @@ class PolicyController:
         # re-reconciles every policy when this set changes (time passing changes no object).
         self._lost: frozenset[str] = frozenset()
         self._liveness_changed = asyncio.Event()
+        self.models = ModelController(
+            api_client,
+            self.kube,
+            profile_exists=lambda ns, name: self.profiles.get(ns, name) is not None,
+            on_model=self._on_model,
+            resync_seconds=rs,
+            clock=clock,
+        )
         self.policies.add_handler(self._on_policy)
         self.cluster_policies.add_handler(self._on_policy)
         self.profiles.add_handler(self._on_profile)
@@ -176,6 +183,8 @@ class PolicyController:
         if owner is not None:
             self.queue.add(owner[0])
         meta = ap.get("metadata", {})
+        if event == "ADDED":
+            self.models.profile_changed(str(meta.get("namespace")), str(meta.get("name")))
         finalizing = meta.get("deletionTimestamp") and ROLLOUT_FINALIZER in (meta.get("finalizers") or [])
         if finalizing and self.on_profile_deleting is not None:
             self.on_profile_deleting(ap)
@@ -186,6 +195,13 @@ class PolicyController:
             for policy in self.all_policies():
                 if (policy.get("status") or {}).get("phase") == "Error" and self._derived_name(policy) == name:
                     self.queue.add(policy_key(policy))
+
+    def _on_model(self, namespace: str, name: str) -> None:
+        """A model changed: its policy's status (and, once accepted, profile) may too."""
+        ap = self.profiles.get(namespace, name)
+        owner = owner_key(ap) if ap is not None else None
+        if owner is not None:
+            self.queue.add(owner[0])
 
     async def _on_node(self, event: EventType, node: JSON) -> None:
         name = node["metadata"]["name"]
@@ -255,17 +271,23 @@ class PolicyController:
         error: tuple[str, str] | None = None
         built: Any = None
         profile_name: str | None = None
+        # Our ArmorProfile, if any: at the accepted (or derivable) name, owned by this uid.
+        lookup = previous.get("profileName") or self._derived_name(policy)
+        ap = self.profiles.get(ap_ns, lookup) if lookup else None
+        ap = ap if ap is not None and (owner_key(ap) or (None, ""))[1] == uid else None
+        model = self.models.model(ap_ns, lookup) if lookup else None
+        plan = modeling.plan(policy, previous, ap, model, self.clock())
         try:
-            compiled = compile_policy(policy, self._install_ns)
+            compiled = compile_policy(policy, self._install_ns, inputs=plan.inputs or ADMISSION_VIEW)
             profile_name, built = compiled.profile_name, compiled.profile
         except CompileError as exc:
             if exc.reason == "BuildFailed":
                 log.error("building the profile for %s failed: %s", key, exc.message)
             error = (exc.reason, exc.message)
-        # Our ArmorProfile, if any: at the accepted (or derivable) name, owned by this uid.
-        lookup = profile_name or previous.get("profileName") or self._derived_name(policy)
-        ap = self.profiles.get(ap_ns, lookup) if lookup else None
-        ap = ap if ap is not None and (owner_key(ap) or (None, ""))[1] == uid else None
+        if plan.hold and ap is not None:  # an unaccepted model change: the profile stays as it is
+            built, error = None, None
+        if plan.recheck_after is not None:  # the modelling window ends then
+            self.queue.add_after(key, plan.recheck_after + self.settings.liveness_margin)
         if ap is not None and ap["metadata"].get("deletionTimestamp"):
             raise TemporaryError("its ArmorProfile is being deleted; recreating it once it is gone")
         try:  # a pending compile queues the key again when it ends; other policies proceed meanwhile
@@ -274,7 +296,16 @@ class PolicyController:
             return
         events: list[tuple[Severity, str, str]] = []
         if error is None and built is not None and profile_name is not None:
-            desired = desired_armor_profile(policy, profile_name, ap_ns, built.text, built.mode, built.sha256)
+            desired = desired_armor_profile(
+                policy,
+                profile_name,
+                ap_ns,
+                built.text,
+                built.mode,
+                built.sha256,
+                modeling=plan.active,
+                model_sha256=plan.model_sha256,
+            )
             if ap is None:
                 async with self.writer.lock(profile_name):
                     conflict = await self.writer.name_conflict(profile_name, uid)
@@ -298,14 +329,17 @@ class PolicyController:
             error_message=error[1] if error else "",
             profile_created=ap is not None,
             profile=ps,
-            extra_conditions=(extra,) if extra else (),
+            extra_conditions=tuple(c for c in (extra, plan.condition) if c),
+            modeling=plan.modeling,
+            model=plan.model,
+            modeling_active=plan.active if plan.modeling is not None else None,
             findings=findings_of(self._audit, key) if self._audit is not None else None,
         )
         new_status = policy_status(outcome, previous, now_rfc3339(), current=policy.get("status") or {})
         events += transition_events(previous, new_status)
         patch = status_patch(new_status, previous)
         if patch is not None:
-            await self._patch_status(kind, ns, name, patch)
+            await patch_policy_status(self.kube, kind, ns, name, patch)
         self._last_status[uid] = {**previous, **new_status}
         if extra is not None:
             self._extra_conditions.pop(uid, None)
@@ -342,32 +376,7 @@ class PolicyController:
         return Liveness(self.clock(), self.settings.lost_after)
 
     async def _write_profile_status(self, ap: JSON) -> ProfileStatus:
-        meta, spec = ap["metadata"], ap["spec"]
-        ps = aggregate(meta["name"], meta["namespace"], spec["profile"]["sha256"], self.nodes.list(), self.liveness())
-        previous = self._last_ap_status.get(meta["uid"]) or ap.get("status") or {}
-        body = armor_profile_status(ps, previous, now_rfc3339())
-        self._last_ap_status[meta["uid"]] = body
-        if any(previous.get(k) != v for k, v in body.items()):
-            path = paths.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"]) + "/status"
-            try:
-                await self.kube.request(
-                    "PATCH", path, body={"status": body}, content_type="application/merge-patch+json"
-                )
-                metrics.STATUS_WRITES.labels("armorprofile").inc()
-            except ApiException as exc:
-                if exc.status != 404:  # deleted meanwhile: the next event re-runs us
-                    raise
-        return ps
-
-    async def _patch_status(self, kind: str, ns: str, name: str, patch: JSON) -> None:
-        resource = api.VARMOR_CLUSTER_POLICY if kind == api.VARMOR_CLUSTER_POLICY.kind else api.VARMOR_POLICY
-        path = paths.custom_path(resource, ns or None, name) + "/status"
-        try:
-            await self.kube.request("PATCH", path, body={"status": patch}, content_type=MERGE_PATCH)
-            metrics.STATUS_WRITES.labels("policy").inc()
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        return await write_profile_status(self.kube, ap, self.nodes.list(), self.liveness(), self._last_ap_status)
 
     # -- lifecycle ------------------------------------------------------------------
     async def run(self) -> None:
@@ -378,9 +387,10 @@ class PolicyController:
             for informer in informers:
                 await informer.wait_synced()
             await self.sweep_orphans()
+            group.create_task(self.models.run(), name="models")
             group.create_task(self.compiles.run(), name="policy-compiles")
             group.create_task(self.queue.run(), name="policy-queue")
-            group.create_task(self._phase_gauge(), name="policy-gauge")
+            group.create_task(metrics.track_phases(self.all_policies), name="policy-gauge")
             group.create_task(self._watch_liveness(), name="policy-liveness")
 
     def check_liveness(self) -> float | None:
@@ -408,13 +418,3 @@ class PolicyController:
             timeout = self.settings.resync_seconds if wait is None else wait + self.settings.liveness_margin
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._liveness_changed.wait(), min(timeout, self.settings.resync_seconds))
-
-    async def _phase_gauge(self) -> None:
-        while True:
-            counts = {"Pending": 0, "Protecting": 0, "Error": 0}
-            for policy in self.all_policies():
-                phase = (policy.get("status") or {}).get("phase", "Pending")
-                counts[phase] = counts.get(phase, 0) + 1
-            for phase, count in counts.items():
-                metrics.POLICIES.labels(phase).set(count)
-            await asyncio.sleep(15)

@@ -11,7 +11,16 @@ import msgspec
 
 from varmor import api
 from varmor.events import Severity
-from varmor.models import ArmorProfile, ArmorProfileSpec, ObjectMeta, OwnerReference, Profile, ProfileMode, Target
+from varmor.models import (
+    ArmorProfile,
+    ArmorProfileSpec,
+    BehaviorModelingSpec,
+    ObjectMeta,
+    OwnerReference,
+    Profile,
+    ProfileMode,
+    Target,
+)
 
 PolicyKey = tuple[str, str, str]  # (kind, namespace or "", name)
 ROLLOUT_FINALIZER = "varmor.org/rollout"
@@ -43,9 +52,18 @@ def owner_key(ap: Mapping[str, Any]) -> tuple[PolicyKey, str] | None:
 
 
 def desired_armor_profile(
-    policy: Mapping[str, Any], profile_name: str, namespace: str, text: str, mode: ProfileMode, sha256: str
+    policy: Mapping[str, Any],
+    profile_name: str,
+    namespace: str,
+    text: str,
+    mode: ProfileMode,
+    sha256: str,
+    *,
+    modeling: bool = False,
+    model_sha256: str | None = None,
 ) -> JSON:
-    """The ArmorProfile a policy compiles to (pure), as the API's JSON."""
+    """The ArmorProfile a policy compiles to (pure), as the API's JSON. `modeling`: agents
+    collect its behaviour; `model_sha256`: the model it enforces (DefenseInDepth)."""
     meta = policy["metadata"]
     spec = policy.get("spec") or {}
     kind = policy.get("kind", api.VARMOR_POLICY.kind)
@@ -72,10 +90,21 @@ def desired_armor_profile(
             target=msgspec.convert(spec.get("target") or {}, Target),
             profile=Profile(name=profile_name, enforcer="AppArmor", mode=mode, app_armor=text, sha256=sha256),
             update_existing_workloads=update_existing,
+            behavior_modeling=_behavior_modeling(spec, modeling),
+            model_sha256=model_sha256 or msgspec.UNSET,
         ),
     )
     built: JSON = msgspec.to_builtins(body)
     return built
+
+
+def _behavior_modeling(spec: Mapping[str, Any], modeling: bool) -> BehaviorModelingSpec | msgspec.UnsetType:
+    """vArmor's spec.behaviorModeling, on BehaviorModeling policies only."""
+    pol = spec.get("policy") or {}
+    if pol.get("mode") != "BehaviorModeling":
+        return msgspec.UNSET
+    duration = (pol.get("modelingOptions") or {}).get("duration")
+    return BehaviorModelingSpec(enable=modeling, duration=duration if isinstance(duration, int) else 0)
 
 
 def merged_for_update(existing: Mapping[str, Any], desired: Mapping[str, Any]) -> JSON | None:

@@ -220,6 +220,9 @@ class Outcome:
     profile: ProfileStatus | None = None
     extra_conditions: tuple[JSON, ...] = field(default=())  # e.g. Rollout, from the rollout worker
     findings: Findings | None = None  # the latest audit's; None before this leader's first audit
+    modeling: JSON | None = None  # status.modeling (BehaviorModeling)
+    model: JSON | None = None  # status.model (the behaviour modes)
+    modeling_active: bool | None = None  # BehaviorModeling: the window is open; None: another mode
 
 
 def _ready_condition(o: Outcome) -> tuple[str, str, str]:
@@ -263,6 +266,8 @@ def _ready_condition(o: Outcome) -> tuple[str, str, str]:
 def phase(o: Outcome) -> Phase:
     if o.error_reason or (o.profile is not None and o.profile.failed):
         return "Error"
+    if o.modeling_active is not None:
+        return "Modeling" if o.modeling_active else "Completed"
     if o.profile is not None and o.profile.ready:
         return "Protecting"
     return "Pending"
@@ -336,6 +341,10 @@ def policy_status(
     }
     if o.profile_name:
         out["profileName"] = o.profile_name
+    if o.modeling is not None:
+        out["modeling"] = o.modeling
+    if o.model is not None:
+        out["model"] = o.model
     if o.findings is not None:
         out["unprotectedWorkloads"] = o.findings.unprotected
     elif "unprotectedWorkloads" in (read := current if current is not None else previous):
@@ -354,6 +363,8 @@ LEADER_FIELDS = (
     "desiredNumberLoaded",
     "currentNumberLoaded",
     "conditions",
+    "modeling",
+    "model",
 )
 
 

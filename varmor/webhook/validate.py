@@ -80,12 +80,15 @@ class PolicyValidator:
         return self._queued
 
     async def _node_report(self, req: ValidationRequest) -> Verdict:
-        """An agent writes only its own node's ArmorNode (admission.nodereports)."""
+        """An agent writes only its own node's ArmorNode and ArmorBehaviors (admission.nodereports)."""
         if req.operation not in ("CREATE", "UPDATE"):
             return Verdict(True, result="ignored")
         user = req.user
         meta = (req.obj or {}).get("metadata")
         name = req.name or (str(meta.get("name") or "") if isinstance(meta, dict) else "")
+        if req.kind == api.ARMOR_BEHAVIOR.kind:  # a share reports for spec.nodeName (its name ends in it)
+            spec = (req.obj or {}).get("spec")
+            name = str(spec.get("nodeName") or "") if isinstance(spec, dict) else ""
         pod_node = ""
         claim = pod_to_look_up(user.username, user.extra, self.node_report_accounts)
         if claim is not None and self.pod_node is not None:
@@ -100,7 +103,7 @@ class PolicyValidator:
         return Verdict(True)
 
     async def validate(self, req: ValidationRequest) -> Verdict:
-        if req.kind == api.ARMOR_NODE.kind and req.group == api.GROUP:
+        if req.kind in (api.ARMOR_NODE.kind, api.ARMOR_BEHAVIOR.kind) and req.group == api.GROUP:
             return await self._node_report(req)
         if req.kind not in POLICY_KINDS or req.group != api.GROUP or req.operation not in ("CREATE", "UPDATE"):
             return Verdict(True, result="ignored")

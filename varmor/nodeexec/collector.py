@@ -1,0 +1,203 @@
+"""Behaviour collection: a modelling profile's ALLOWED records become this node's share
+of its model, an ArmorBehavior named `<profile>.<node>` (one writer: this agent).
+
+A record is turned into a rule (`varmor.behavior.observe`), generalised (pids, per-boot
+and random names), and counted. Records of the container runtime's own processes (runc's
+stages, the shims) are excluded and counted: what runc does before it executes the
+workload is not the workload's behaviour. Records no rule can express are counted as
+excluded too, never silently dropped.
+
+Shares are written every `flush_seconds` when they changed, whole (PUT with the
+resourceVersion read; a 409 re-reads once). On the first write after a start the stored
+share is read back and merged, so an agent restart loses nothing collected before it.
+A share records the node's audit loss measured since collection began (`LossMeter`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from varmor import api
+from varmor.behavior.codec import decode_model_data, encode_model_data
+from varmor.behavior.generalise import collapse, generalise, is_runtime_process
+from varmor.behavior.model import Behavior
+from varmor.behavior.observe import observe
+from varmor.clock import Clock, now_rfc3339, utc_now
+from varmor.kube import paths
+from varmor.kube.client import JSON, ApiException
+from varmor.kube.kube import Kube
+from varmor.nodeexec import metrics
+from varmor.nodeexec.audit import AuditRecord, parse_serial
+from varmor.nodeexec.auditloss import KernelLossCounter, SerialGapTracker, parse_kernel_loss
+from varmor.nodeexec.state import Desired
+
+log = logging.getLogger(__name__)
+MAX_RULES = 50_000  # per profile and node, after generalisation and collapsing
+
+
+class LossMeter:
+    """Records the kernel lost, measured on every line of the audit source (auditloss)."""
+
+    def __init__(self) -> None:
+        self.gaps = SerialGapTracker()
+        self.kernel = KernelLossCounter()
+
+    def feed(self, line: str) -> None:
+        serial = parse_serial(line)
+        if serial is not None:
+            self.gaps.observe(serial)
+        else:
+            loss = parse_kernel_loss(line)
+            if loss is not None:
+                self.kernel.add(loss)
+
+    @property
+    def lost(self) -> int:
+        """Both measures see printk suppression: the larger is the better reading."""
+        return max(self.gaps.lost, self.kernel.suppressed)
+
+
+@dataclass
+class _Share:
+    owner: Desired
+    behavior: Behavior = field(default_factory=Behavior)
+    lost_at_start: int = 0
+    dirty: bool = True
+    merged_stored: bool = False  # the stored share (from before a restart) was read back
+
+
+class BehaviorCollector:
+    def __init__(
+        self,
+        kube: Kube | None,
+        node: str,
+        owner: Callable[[str], Desired | None],
+        *,
+        flush_seconds: float = 30.0,
+        clock: Clock = utc_now,
+    ) -> None:
+        self.kube = kube
+        self.node = node
+        self.owner = owner
+        self.flush_seconds = flush_seconds
+        self.clock = clock
+        self.loss = LossMeter()
+        self._shares: dict[str, _Share] = {}
+
+    def modeling(self, record: AuditRecord) -> Desired | None:
+        """The ArmorProfile collecting this record, when it is a modelling profile's ALLOWED one."""
+        if record.action != "ALLOWED":
+            return None
+        owner = self.owner(record.base_profile)
+        return owner if owner is not None and owner.modeling else None
+
+    def collect(self, record: AuditRecord, owner: Desired) -> None:
+        share = self._shares.get(owner.name)
+        if share is None or share.owner.uid != owner.uid:
+            share = self._shares[owner.name] = _Share(owner, lost_at_start=self.loss.lost)
+        share.dirty = True
+        behavior = share.behavior
+        rule = None
+        if not is_runtime_process(record.fields.get("comm", ""), record.fields.get("exe", "")):
+            rule = observe(record.operation, record.klass, record.fields, record.profile)
+        rule = generalise(rule) if rule is not None else None
+        if rule is None or (rule not in behavior.rules and len(behavior) >= MAX_RULES):
+            behavior.excluded += 1
+            metrics.BEHAVIOR_RECORDS.labels("excluded").inc()
+            return
+        behavior.add(rule)
+        metrics.BEHAVIOR_RECORDS.labels("collected").inc()
+
+    def _body(self, share: _Share, existing: JSON | None) -> JSON:
+        share.behavior = collapse(share.behavior)
+        storage, data = encode_model_data(share.behavior)
+        owner = share.owner
+        meta: JSON = {
+            "name": f"{owner.name}.{self.node}",
+            "namespace": owner.namespace,
+            "labels": {api.MANAGED_BY_LABEL: "varmor", api.PROFILE_LABEL: owner.name},
+            "ownerReferences": [
+                {"apiVersion": api.API_VERSION, "kind": api.ARMOR_PROFILE.kind, "name": owner.name, "uid": owner.uid}
+            ],
+        }
+        if existing is not None:
+            meta["resourceVersion"] = existing["metadata"]["resourceVersion"]
+        return {
+            "apiVersion": api.API_VERSION,
+            "kind": api.ARMOR_BEHAVIOR.kind,
+            "metadata": meta,
+            "spec": {
+                "nodeName": self.node,
+                "profileName": owner.name,
+                "records": share.behavior.records + share.behavior.excluded,
+                "lostRecords": max(0, self.loss.lost - share.lost_at_start) + share.behavior.lost,
+                "excludedRecords": share.behavior.excluded,
+                "updateTime": now_rfc3339(self.clock),
+            },
+            "storageType": storage,
+            "data": data,
+        }
+
+    async def flush(self) -> None:
+        """Write every changed share; a failed write stays dirty for the next round."""
+        if self.kube is None:
+            return
+        for name, share in list(self._shares.items()):
+            if not share.dirty:
+                continue
+            try:
+                await self._write(share)
+                share.dirty = False
+                metrics.BEHAVIOR_WRITES.labels("ok").inc()
+            except ApiException as exc:
+                metrics.BEHAVIOR_WRITES.labels("error").inc()
+                log.warning("writing ArmorBehavior %s.%s failed: %s", name, self.node, exc.status)
+                if exc.status == 404:  # the ArmorProfile (owner) is gone: so is the share
+                    self._shares.pop(name, None)
+
+    async def _write(self, share: _Share) -> None:
+        assert self.kube is not None
+        owner = share.owner
+        base = paths.custom_path(api.ARMOR_BEHAVIOR, owner.namespace, None)
+        path = f"{base}/{owner.name}.{self.node}"
+        for attempt in range(2):
+            existing = await self._read(path)
+            if existing is not None and not share.merged_stored:
+                stored = decode_model_data(existing)
+                spec = existing.get("spec") or {}
+                stored.lost = int(spec.get("lostRecords") or 0)
+                stored.excluded = int(spec.get("excludedRecords") or 0)
+                stored.records = int(spec.get("records") or 0) - stored.excluded
+                share.behavior.merge(stored)
+            share.merged_stored = True
+            body = self._body(share, existing)
+            try:
+                if existing is None:
+                    await self.kube.request("POST", base, body=body)
+                else:
+                    await self.kube.request("PUT", path, body=body)
+                return
+            except ApiException as exc:
+                if exc.status != 409 or attempt:
+                    raise
+
+    async def _read(self, path: str) -> JSON | None:
+        assert self.kube is not None
+        try:
+            found: JSON = await self.kube.request("GET", path)
+            return found
+        except ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise
+
+    async def run(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.flush_seconds)
+                await self.flush()
+        finally:
+            await asyncio.shield(self.flush())  # what was collected since the last round
