@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
@@ -24,10 +25,12 @@ from tests.helpers import wait_for
 from varmor import api
 from varmor.behavior.codec import decode_model_data, encode_model_data
 from varmor.behavior.model import Behavior, FileRule
+from varmor.cli import main
 from varmor.nodeexec.agent import Agent
 from varmor.nodeexec.collector import BehaviorCollector
 from varmor.nodeexec.standin import StandInSecurityfs, write_enabled_file
 from varmor.nodeexec.violations import ViolationReporter
+from varmor.policy import parse_policy
 
 pytestmark = [pytest.mark.cluster, pytest.mark.usefixtures("crds", "cleanup_node")]
 __all__ = ["cleanup_node"]  # the fixture, used by name
@@ -77,8 +80,20 @@ def host(tmp_path: Path) -> Any:
         yield Host(f"model-{uuid.uuid4().hex[:8]}", tmp_path, kernel)
 
 
-async def test_watch_then_enforce(api_client: Any, namespace: str, leader: Any, host: Host) -> None:
+async def run_cli(capsys: pytest.CaptureFixture[str], argv: list[str]) -> str:
+    capsys.readouterr()
+    assert await asyncio.to_thread(main, argv) == 0
+    return capsys.readouterr().out
+
+
+async def test_watch_then_enforce(
+    api_client: Any, namespace: str, leader: Any, host: Host, kubeconfig: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     custom = client.CustomObjectsApi(api_client)
+
+    def cli(action: str) -> list[str]:
+        return ["model", action, "web", "-n", namespace, "--install-namespace", namespace]
+
     clock = Clock()
     run = await leader(clock=clock)
     profile = f"varmor-{namespace}-web"
@@ -151,15 +166,21 @@ async def test_watch_then_enforce(api_client: Any, namespace: str, leader: Any, 
     ap = await wait_for(lambda: _mode(armor_profile, "enforce"))
     assert ap["spec"]["behaviorModeling"]["enable"] is False
 
+    # `varmor model show` prints the rules; `export` the same policy switched in place.
+    shown = await run_cli(capsys, [*cli("show"), "--kubeconfig", kubeconfig])
+    assert "/proc/@{pid}/status r," in shown
+    assert "capability net_bind_service," in shown
+    assert f"node {host.node}: 5 rules, 7 records, 1 excluded" in shown
+    exported = yaml.safe_load(await run_cli(capsys, [*cli("export"), "--kubeconfig", kubeconfig]))
+    assert parse_policy(exported).mode == "DefenseInDepth"
+    custom_export = yaml.safe_load(await run_cli(capsys, [*cli("export"), "--custom", "--kubeconfig", kubeconfig]))
+    assert "/usr/bin/app ix," in custom_export["spec"]["policy"]["defenseInDepth"]["appArmor"]["customProfile"]
+    assert parse_policy(custom_export).defense_in_depth is not None
+
     # Switch in place to DefenseInDepth: the profile enforces the model.
     changed = await policy()
-    changed["spec"]["policy"] = {
-        "enforcer": "AppArmor",
-        "mode": "DefenseInDepth",
-        "defenseInDepth": {
-            "appArmor": {"profileType": "BehaviorModel", "appArmorRawRules": [{"rules": "deny /etc/shadow r,"}]}
-        },
-    }
+    changed["spec"]["policy"] = exported["spec"]["policy"]
+    changed["spec"]["policy"]["defenseInDepth"]["appArmor"]["appArmorRawRules"] = [{"rules": "deny /etc/shadow r,"}]
     await custom.replace_namespaced_custom_object(G, V, namespace, "varmorpolicies", "web", changed)
     ap = await wait_for(lambda: _has_model(armor_profile))
     text = ap["spec"]["profile"]["appArmor"]
@@ -197,9 +218,8 @@ async def test_watch_then_enforce(api_client: Any, namespace: str, leader: Any, 
     assert waiting["status"]["model"]["enforcedSha256"] == enforced
     assert (await armor_profile())["spec"]["modelSha256"] == enforced  # type: ignore[index]
 
-    accepted = await policy()
-    accepted["metadata"].setdefault("annotations", {})[api.ACCEPT_MODEL_ANNOTATION] = new_sha
-    await custom.replace_namespaced_custom_object(G, V, namespace, "varmorpolicies", "web", accepted)
+    assert await asyncio.to_thread(main, [*cli("accept"), "--kubeconfig", kubeconfig]) == 0
+    assert (await policy())["metadata"]["annotations"][api.ACCEPT_MODEL_ANNOTATION] == new_sha
     ap = await wait_for(lambda: _has_model(armor_profile, new_sha))
     assert "/var/cache/app/index rw," in ap["spec"]["profile"]["appArmor"]
 

@@ -303,6 +303,17 @@ def armornode(name: str) -> dict[str, Any]:
     return {"apiVersion": api.API_VERSION, "kind": api.ARMOR_NODE.kind, "metadata": {"name": name}}
 
 
+def share(node: str, namespace: str) -> dict[str, Any]:
+    """A behaviour share of node `node` (an ArmorBehavior, as an agent writes it)."""
+    profile = f"varmor-{namespace}-web"
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": api.ARMOR_BEHAVIOR.kind,
+        "metadata": {"name": f"{profile}.{node}"},
+        "spec": {"nodeName": node, "profileName": profile, "records": 1},
+    }
+
+
 STATUS = {"phase": "Supported", "ready": True, "parserVersion": "3.0.8", "agentVersion": "test", "profiles": {}}
 
 
@@ -341,14 +352,14 @@ async def test_an_agent_writes_only_its_own_nodes_armornode(
                     message = await refused(
                         agent_a.request("PATCH", path, body=body, content_type="application/merge-patch+json")
                     )
-                    return f"may write only ArmorNode {node_a}, not {node_b}" in message
+                    return f"on node {node_a} may write only its own node's reports, not armornodes {node_b}" in message
 
                 await wait_for(create_b_refused, timeout=30)
                 other = f"{namespace}-c"
                 message = await refused(
                     agent_a.request("POST", paths.custom_path(api.ARMOR_NODE), body=armornode(other))
                 )
-                assert f"not {other}" in message
+                assert f"not armornodes {other}" in message
                 message = await refused(
                     anonymous.request("POST", paths.custom_path(api.ARMOR_NODE), body=armornode(node_a))
                 )
@@ -361,6 +372,22 @@ async def test_an_agent_writes_only_its_own_nodes_armornode(
                 )
                 assert written["status"]["ready"] is True
                 assert await agent_a.request("GET", paths.custom_path(api.ARMOR_NODE, name=node_b))
+
+                # Behaviour shares: its own node's only, whatever the name says.
+                shares = paths.custom_path(api.ARMOR_BEHAVIOR, namespace)
+                message = await refused(agent_a.request("POST", shares, body=share(node_b, namespace)))
+                assert f"not armorbehaviors varmor-{namespace}-web.{node_b}" in message
+                assert "node-bound ServiceAccount token" in await refused(
+                    anonymous.request("POST", shares, body=share(node_a, namespace))
+                )
+                own = await agent_a.request("POST", shares, body=share(node_a, namespace))
+                own["spec"]["records"] = 2
+                own = await agent_a.request("PUT", f"{shares}/{own['metadata']['name']}", body=own)
+                moved = {**own, "spec": {**own["spec"], "nodeName": node_b}}
+                with pytest.raises(ApiException) as renamed:  # the CRD ties the name to the node, first
+                    await agent_a.request("PUT", f"{shares}/{own['metadata']['name']}", body=moved)
+                assert renamed.value.status == 422
+                assert "name must be \\u003cspec.profileName\\u003e" in str(renamed.value.body)
         finally:
             for name in (node_a, node_b):
                 with contextlib.suppress(ApiException):

@@ -100,7 +100,14 @@ async def test_enums_and_required_fields(api_client: Any, namespace: str, crds: 
     assert 'supported values: "AppArmor"' in await rejected(api_client, namespace, bpf)
     modelling = policy()
     modelling["spec"]["policy"]["mode"] = "BehaviorModeling"
-    assert "spec.policy.mode" in await rejected(api_client, namespace, modelling)
+    assert "modelingOptions.duration is required" in await rejected(api_client, namespace, modelling)
+    modelling["spec"]["policy"]["modelingOptions"] = {"duration": 0}
+    assert "spec.policy.modelingOptions.duration" in await rejected(api_client, namespace, modelling)
+    custom = policy()
+    custom["spec"]["policy"] = {"enforcer": "AppArmor", "mode": "DefenseInDepth"}
+    assert "defenseInDepth is required" in await rejected(api_client, namespace, custom)
+    custom["spec"]["policy"]["defenseInDepth"] = {"appArmor": {"profileType": "Custom"}}
+    assert "customProfile is required" in await rejected(api_client, namespace, custom)
     job = policy(target={"kind": "Job", "name": "x"})
     assert "spec.target.kind" in await rejected(api_client, namespace, job)
     no_ep = policy()

@@ -30,10 +30,10 @@ def build_parser(argv: Sequence[str] | None = None) -> argparse.ArgumentParser:
         return parser
     # Each module exposes `register(subparsers)`; a subcommand sets `func` on its parser.
     from varmor import crdgen
-    from varmor.cli import cleanup, profile, rules
+    from varmor.cli import advise, cleanup, model, profile, rules
     from varmor.dev import cli as dev
 
-    for module in (rules, profile, crdgen, dev, cleanup):
+    for module in (rules, profile, model, advise, crdgen, dev, cleanup):
         module.register(sub)
     return parser
 

@@ -36,14 +36,15 @@ def custom_rules(text: str) -> CheckedRawRules:
             kept.append(line)
     body = "\n".join(kept)
     warnings: list[str] = []
-    wrapped = _WRAPPER.fullmatch(body) if "{" in body else None
+    braces = re.sub(r"@\{[A-Za-z0-9_]+\}", "", body)  # variables are rules' business, not blocks
+    wrapped = _WRAPPER.fullmatch(body) if re.search(r"[{}]\s*$", braces.strip()) else None
     if wrapped is not None:
         body = wrapped["body"]
         if wrapped["name"]:
             warnings.append(f"the profile name {wrapped['name']!r} is replaced by the policy's profile name")
         if wrapped["flags"] and "complain" in wrapped["flags"]:
             warnings.append("flags=(complain) is ignored: use defenseInDepth.allowViolations")
-    elif "{" in body or "}" in body:
+    elif "{" in braces or "}" in braces:
         raise RawRuleError("customProfile must be rules, or one `profile NAME { ... }` block of rules")
     checked = check_raw_rules("\n".join(line for line in body.splitlines() if not _DROPPED.fullmatch(line)))
     return CheckedRawRules(checked.rules, tuple(dict.fromkeys((*warnings, *checked.warnings))))

@@ -60,6 +60,7 @@ def merge(shares: list[JSON]) -> tuple[Behavior, list[JSON]]:
             "lostRecords": lost,
             "excludedRecords": excluded,
         }
+        merged.lost += lost  # measured by the node whatever its share holds
         try:
             behavior = decode_model_data(share)
         except ValueError as exc:
@@ -73,7 +74,6 @@ def merge(shares: list[JSON]) -> tuple[Behavior, list[JSON]]:
             else:
                 refused += 1
         merged.records += records
-        merged.lost += lost
         merged.excluded += excluded
         nodes.append({**entry, "rules": len(behavior.rules) - refused, "refusedRules": refused})
     return merged, nodes
