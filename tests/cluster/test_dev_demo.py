@@ -3,15 +3,19 @@ to end on a fresh state directory, and `varmor dev down` removes everything."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 pytestmark = pytest.mark.cluster
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 
 
 def varmor(*args: str, state: Path, timeout: float) -> subprocess.CompletedProcess[str]:
@@ -45,8 +49,73 @@ def test_dev_up_shows_protection_and_dev_down_cleans_up(tmp_path: Path) -> None:
         pids = list(json.loads((tmp_path / "dev" / "state.json").read_text())["pids"].values())
         pids += list(json.loads((tmp_path / "dev-cluster" / "state.json").read_text())["pids"].values())
         assert all(alive(pid) for pid in pids)
+        watch_then_enforce(tmp_path)
     finally:
         down = varmor("dev", "down", state=tmp_path, timeout=120)
     assert down.returncode == 0, down.stdout + down.stderr
     assert not (tmp_path / "dev-cluster").exists()
     assert not any(alive(pid) for pid in pids)
+
+
+def watch_then_enforce(state: Path) -> None:
+    """The README's "Watch, then enforce" on the dev cluster, up to the model (ending the
+    window takes its real minute; the switch to DefenseInDepth is proven on the leader's
+    clock in test_behavior_modeling.py)."""
+    kubeconfig = str(state / "dev-cluster" / "admin.kubeconfig")
+    asyncio.run(apply_examples(kubeconfig, ["modeling-deployment.yaml", "modeling-policy.yaml"]))
+    # The workload runs under the modelling profile once it is loaded: records come after.
+    asyncio.run(wait_modeling(kubeconfig))
+    records = (EXAMPLES / "modeling-records.log").read_text().replace("@PROFILE@", "varmor-demo-api")
+    with (state / "dev" / "audit.log").open("a") as log:
+        log.write(records)
+    show = ["model", "show", "api", "-n", "demo", f"--kubeconfig={kubeconfig}"]
+    deadline = time.monotonic() + 60
+    shown = varmor(*show, state=state, timeout=60)
+    while "/usr/local/bin/python3.12 ix," not in shown.stdout and time.monotonic() < deadline:
+        time.sleep(0.5)
+        shown = varmor(*show, state=state, timeout=60)
+    assert "/proc/@{pid}/status r," in shown.stdout, shown.stdout + shown.stderr
+    assert "/tmp/tmp* w," in shown.stdout
+    model = subprocess.run(
+        [sys.executable, "-m", "varmor.cli", "model", "export", "api", "-n", "demo", f"--kubeconfig={kubeconfig}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    assert "profileType: BehaviorModel" in model.stdout
+
+
+async def apply_examples(kubeconfig: str, files: list[str]) -> None:
+    from varmor.kube.client import new_api_client
+    from varmor.kube.kube import Kube
+
+    api_client = await new_api_client(kubeconfig)
+    try:
+        kube = Kube(api_client)
+        for name in files:
+            doc = yaml.safe_load((EXAMPLES / name).read_text())
+            group = "apis/apps/v1" if doc["kind"] == "Deployment" else "apis/crd.varmor.org/v1beta1"
+            plural = "deployments" if doc["kind"] == "Deployment" else "varmorpolicies"
+            await kube.request("POST", f"/{group}/namespaces/demo/{plural}", body=doc)
+    finally:
+        await api_client.close()
+
+
+async def wait_modeling(kubeconfig: str) -> None:
+    from tests.helpers import wait_for
+    from varmor.kube.client import new_api_client
+    from varmor.kube.kube import Kube
+
+    api_client = await new_api_client(kubeconfig)
+    try:
+        kube = Kube(api_client)
+
+        async def modeling() -> bool:
+            policy = await kube.request("GET", "/apis/crd.varmor.org/v1beta1/namespaces/demo/varmorpolicies/api")
+            status = policy.get("status") or {}
+            return bool(status.get("ready")) and status.get("phase") == "Modeling"
+
+        await wait_for(modeling, timeout=60)
+    finally:
+        await api_client.close()

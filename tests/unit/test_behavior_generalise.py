@@ -97,7 +97,11 @@ def test_generalise_ids(path: str, want: str | None) -> None:
         ("/tmp/hsperfdata_root", "/tmp/hsperfdata_root"),
         ("/tmp/.X11-unix/X0", "/tmp/.X11-unix/X0"),
         ("/tmp/supervisord.log", "/tmp/supervisord.log"),
-        ("/tmp/python3.11", "/tmp/python3.11"),
+        ("/tmp/python3.11", "/tmp/python3.11"),  # a version, not a number
+        ("/tmp/vprobe-chown-112", "/tmp/vprobe-chown-[0-9]*"),  # a pid standing alone
+        ("/tmp/app.12345", "/tmp/app.[0-9]*"),
+        ("/tmp/x-7/data", "/tmp/x-[0-9]*/data"),
+        ("/tmp/file1", "/tmp/file1"),  # part of a word
         ("/tmp/Makefile", "/tmp/Makefile"),
         ("/tmp/ConfigBackup", "/tmp/*"),
         ("/tmp/a/b/Mixed", "/tmp/a/b/Mixed"),  # 5 characters

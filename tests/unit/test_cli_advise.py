@@ -129,7 +129,8 @@ def test_a_log_of_several_profiles_says_so(tmp_path: Path, capsys: pytest.Captur
     ("content", "extra", "message"),
     [
         (None, [], "cannot read"),
-        ("kind: ArmorProfile\n", [], "expected an ArmorProfileModel, not a ArmorProfile"),
+        ("kind: ArmorProfile\n", [], "expected an ArmorProfileModel, got kind 'ArmorProfile'"),
+        ("{}\n", ["--profile", "varmor-demo-web"], "--profile selects records of a violations log"),
         ("[1, 2]\n", [], "expected an ArmorProfileModel object"),
         ("{storageType: CRDInternalCompressed, data: {compressed: '%%'}}\n", [], "corrupt model: data.compressed"),
         ("{kind: ArmorProfileModel, data: {}}\n", [], "holds no behaviour yet"),

@@ -194,3 +194,15 @@ def _follow(follower: Follower, log: Path, tmp_path: Path) -> None:
     with log.open("a") as f:
         f.write("four\n")
     assert follower.read_lines() == ["four"]
+
+
+def test_follower_reads_a_file_that_appears_later_from_its_start(tmp_path: Path) -> None:
+    """Everything in a log created after the agent started is new: nothing is skipped."""
+    log = tmp_path / "audit.log"
+    follower = Follower(log)
+    try:
+        assert follower.read_lines() == []
+        log.write_text("first\nsecond\n")
+        assert follower.read_lines() == ["first", "second"]
+    finally:
+        follower.close()

@@ -98,6 +98,10 @@ def generalise_ids(path: str) -> str:
     return _HEX_RUN.sub("*", _UUID.sub("*", path))
 
 
+# A number standing alone (not in a word, and not a version's part: `python3.11` stays).
+_LONE_NUMBER = re.compile(r"(?<![A-Za-z0-9_*\[\]])(?<![0-9]\.)[0-9]+(?![A-Za-z0-9_*\[\]])(?!\.[0-9])")
+
+
 def _random(text: str) -> bool:
     """Looks generated: two digits, a digit before a letter, or upper case after the
     first character mixed with lower case. Stricter than "has a digit or mixes case" so
@@ -132,6 +136,9 @@ def generalise_temp(path: str) -> str:
     last = len(parts) - 1 if parts[-1] or len(parts) == 1 else len(parts) - 2
     for i in {0, last}:
         parts[i] = _WORD_RUN.sub(lambda m: _glob_run(m[0]), parts[i])
+        # A number standing alone in a temporary name is a pid or a counter (`x-112`,
+        # `app.12345`): shorter than a random run, as distinct per process.
+        parts[i] = _LONE_NUMBER.sub("[0-9]*", parts[i])
     return root[0] + "/".join(parts)
 
 

@@ -31,15 +31,14 @@ DIGIT_VARIABLES = frozenset({"pid", "tid"})
 # Devices the OCI runtime spec and Kubernetes put in every container: character devices,
 # directories and links, so never a name in /proc/partitions.
 NOT_DISKS = (
-    "/dev/{null,zero,full,random,urandom,tty,console,ptmx,stdin,stdout,stderr,core,termination-log}",
-    "/dev/{pts,shm,mqueue,fd}{,/**}",
+    "/dev/{null,zero,full,random,urandom,tty,console,ptmx,stdin,stdout,stderr,core,termination-log,"
+    "{pts,shm,mqueue,fd}{,/**}}"
 )
-_SPECIAL = frozenset("\\*?[]{},@")
 _VARIABLE = re.compile(r"@\{([A-Za-z0-9_]+)\}")
 _DEVICE_FIRST = frozenset(string.ascii_letters + string.digits)
 _DEVICE_REST = _DEVICE_FIRST | frozenset("._+:-")
 _WITNESS_CHARS = "xyzqjkvw" + string.ascii_letters + string.digits + "._-"
-_GLOB_CHAR = re.compile(r"[\\*?\[\]{},@]")  # where literal text may end
+_GLOB_CHAR = re.compile(r"[\\*?\[\]{},@]")  # may be special: where literal text may end
 _MAX_STEPS = 1 << 16
 _SEGMENT = re.compile(r"[^/\\\[\]{}@]*")  # literal text, `*` and `?` only
 
@@ -111,7 +110,6 @@ class Glob:
     """A compiled pattern: the paths `positive` accepts and `negative` (if any) does not.
     `prefix`/`suffix` are literal text every such path starts/ends with (cheap filters)."""
 
-    pattern: str
     positive: Nfa
     negative: Nfa | None
     prefix: str
@@ -130,9 +128,7 @@ class _Parser:
         self.top: list[str | None] = []  # top-level elements: a literal char, or None
 
     def parse(self) -> Nfa:
-        start, end = self.sequence(depth=0)
-        if self.pos < len(self.text):  # pragma: no cover - sequence() stops only at the end here
-            raise GlobError(f"{self.text!r}: unexpected {self.text[self.pos]!r}")
+        start, end = self.sequence(depth=0)  # at the top level it reads to the end
         self.nfa.start, self.nfa.accept = start, end
         return self.nfa
 
@@ -267,6 +263,7 @@ def _raw_ends(pattern: str) -> tuple[str, str, bool]:
 
 
 def _literal_ends(top: Sequence[str | None]) -> tuple[str, str, bool]:
+    """The literal characters before the first and after the last top-level glob element."""
     if None not in top:
         text = "".join(c for c in top if c is not None)
         return text, text, True
@@ -283,26 +280,13 @@ def compile_glob(pattern: str) -> Glob:
     prefix, suffix, literal = _literal_ends(parser.top)
     negative = None
     if pattern == DISK_DEVICES:
-        prefix, negative = "/dev/", _union([compile_glob(p).positive for p in NOT_DISKS])
-    return Glob(pattern, positive, negative, prefix, suffix, literal)
-
-
-def _union(parts: Sequence[Nfa]) -> Nfa:
-    nfa = Nfa()
-    start, accept = nfa.state(), nfa.state()
-    for part in parts:
-        offset = len(nfa.edges)
-        nfa.edges += [[(chars, nxt + offset) for chars, nxt in edges] for edges in part.edges]
-        nfa.eps += [[nxt + offset for nxt in eps] for eps in part.eps]
-        nfa.eps[start].append(part.start + offset)
-        nfa.eps[part.accept + offset].append(accept)
-    nfa.start, nfa.accept = start, accept
-    return nfa
+        prefix, negative = "/dev/", compile_glob(NOT_DISKS).positive
+    return Glob(positive, negative, prefix, suffix, literal)
 
 
 def escape(path: str) -> str:
     """`path` as a pattern that matches exactly it."""
-    return "".join("\\" + c if c in _SPECIAL else c for c in path)
+    return _GLOB_CHAR.sub(lambda m: "\\" + m[0], path)
 
 
 def _accepts(nfa: Nfa, path: str) -> bool:
@@ -325,14 +309,11 @@ def matches(path: str, pattern: str) -> bool:
     return _accepts(glob.positive, path) and not (glob.negative and _accepts(glob.negative, path))
 
 
-def _compatible(a: str, b: str, *, at_end: bool) -> bool:
-    if at_end:
-        return a.endswith(b) or b.endswith(a)
-    return a.startswith(b) or b.startswith(a)
-
-
 def _ends_meet(a: tuple[str, str, bool], b: tuple[str, str, bool]) -> bool:
-    return _compatible(a[0], b[0], at_end=False) and _compatible(a[1], b[1], at_end=True)
+    """Whether one path can start with both literal prefixes and end with both suffixes."""
+    (prefix_a, suffix_a, _), (prefix_b, suffix_b, _) = a, b
+    starts = prefix_a.startswith(prefix_b) or prefix_b.startswith(prefix_a)
+    return starts and (suffix_a.endswith(suffix_b) or suffix_b.endswith(suffix_a))
 
 
 @lru_cache(maxsize=1 << 16)
@@ -373,12 +354,16 @@ def intersects(a: str, b: str) -> bool:
     return witness(a, b) is not None
 
 
+_Product = tuple[frozenset[int], ...]  # a state set of each automaton searched together
+_Parents = dict[_Product, tuple[_Product, str] | None]
+
+
 def _search(parts: Sequence[tuple[Nfa, bool]]) -> str | None:
     """Breadth-first over the product of the subset constructions: the shortest path each
     `True` part accepts and no `False` part does. Each step tries every character some
     edge names, plus one stand-in for all the others (they behave alike)."""
     start = tuple(nfa.closure([nfa.start]) for nfa, _ in parts)
-    parent: dict[tuple[frozenset[int], ...], tuple[tuple[frozenset[int], ...], str] | None] = {start: None}
+    parent: _Parents = {start: None}
     queue = deque([start])
     while queue:
         current = queue.popleft()
@@ -404,10 +389,7 @@ def _stand_in(named: set[str]) -> str:
     return next(c for c in candidates if c not in named and c != "/")
 
 
-def _spell(
-    parent: dict[tuple[frozenset[int], ...], tuple[tuple[frozenset[int], ...], str] | None],
-    state: tuple[frozenset[int], ...],
-) -> str:
+def _spell(parent: _Parents, state: _Product) -> str:
     chars: list[str] = []
     link = parent[state]
     while link is not None:

@@ -11,7 +11,7 @@ from the same records under other rules.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from varmor.behavior.generalise import is_literal_path
 from varmor.behavior.model import (
@@ -124,12 +124,23 @@ def _build(operation: str, klass: str, fields: Mapping[str, str], profile: str) 
     return None  # domain changes, dbus, io_uring, ...: not modelled
 
 
-def observe(operation: str, klass: str, fields: Mapping[str, str], profile: str) -> BehaviorRule | None:
+def observe(
+    operation: str,
+    klass: str,
+    fields: Mapping[str, str],
+    profile: str,
+    *,
+    rewrite: Callable[[BehaviorRule], BehaviorRule] | None = None,
+) -> BehaviorRule | None:
     """The rule an audit record shows the workload needed, or None when the record is no
     modelled kind or holds a value the profile writer would refuse. `klass` is one of
     `nodeexec.audit.CLASSES`; `profile` is the record's profile (`name` or a child
-    `name//...`), to recognise the workload's own processes as peers."""
+    `name//...`), to recognise the workload's own processes as peers. `rewrite` (the
+    agent's `generalise`) is applied before the check, so the check sees the rule that
+    is kept, and a workload's many pids cost one (cached) check."""
     rule = _build(operation, klass, fields, profile)
+    if rule is not None and rewrite is not None:
+        rule = rewrite(rule)
     if rule is None or check_rule(rule) is not None:
         return None
     return rule

@@ -15,6 +15,7 @@ of the pinned ABI, minus the few the parser itself refuses (a model must compile
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 
@@ -185,10 +186,12 @@ def _raw_path(path: str) -> str:
     return _BARE_AT.sub("_", path).replace("=", "_")
 
 
+@functools.lru_cache(maxsize=16384)
 def check_rule(rule: BehaviorRule) -> str | None:
     """Why `rule` may not go into a profile, or None: its fields against the model
     grammar, then its lines against raw.py's validator (which also refuses a ptrace rule
-    whose peer is not this profile itself)."""
+    whose peer is not this profile itself). Cached: rules are immutable, a workload
+    repeats the same few (once generalised), and the raw check is most of a record's cost."""
     why = _check_fields(rule)
     if why is not None:
         return why

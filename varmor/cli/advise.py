@@ -75,7 +75,7 @@ def _model(text: str) -> tuple[Behavior, str | None]:
     if not isinstance(obj, dict):
         raise InputError("expected an ArmorProfileModel object")
     if obj.get("kind") not in (None, api.ARMOR_PROFILE_MODEL.kind, api.ARMOR_BEHAVIOR.kind):
-        raise InputError(f"expected an {api.ARMOR_PROFILE_MODEL.kind}, not a {obj.get('kind')}")
+        raise InputError(f"expected an {api.ARMOR_PROFILE_MODEL.kind}, got kind {obj.get('kind')!r}")
     try:
         behavior = decode_model_data(obj)
     except WireError as exc:
@@ -103,6 +103,8 @@ def _violations(text: str, profile: str | None) -> tuple[Observed, int]:
 def _load(args: argparse.Namespace) -> tuple[Behavior, dict[BehaviorRule, str] | None, str | None, list[str]]:
     """(behaviour, example records, namespace, warnings) from --model or --violations."""
     path = args.model if args.model is not None else args.violations
+    if args.model is not None and args.profile is not None:
+        raise InputError("--profile selects records of a violations log; a model is one profile's already")
     try:
         text = _read(path)
     except (OSError, UnicodeDecodeError) as exc:

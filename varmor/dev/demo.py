@@ -231,6 +231,10 @@ def _start_varmor(kubeconfig: str) -> None:
             f"--profile-dir={profile_dir}",
             *agent_args,
             f"--violation-log={dev_dir() / 'violations.jsonl'}",
+            # The kernel's audit records: with no kubelet here, append records to it
+            # (the README's "Watch, then enforce" does) as auditd would.
+            f"--audit-log={dev_dir() / 'audit.log'}",
+            "--behavior-flush=5",
         ],
     )
     state_file.write_text(json.dumps({"pids": pids, "ports": ports}))

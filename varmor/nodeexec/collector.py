@@ -102,8 +102,7 @@ class BehaviorCollector:
         behavior = share.behavior
         rule = None
         if not is_runtime_process(record.fields.get("comm", ""), record.fields.get("exe", "")):
-            rule = observe(record.operation, record.klass, record.fields, record.profile)
-        rule = generalise(rule) if rule is not None else None
+            rule = observe(record.operation, record.klass, record.fields, record.profile, rewrite=generalise)
         if rule is None or (rule not in behavior.rules and len(behavior) >= MAX_RULES):
             behavior.excluded += 1
             metrics.BEHAVIOR_RECORDS.labels("excluded").inc()

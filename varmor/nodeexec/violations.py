@@ -40,7 +40,8 @@ REASONS = {"DENIED": "ViolationDenied", "AUDIT": "ViolationAudited", "ALLOWED": 
 # -- following a file ----------------------------------------------------------------
 class Follower:
     """`tail -F` in a thread-friendly shape: returns new complete lines, survives rotation
-    (new inode) and truncation, and waits for a file that does not exist yet."""
+    (new inode) and truncation, and waits for a file that does not exist yet (and then
+    reads it from its start: everything in it is new)."""
 
     def __init__(self, path: Path, *, from_start: bool = False) -> None:
         self.path = path
@@ -53,6 +54,7 @@ class Follower:
         try:
             handle = open(self.path, "rb")  # noqa: SIM115 (kept open across calls)
         except FileNotFoundError:
+            self.from_start = True  # a file that appears later holds only new lines
             return False
         stat = os.fstat(handle.fileno())
         if self._handle is None and not self.from_start:

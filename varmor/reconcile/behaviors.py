@@ -73,7 +73,7 @@ def merge(shares: list[JSON]) -> tuple[Behavior, list[JSON]]:
                 merged.rules[rule] = merged.rules.get(rule, 0) + count
             else:
                 refused += 1
-        merged.records += records
+        merged.records += max(0, records - excluded)  # spec.records counts the excluded too
         merged.excluded += excluded
         nodes.append({**entry, "rules": len(behavior.rules) - refused, "refusedRules": refused})
     return merged, nodes
@@ -159,7 +159,7 @@ class ModelController:
         status: JSON = {
             "sha256": digest(merged),
             "rules": len(merged),
-            "records": merged.records,
+            "records": merged.records + merged.excluded,
             "lostRecords": merged.lost,
             "excludedRecords": merged.excluded,
             "size": len(orjson.dumps(to_wire(merged))),
