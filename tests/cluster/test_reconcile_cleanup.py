@@ -81,3 +81,32 @@ async def test_cleanup_removes_configurations_a_running_leader_re_registered(
     with pytest.raises(ApiException) as missing:
         await raw_request(api_client, "GET", f"{mutating}/{name}")
     assert missing.value.status == 404
+
+
+async def test_uninstall_removes_behaviour_models_unless_kept(api_client: Any, namespace: str, crds: list[str]) -> None:
+    """Models outlive their policies, so the hook deletes them, unless the chart's
+    cleanup.keepModels asks to keep them; behaviour shares always go."""
+    from varmor import api
+    from varmor.kube import paths
+    from varmor.kube.kube import Kube
+
+    kube = Kube(api_client)
+    profile = f"varmor-{namespace}-web"
+    model = {"apiVersion": api.API_VERSION, "kind": "ArmorProfileModel", "metadata": {"name": profile}}
+    share = {
+        "apiVersion": api.API_VERSION,
+        "kind": "ArmorBehavior",
+        "metadata": {"name": f"{profile}.n1"},
+        "spec": {"nodeName": "n1", "profileName": profile},
+    }
+    await kube.request("POST", paths.custom_path(api.ARMOR_PROFILE_MODEL, namespace), body=model)
+    await kube.request("POST", paths.custom_path(api.ARMOR_BEHAVIOR, namespace), body=share)
+    await cleanup(api_client, "no-such-config", unload_timeout=30, keep_models=True)
+    assert await kube.request("GET", paths.custom_path(api.ARMOR_PROFILE_MODEL, namespace, profile))
+    with pytest.raises(ApiException) as gone:
+        await kube.request("GET", paths.custom_path(api.ARMOR_BEHAVIOR, namespace, f"{profile}.n1"))
+    assert gone.value.status == 404
+    await cleanup(api_client, "no-such-config", unload_timeout=30)
+    with pytest.raises(ApiException) as gone:
+        await kube.request("GET", paths.custom_path(api.ARMOR_PROFILE_MODEL, namespace, profile))
+    assert gone.value.status == 404

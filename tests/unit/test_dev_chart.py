@@ -306,3 +306,14 @@ def test_external_certificates_name_the_users_secret() -> None:
     (ds,) = by_kind(render({"certificates": {"mode": "external", "secretName": "my-tls"}}), "DaemonSet")
     assert "--cert-secret=my-tls" in container_args(ds)
     assert "--cert-mode=external" in container_args(ds)
+
+
+def test_the_uninstall_hook_deletes_behaviour_models_unless_kept() -> None:
+    """Models have no owner (they outlive their policy): the hook deletes them, and may
+    delete them, unless `cleanup.keepModels`."""
+    for values, kept in (({}, False), ({"cleanup": {"keepModels": True}}, True)):
+        objects = render(values)
+        (job,) = by_kind(objects, "Job")
+        assert ("--keep-models" in container_args(job)) is kept
+        (role,) = [r for r in by_kind(objects, "ClusterRole") if r["metadata"]["name"].endswith("-cleanup")]
+        assert "armorprofilemodels" in {res for rule in role["rules"] for res in rule["resources"]}
