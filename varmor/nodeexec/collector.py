@@ -145,7 +145,10 @@ class BehaviorCollector:
         if self.kube is None:
             return
         for name, share in list(self._shares.items()):
+            current = self.owner(name)
             if not share.dirty:
+                if current is None or not current.modeling or current.uid != share.owner.uid:
+                    self._shares.pop(name, None)  # written, and no longer collected: let it go
                 continue
             try:
                 await self._write(share)
