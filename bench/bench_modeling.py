@@ -100,7 +100,7 @@ def run_agent(lines: list[str], collect: bool, batch: int = 512) -> tuple[float,
     for i in range(0, len(lines), batch):
         chunk = lines[i : i + batch]
         records = [r for r in map(rep.parse, chunk) if r is not None]
-        rep.behavior(chunk, records)
+        rep.behavior(chunk, records, [None] * len(records))
     return time.process_time() - start, rep
 
 

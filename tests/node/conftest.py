@@ -89,7 +89,13 @@ def agent_args(install: Install) -> list[str]:
     args = container_args(install.rendered("DaemonSet"), NODE)
     for mount, host in HOST_PATHS.items():
         args = [a.replace(mount, host) for a in args]
-    return [*args, "--kubeconfig=/run/varmor/agent.kubeconfig", "--violation-log=/var/log/varmor-violations.log"]
+    # Behaviour shares every 2 s instead of 30: a modelling test waits on them.
+    return [
+        *args,
+        "--kubeconfig=/run/varmor/agent.kubeconfig",
+        "--violation-log=/var/log/varmor-violations.log",
+        "--behavior-flush=2",
+    ]
 
 
 async def agent_token(api_client: Any, install: Install) -> str:

@@ -113,6 +113,10 @@ def show_text(model: dict[str, Any]) -> str:
             f"#   node {node.get('nodeName')}: {node.get('rules', 0)} rules, {node.get('records', 0)} records, "
             f"{node.get('excludedRecords', 0)} excluded, {node.get('lostRecords', 0)} lost{refused}"
         )
+    for pod in status.get("pods") or []:
+        where = f"{pod.get('namespace')}/{pod.get('name')}" if pod.get("name") else str(pod.get("namespace"))
+        container = f" container {pod.get('container')} ({pod.get('image')})" if pod.get("container") else ""
+        lines.append(f"#   pod {where}{container}: {pod.get('records', 0)} records")
     if status.get("lostRecords"):
         lines.append(
             f"# WARNING: {status['lostRecords']} audit records were lost while modelling: the model may lack "

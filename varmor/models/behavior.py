@@ -124,8 +124,26 @@ class RecordCounts(Wire):
     ] = 0
 
 
+class PodRecords(Wire):
+    """A pod whose processes' records are in the share (or model)."""
+
+    namespace: Annotated[str, Meta(max_length=253, description="'(another namespace)' when not to be named.")]
+    name: Annotated[str, Meta(max_length=253)]
+    container: Annotated[str, Meta(max_length=253)] | UnsetType = UNSET
+    image: Annotated[str, Meta(max_length=4096)] | UnsetType = UNSET
+    records: Annotated[Int64, Meta(description="Records from this pod.")] = 0
+
+
+_PODS = Meta(description="The pods the records came from (at most 64 named).", max_length=65)
+
+
 class ArmorBehaviorSpec(RecordCounts, kw_only=True):
     """Whose share this is."""
+
+    unattributed_records: Annotated[
+        Int64, Meta(description="Records whose pod the agent could not name (the process had exited).")
+    ] = 0
+    pods: Annotated[list[PodRecords], _PODS] | UnsetType = UNSET
 
     node_name: Annotated[str, Meta(description="The node that collected it.", max_length=253)]
     profile_name: Annotated[str, Meta(description="The profile.", max_length=api.MAX_PROFILE_NAME)]
@@ -167,6 +185,8 @@ class NodeShare(RecordCounts, kw_only=True):
 
 class ArmorProfileModelStatus(RecordCounts):
     """Written by the leader."""
+
+    pods: Annotated[list[PodRecords], _PODS] | UnsetType = UNSET
 
     sha256: Annotated[str, Meta(description="Digest of the merged rules.")] | UnsetType = UNSET
     rules: Annotated[Int64, Meta(description="Rules in the model.")] = 0

@@ -30,12 +30,15 @@ from varmor.kube import paths
 from varmor.kube.client import JSON, ApiException
 from varmor.kube.kube import Kube
 from varmor.nodeexec import metrics
+from varmor.nodeexec.attribution import Attribution
 from varmor.nodeexec.audit import AuditRecord, parse_serial
 from varmor.nodeexec.auditloss import KernelLossCounter, SerialGapTracker, parse_kernel_loss
 from varmor.nodeexec.state import Desired
 
 log = logging.getLogger(__name__)
 MAX_RULES = 50_000  # per profile and node, after generalisation and collapsing
+MAX_PODS = 64  # pods named per share; more are counted together
+OTHER_NAMESPACE = "(another namespace)"  # a pod a namespaced policy's owner may not see named
 
 
 class LossMeter:
@@ -60,10 +63,15 @@ class LossMeter:
         return max(self.gaps.lost, self.kernel.suppressed)
 
 
+PodKey = tuple[str, str, str, str]  # namespace, name, container, image
+
+
 @dataclass
 class _Share:
     owner: Desired
     behavior: Behavior = field(default_factory=Behavior)
+    pods: dict[PodKey, int] = field(default_factory=dict)
+    unattributed: int = 0
     lost_at_start: int = 0
     dirty: bool = True
     merged_stored: bool = False  # the stored share (from before a restart) was read back
@@ -94,11 +102,12 @@ class BehaviorCollector:
         owner = self.owner(record.base_profile)
         return owner if owner is not None and owner.modeling else None
 
-    def collect(self, record: AuditRecord, owner: Desired) -> None:
+    def collect(self, record: AuditRecord, owner: Desired, attribution: Attribution | None = None) -> None:
         share = self._shares.get(owner.name)
         if share is None or share.owner.uid != owner.uid:
             share = self._shares[owner.name] = _Share(owner, lost_at_start=self.loss.lost)
         share.dirty = True
+        self._count_pod(share, attribution)
         behavior = share.behavior
         rule = None
         if not is_runtime_process(record.fields.get("comm", ""), record.fields.get("exe", "")):
@@ -109,6 +118,23 @@ class BehaviorCollector:
             return
         behavior.add(rule)
         metrics.BEHAVIOR_RECORDS.labels("collected").inc()
+
+    @staticmethod
+    def _count_pod(share: _Share, attribution: Attribution | None) -> None:
+        """Which pod the record came from: named when the policy's owner may see it
+        (`PolicyRef.may_name`), bounded to MAX_PODS per share."""
+        pod = attribution.pod if attribution is not None else None
+        if pod is None:
+            share.unattributed += 1
+            return
+        policy = share.owner.policy
+        if policy is not None and not policy.may_name(pod.namespace):
+            key: PodKey = (OTHER_NAMESPACE, "", "", "")
+        else:
+            key = (pod.namespace, pod.name, pod.container, pod.image)
+        if key not in share.pods and len(share.pods) >= MAX_PODS:
+            key = ("", "(more pods)", "", "")
+        share.pods[key] = share.pods.get(key, 0) + 1
 
     def _body(self, share: _Share, existing: JSON | None) -> JSON:
         share.behavior = collapse(share.behavior)
@@ -134,6 +160,11 @@ class BehaviorCollector:
                 "records": share.behavior.records + share.behavior.excluded,
                 "lostRecords": max(0, self.loss.lost - share.lost_at_start) + share.behavior.lost,
                 "excludedRecords": share.behavior.excluded,
+                "unattributedRecords": share.unattributed,
+                "pods": [
+                    {"namespace": ns, "name": name, "container": container, "image": image, "records": count}
+                    for (ns, name, container, image), count in sorted(share.pods.items())
+                ],
                 "updateTime": now_rfc3339(self.clock),
             },
             "storageType": storage,
@@ -168,12 +199,7 @@ class BehaviorCollector:
         for attempt in range(2):
             existing = await self._read(path)
             if existing is not None and not share.merged_stored:
-                stored = decode_model_data(existing)
-                spec = existing.get("spec") or {}
-                stored.lost = int(spec.get("lostRecords") or 0)
-                stored.excluded = int(spec.get("excludedRecords") or 0)
-                stored.records = int(spec.get("records") or 0) - stored.excluded
-                share.behavior.merge(stored)
+                self._read_back(share, existing)
             share.merged_stored = True
             body = self._body(share, existing)
             try:
@@ -185,6 +211,22 @@ class BehaviorCollector:
             except ApiException as exc:
                 if exc.status != 409 or attempt:
                     raise
+
+    @staticmethod
+    def _read_back(share: _Share, existing: JSON) -> None:
+        """Add what this node stored before (an agent restart) to what it collected since."""
+        stored = decode_model_data(existing)
+        spec = existing.get("spec") or {}
+        stored.lost = int(spec.get("lostRecords") or 0)
+        stored.excluded = int(spec.get("excludedRecords") or 0)
+        stored.records = int(spec.get("records") or 0) - stored.excluded
+        share.behavior.merge(stored)
+        share.unattributed += int(spec.get("unattributedRecords") or 0)
+        for pod in spec.get("pods") or []:
+            ns, name, container, image = (str(pod.get(k) or "") for k in ("namespace", "name", "container", "image"))
+            share.pods[(ns, name, container, image)] = share.pods.get((ns, name, container, image), 0) + int(
+                pod.get("records") or 0
+            )
 
     async def _read(self, path: str) -> JSON | None:
         assert self.kube is not None

@@ -188,21 +188,24 @@ class ViolationReporter:
             collector=collector,
         )
 
-    def behavior(self, lines: list[str], records: list[AuditRecord]) -> list[AuditRecord]:
+    def behavior(
+        self, lines: list[str], records: list[AuditRecord], attributions: list[Attribution | None]
+    ) -> list[tuple[AuditRecord, Attribution | None]]:
         """Measure loss on every line; hand modelling profiles' ALLOWED records to the
-        collector (behaviour, not violations); return the rest."""
+        collector (behaviour, not violations, with the pod they came from); return the rest."""
+        pairs = list(zip(records, attributions, strict=True))
         if self.collector is None:
-            return records
+            return pairs
         for line in lines:
             self.collector.loss.feed(line)
         metrics.AUDIT_LOST.set(self.collector.loss.lost)
         rest = []
-        for record in records:
+        for record, attribution in pairs:
             owner = self.collector.modeling(record)
             if owner is None:
-                rest.append(record)
+                rest.append((record, attribution))
             else:
-                self.collector.collect(record, owner)
+                self.collector.collect(record, owner, attribution)
         return rest
 
     async def lines(self) -> AsyncIterator[list[str]]:
@@ -233,11 +236,14 @@ class ViolationReporter:
         if self.attributor is None:
             return [None] * len(records)
         out: list[Attribution | None] = []
+        seen: dict[tuple[str | None, str | None], Attribution] = {}  # a busy pid's records: one read
         for record in records:
             pid = record.fields.get("pid")
             syscall = syscalls.get(record.serial) if record.serial is not None else None
             parent = syscall.ppid if syscall is not None and syscall.pid == pid else None
-            out.append(self.attributor.attribute(pid, parent, record.timestamp))
+            if (pid, parent) not in seen:
+                seen[(pid, parent)] = self.attributor.attribute(pid, parent, record.timestamp)
+            out.append(seen[(pid, parent)])
         return out
 
     def handle(self, line: str, attribution: Attribution | None = None) -> Violation | None:
@@ -279,10 +285,11 @@ class ViolationReporter:
         sender = asyncio.create_task(self.events.run()) if self.events is not None else None
         try:
             async for lines in self.lines():
-                records = self.behavior(lines, [r for r in map(self.parse, lines) if r is not None])
+                records = [r for r in map(self.parse, lines) if r is not None]
                 syscalls = {s.serial: s for s in map(parse_syscall, lines) if s is not None} if records else {}
                 attributions = await asyncio.to_thread(self.attribute, records, syscalls) if records else []
-                entries = [self.report(r, a).as_json(self.node) for r, a in zip(records, attributions, strict=True)]
+                rest = self.behavior(lines, records, attributions)
+                entries = [self.report(r, a).as_json(self.node) for r, a in rest]
                 if out is not None and entries:
                     text = "".join(orjson.dumps(e).decode() + "\n" for e in entries)
                     await asyncio.to_thread(_write, out, text)

@@ -48,6 +48,22 @@ def _counts(share: JSON) -> tuple[int, int, int]:
     return tuple(int(spec.get(k) or 0) for k in ("records", "lostRecords", "excludedRecords"))  # type: ignore[return-value]
 
 
+MAX_PODS = 64
+_POD_FIELDS = ("namespace", "name", "container", "image")
+
+
+def top_pods(shares: list[JSON]) -> list[JSON]:
+    """The pods behind a model, across nodes: the MAX_PODS with the most records."""
+    counts: dict[tuple[str, ...], int] = {}
+    for share in shares:
+        for pod in (share.get("spec") or {}).get("pods") or []:
+            if isinstance(pod, dict):
+                key = tuple(str(pod.get(k) or "") for k in _POD_FIELDS)
+                counts[key] = counts.get(key, 0) + int(pod.get("records") or 0)
+    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_PODS]
+    return [{k: v for k, v in zip(_POD_FIELDS, key, strict=True) if v} | {"records": n} for key, n in ranked]
+
+
 def merge(shares: list[JSON]) -> tuple[Behavior, list[JSON]]:
     """The merged model of a profile's shares and each node's contribution (pure)."""
     merged = Behavior()
@@ -164,6 +180,7 @@ class ModelController:
             "excludedRecords": merged.excluded,
             "size": len(orjson.dumps(to_wire(merged))),
             "nodes": nodes,
+            "pods": top_pods(shares),
         }
         if size > MAX_MODEL_BYTES:
             message = f"the model is {size} bytes stored ({storage}); at most {MAX_MODEL_BYTES}: not stored"
