@@ -41,3 +41,22 @@ def test_every_role_takes_the_compile_budget_flags() -> None:
         assert (budget_from_args(args).cpu_seconds, budget_from_args(args).memory_mib) == (3.0, 128)
     argv = ["run", "--roles=agent", "--compile-cpu-seconds=3"]
     assert config_from_args(build_parser(argv).parse_args(argv)).budget.cpu_seconds == 3.0
+
+
+@pytest.mark.parametrize("argv", [["rules", "list"], ["rules", "list", "--json"], ["crds"]])
+def test_a_closed_pipe_ends_quietly_with_sigpipes_status(argv: list[str]) -> None:
+    """`varmor rules list | head -1`: no traceback, and the exit status of a Unix tool
+    killed by SIGPIPE (or 0 when everything fitted in the pipe before it closed)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.Popen([sys.executable, "-m", "varmor.cli", *argv], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert proc.stdout is not None
+    assert proc.stderr is not None
+    proc.stdout.readline()
+    proc.stdout.close()  # the reader goes away after one line
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=60) in (0, 141), err
+    assert "Traceback" not in err
+    assert "BrokenPipe" not in err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -60,7 +61,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if func is None:
         parser.print_help()
         return 2
-    return int(func(args) or 0)
+    try:
+        code = int(func(args) or 0)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return closed_pipe()
+    return code
+
+
+def closed_pipe() -> int:
+    """The reader went away (`varmor rules list | head`): stop quietly, as Unix tools do,
+    with SIGPIPE's exit status. Python would otherwise print a traceback, and a second one
+    when it flushes stdout at exit; pointing stdout at /dev/null spares that flush."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+    return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":
