@@ -23,7 +23,9 @@ fi
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e '.[dev]'
+  # setuptools announces every editable install with a warning (it has no other channel
+  # to pip, pypa/packaging-problems#558); it is information, not a problem: not shown.
+  PYTHONWARNINGS="ignore:Editable installation" .venv/bin/pip install -q -e '.[dev]'
   rm -f .venv/.installed-* && touch "$stamp"
 fi
 
