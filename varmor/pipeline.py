@@ -21,6 +21,7 @@ from varmor import api
 from varmor.policy import Policy, PolicyError, parse_policy
 from varmor.profile.builder import BuiltProfile, build_profile
 from varmor.profile.deny_default import BehaviorInputs, ModelMissing
+from varmor.profile.trust import check_profile_text
 from varmor.rules import Catalog, load_catalog
 
 CACHE_SIZE = 4096
@@ -29,7 +30,7 @@ CACHE_SIZE = 4096
 # before anything is built, so no policy (or unauthenticated /validate call) can make a
 # replica build hundreds of MB.
 MAX_TARGETS = 64
-# What an agent accepts (varmor.nodeexec.trust.MAX_TEXT): refused here, not on every node.
+# What an agent accepts (varmor.profile.trust.MAX_TEXT): refused here, not on every node.
 MAX_PROFILE_BYTES = 1024 * 1024
 
 
@@ -116,6 +117,11 @@ def compile_policy(
         raise CompileError(
             "Invalid", f"the profile would be {len(profile.text.encode())} bytes; at most {MAX_PROFILE_BYTES}"
         )
+    # The agents' own check, here too: what the leader writes, every agent loads (a profile
+    # they refused would never be enforced, and a refused update would stay unapplied).
+    refused = check_profile_text(name, profile.text, profile.mode)
+    if refused is not None:
+        raise CompileError("Invalid", f"the agents would refuse this profile: {refused}")
     compiled = CompiledPolicy(policy, profile)
     if key is not None:
         _cache[key] = compiled

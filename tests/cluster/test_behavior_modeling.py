@@ -125,6 +125,11 @@ async def test_watch_then_enforce(
     assert refused.value.status == 422
     assert "while the policy is Modeling" in str(refused.value.body)
 
+    # The workload's pod, bound to the node (no kubelet here: it never starts, but its node
+    # runs the profile, which is what the leader checks before it counts a node's share).
+    core = client.CoreV1Api(api_client)
+    await core.create_namespaced_pod(namespace, pod_on(host.node, profile, "web-1"))
+
     # A real agent loads the profile and collects what the workload does.
     audit_log = host.root / "audit.log"
     audit_log.write_text("")
@@ -180,6 +185,7 @@ async def test_watch_then_enforce(
     # Switch in place to DefenseInDepth: the profile enforces the model.
     changed = await policy()
     changed["spec"]["policy"] = exported["spec"]["policy"]
+    changed["metadata"].setdefault("annotations", {}).update(exported["metadata"]["annotations"])
     changed["spec"]["policy"]["defenseInDepth"]["appArmor"]["appArmorRawRules"] = [{"rules": "deny /etc/shadow r,"}]
     await custom.replace_namespaced_custom_object(G, V, namespace, "varmorpolicies", "web", changed)
     ap = await wait_for(lambda: _has_model(armor_profile))
@@ -198,19 +204,23 @@ async def test_watch_then_enforce(
     late.add(FileRule("/var/cache/app/index", "rw"))
     storage, data = encode_model_data(late)
     other = "late-node"
-    await custom.create_namespaced_custom_object(
-        G,
-        V,
-        namespace,
-        "armorbehaviors",
-        {
-            "apiVersion": api.API_VERSION,
-            "kind": "ArmorBehavior",
-            "metadata": {"name": f"{profile}.{other}"},
-            "spec": {"nodeName": other, "profileName": profile, "records": 1},
-            "storageType": storage,
-            "data": data,
-        },
+    owner = {"apiVersion": api.API_VERSION, "kind": "ArmorProfile", "name": profile, "uid": ap["metadata"]["uid"]}
+    late_share = {
+        "apiVersion": api.API_VERSION,
+        "kind": "ArmorBehavior",
+        "metadata": {"name": f"{profile}.{other}", "ownerReferences": [owner]},
+        "spec": {"nodeName": other, "profileName": profile, "records": 1},
+        "storageType": storage,
+        "data": data,
+    }
+    await custom.create_namespaced_custom_object(G, V, namespace, "armorbehaviors", late_share)
+    # No pod on that node uses the profile: its share does not count (root on a node cannot
+    # widen the model of a workload it never ran), and the model says so.
+    refused = await wait_for(lambda: _node_refused(custom, namespace, profile, other))
+    assert refused["refused"] == f"no pod on node {other} in namespace {namespace} uses the profile"
+    await core.create_namespaced_pod(namespace, pod_on(other, profile, "web-2"))
+    await custom.patch_namespaced_custom_object(
+        G, V, namespace, "armorbehaviors", f"{profile}.{other}", {"spec": {"records": 2}}
     )
     waiting = await wait_for(lambda: _condition(policy, "Model", "ModelChanged"))
     new_sha = waiting["status"]["model"]["sha256"]
@@ -218,7 +228,20 @@ async def test_watch_then_enforce(
     assert waiting["status"]["model"]["enforcedSha256"] == enforced
     assert (await armor_profile())["spec"]["modelSha256"] == enforced  # type: ignore[index]
 
-    assert await asyncio.to_thread(main, [*cli("accept"), "--kubeconfig", kubeconfig]) == 0
+    # A spec change meanwhile still applies, around the model the profile enforces.
+    tightened = await policy()
+    tightened["spec"]["policy"]["defenseInDepth"]["appArmor"]["appArmorRawRules"] = [
+        {"rules": "deny /etc/shadow r,\ndeny /etc/gshadow r,"}
+    ]
+    await custom.replace_namespaced_custom_object(G, V, namespace, "varmorpolicies", "web", tightened)
+    ap = await wait_for(lambda: _text_has(armor_profile, "deny /etc/gshadow r,"))
+    assert ap["spec"]["modelSha256"] == enforced
+    assert "/usr/bin/app ix," in ap["spec"]["profile"]["appArmor"]
+    assert "/var/cache/app/index" not in ap["spec"]["profile"]["appArmor"]
+
+    stale = [*cli("accept"), "--sha256", enforced, "--kubeconfig", kubeconfig]
+    assert await asyncio.to_thread(main, stale) == 1  # not the model as it is now: refused
+    assert await asyncio.to_thread(main, [*cli("accept"), "--sha256", new_sha, "--kubeconfig", kubeconfig]) == 0
     assert (await policy())["metadata"]["annotations"][api.ACCEPT_MODEL_ANNOTATION] == new_sha
     ap = await wait_for(lambda: _has_model(armor_profile, new_sha))
     assert "/var/cache/app/index rw," in ap["spec"]["profile"]["appArmor"]
@@ -265,3 +288,26 @@ async def _model(custom: Any, namespace: str, profile: str, *, rules: int) -> di
     except ApiException:
         return None
     return got if (got.get("status") or {}).get("rules") == rules else None
+
+
+def pod_on(node: str, profile: str, name: str) -> dict[str, Any]:
+    """A pod bound to `node` whose container runs under `profile`."""
+    context = {"appArmorProfile": {"type": "Localhost", "localhostProfile": profile}}
+    container = {"name": "app", "image": "busybox", "securityContext": context}
+    return {"metadata": {"name": name}, "spec": {"nodeName": node, "containers": [container]}}
+
+
+async def _node_refused(custom: Any, namespace: str, profile: str, node: str) -> dict[str, Any] | None:
+    try:
+        got = await custom.get_namespaced_custom_object(G, V, namespace, "armorprofilemodels", profile)
+    except ApiException:
+        return None
+    for entry in (got.get("status") or {}).get("nodes") or []:
+        if entry.get("nodeName") == node and entry.get("refused"):
+            return dict(entry)
+    return None
+
+
+async def _text_has(armor_profile: Any, line: str) -> dict[str, Any] | None:
+    ap = await armor_profile()
+    return ap if ap is not None and line in ap["spec"]["profile"]["appArmor"] else None

@@ -65,6 +65,9 @@ def watch_then_enforce(state: Path) -> None:
     asyncio.run(apply_examples(kubeconfig, ["modeling-deployment.yaml", "modeling-policy.yaml"]))
     # The workload runs under the modelling profile once it is loaded: records come after.
     asyncio.run(wait_modeling(kubeconfig))
+    asyncio.run(wait_profiled_pod(kubeconfig))  # the rolled Deployment's pod, with the profile
+    scheduled = varmor("dev", "schedule", "-n", "demo", state=state, timeout=60)
+    assert "bound to varmor-dev-node" in scheduled.stdout + scheduled.stderr, scheduled.stderr
     records = (EXAMPLES / "modeling-records.log").read_text().replace("@PROFILE@", "varmor-demo-api")
     with (state / "dev" / "audit.log").open("a") as log:
         log.write(records)
@@ -117,5 +120,24 @@ async def wait_modeling(kubeconfig: str) -> None:
             return bool(status.get("ready")) and status.get("phase") == "Modeling"
 
         await wait_for(modeling, timeout=60)
+    finally:
+        await api_client.close()
+
+
+async def wait_profiled_pod(kubeconfig: str) -> None:
+    from tests.helpers import wait_for
+    from varmor.kube.client import new_api_client
+    from varmor.kube.kube import Kube
+    from varmor.reconcile.modelmerge import uses_profile
+
+    api_client = await new_api_client(kubeconfig)
+    try:
+        kube = Kube(api_client)
+
+        async def profiled() -> bool:
+            pods = await kube.request("GET", "/api/v1/namespaces/demo/pods", query={"labelSelector": "app=api"})
+            return any(uses_profile(pod, "varmor-demo-api") for pod in pods["items"])
+
+        await wait_for(profiled, timeout=60)
     finally:
         await api_client.close()

@@ -173,6 +173,11 @@ BAD: list[tuple[str, Any, str]] = [
     ),
     (
         "spec.policy.defenseInDepth",
+        {"appArmor": {"profileType": "Custom", "customProfile": "# read-only app\u2028capability sys_admin,"}},
+        "spec.policy.defenseInDepth.appArmor.customProfile: customProfile holds a line break other than a newline",
+    ),
+    (
+        "spec.policy.defenseInDepth",
         {"appArmor": {"profileType": "Custom", "customProfile": "/bin/sh px,"}},
         "spec.policy.defenseInDepth.appArmor.customProfile: ",
     ),

@@ -31,7 +31,6 @@ PURE_GLOBS = (
     "reconcile/findings.py",
     "reconcile/profiles.py",
     "nodeexec/audit.py",
-    "nodeexec/trust.py",
     "nodeexec/auditloss.py",
 )
 FORBIDDEN = {

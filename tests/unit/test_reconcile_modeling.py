@@ -10,8 +10,8 @@ from typing import Any
 from tests import helpers
 from varmor import api
 from varmor.behavior.model import Behavior, FileRule, digest
-from varmor.reconcile.behaviors import merge
 from varmor.reconcile.modeling import Model, plan, window
+from varmor.reconcile.modelmerge import MAX_COUNT, ShareCache, merge, owned_by, uses_profile
 
 T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
 
@@ -130,7 +130,7 @@ def test_other_modes_have_no_behaviour_plan() -> None:
 
 def share(node: str, data: dict[str, Any], records: int = 1) -> dict[str, Any]:
     return {
-        "metadata": {"name": f"varmor-ns-web.{node}"},
+        "metadata": {"name": f"varmor-ns-web.{node}", "uid": f"uid-{node}", "resourceVersion": "1"},
         "spec": {"nodeName": node, "profileName": "varmor-ns-web", "records": records, "lostRecords": 2},
         "storageType": "CRDInternal",
         "data": {"dynamicResult": {"appArmor": data}},
@@ -144,12 +144,49 @@ def test_merge_sums_nodes_and_refuses_what_no_profile_may_hold() -> None:
             share("b", {"files": [{"path": "/ok", "permissions": "r", "count": 2}]}, records=2),
             share("a", hostile),
             share("c", {"unknown": []}),
-        ]
+        ],
+        ShareCache(),
     )
     assert merged.rules == {FileRule("/ok", "r"): 3}
     assert merged.lost == 6  # every share's loss, the refused one's too
     by_node = {n["nodeName"]: n for n in nodes}
     assert by_node["a"]["refusedRules"] == 1
     assert by_node["a"]["rules"] == 1
-    assert by_node["c"]["refusedRules"] == -1  # undecodable: nothing merged
+    assert by_node["c"]["refused"].startswith("unreadable: ")  # nothing merged
     assert [n["nodeName"] for n in nodes] == ["a", "b", "c"]
+
+
+def test_counts_saturate_so_a_node_cannot_overflow_the_model() -> None:
+    huge = share("a", {"files": [{"path": "/ok", "permissions": "r", "count": 2**63 - 1}]}, records=2**63 - 1)
+    merged, _ = merge([huge, share("b", {"files": [{"path": "/ok", "permissions": "r", "count": 5}]})], ShareCache())
+    assert merged.rules[FileRule("/ok", "r")] == MAX_COUNT
+    assert merged.records == MAX_COUNT
+
+
+def test_a_share_counts_only_when_its_profiles_current_armorprofile_owns_it() -> None:
+    owned = share("a", {})
+    owned["metadata"]["ownerReferences"] = [{"kind": "ArmorProfile", "name": "varmor-ns-web", "uid": "ap-1"}]
+    assert owned_by(owned, "ap-1")
+    assert not owned_by(owned, "ap-2")  # a newer ArmorProfile of that name
+    assert not owned_by(share("a", {}), "ap-1")
+    renamed = {**owned, "spec": {**owned["spec"], "profileName": "varmor-other-web"}}
+    assert not owned_by(renamed, "ap-1")
+
+
+def test_a_node_counts_when_a_pod_on_it_uses_the_profile() -> None:
+    def pod(profile: str | None, annotation: bool = False) -> dict[str, Any]:
+        ctx = (
+            {"appArmorProfile": {"type": "Localhost", "localhostProfile": profile}}
+            if profile and not annotation
+            else {}
+        )
+        meta: dict[str, Any] = {"name": "p", "namespace": "ns"}
+        if profile and annotation:
+            meta["annotations"] = {f"{api.K8S_APPARMOR_ANNOTATION_PREFIX}app": f"localhost/{profile}"}
+        return {"metadata": meta, "spec": {"containers": [{"name": "app", "securityContext": ctx}]}}
+
+    assert uses_profile(pod("varmor-ns-web"), "varmor-ns-web")
+    assert uses_profile(pod("varmor-ns-web", annotation=True), "varmor-ns-web")
+    assert not uses_profile(pod("varmor-ns-other"), "varmor-ns-web")
+    assert not uses_profile(pod(None), "varmor-ns-web")
+    assert not uses_profile({"spec": "not a pod"}, "varmor-ns-web")

@@ -24,7 +24,10 @@ CRD_INTERNAL = "CRDInternal"
 CRD_INTERNAL_COMPRESSED = "CRDInternalCompressed"
 STORAGE_TYPES = (CRD_INTERNAL, CRD_INTERNAL_COMPRESSED)
 COMPRESS_OVER = 512 * 1024  # bytes of JSON; an object must stay well under etcd's 1.5 MiB
-MAX_JSON = 64 * 1024 * 1024  # what a compressed model may expand to
+# What a compressed model or share may expand to. A stored model is at most 1 MiB
+# compressed, and JSON of rules compresses about 8:1; more is a bomb, refused before it is
+# parsed (a share is input from a node, and the leader decodes it).
+MAX_JSON = 8 * 1024 * 1024
 _GZIP = 31  # zlib's window bits for the gzip container
 
 

@@ -34,7 +34,7 @@ from varmor.behavior.model import (
 from varmor.profile import templates
 from varmor.profile.deny_default import BASELINE
 from varmor.profile.raw import RawRuleError, check_raw_rules
-from varmor.profile.raw_words import CAPS, MOUNT_OPTIONS, NETWORK, SIGNALS, SOCKET_TYPES
+from varmor.profile.raw_words import CAPS, MOUNT_OPTIONS, NETWORK, SIGNALS, SOCKET_TYPES, is_profile_keyword
 
 OWN_PEER = "@{profile_name}"
 MAX_PATH = 4096
@@ -108,7 +108,7 @@ def _check_mount(rule: MountRule) -> str | None:
         why = check_path(rule.source) if rule.source else None
         if why:
             return why
-    elif rule.source and not _DEVICE.fullmatch(rule.source):
+    elif rule.source and (not _DEVICE.fullmatch(rule.source) or is_profile_keyword(rule.source)):
         return f"mount source {rule.source!r} is not a path or a device name"
     return check_path(rule.mountpoint)
 

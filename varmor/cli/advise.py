@@ -20,6 +20,7 @@ from varmor import api
 from varmor.behavior.advise import Advice, Observed, advise, observe_violations, policy_document, render_report
 from varmor.behavior.codec import decode_model_data
 from varmor.behavior.model import Behavior, BehaviorRule, WireError
+from varmor.cli.inputs import read_input
 from varmor.events import printable
 from varmor.pipeline import CompileError, compile_policy
 from varmor.policy import DEFAULT_INSTALL_NAMESPACE, DEFAULT_NAMESPACE
@@ -57,13 +58,6 @@ def register(sub: Any) -> None:
         help="report: the report, then the policy (stdout); policy: only the policy on stdout, the report on stderr",
     )
     parser.set_defaults(func=_advise)
-
-
-def _read(path: str) -> str:
-    if path == "-":
-        return sys.stdin.read()
-    with open(path, encoding="utf-8") as f:
-        return f.read()
 
 
 def _model(text: str) -> tuple[Behavior, str | None]:
@@ -106,7 +100,7 @@ def _load(args: argparse.Namespace) -> tuple[Behavior, dict[BehaviorRule, str] |
     if args.model is not None and args.profile is not None:
         raise InputError("--profile selects records of a violations log; a model is one profile's already")
     try:
-        text = _read(path)
+        text = read_input(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"cannot read {path}: {exc}") from None
     if args.model is not None:

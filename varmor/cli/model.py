@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-from pathlib import Path
 from typing import Any
 
 import yaml
@@ -27,6 +26,8 @@ from varmor import api
 from varmor.behavior.codec import decode_model_data
 from varmor.behavior.model import Behavior, WireError, digest
 from varmor.behavior.profile import check_rule, model_rules
+from varmor.cli.inputs import read_input
+from varmor.events import printable
 from varmor.models.policy import MAX_CUSTOM_PROFILE
 from varmor.policy import DEFAULT_INSTALL_NAMESPACE
 
@@ -53,6 +54,10 @@ def register(sub: Any) -> None:
             p.add_argument("--file", help="read the ArmorProfileModel from this file ('-': stdin), not the cluster")
         if action == "export":
             p.add_argument("--custom", action="store_true", help="inline the rules as a customProfile")
+        if action == "accept":
+            p.add_argument(
+                "--sha256", required=True, help="the digest of the model you reviewed (printed by `varmor model show`)"
+            )
         p.set_defaults(func=_run)
 
 
@@ -99,37 +104,51 @@ def _behavior(model: dict[str, Any]) -> Behavior:
     return Behavior(rules={r: c for r, c in behavior.rules.items() if check_rule(r) is None})
 
 
+def _text(value: Any) -> str:
+    """Any value of the model as one line a terminal shows as written: nodes and agents
+    wrote it, so control and format characters are escaped, never interpreted."""
+    return printable(str(value))
+
+
 def show_text(model: dict[str, Any]) -> str:
     status = model.get("status") or {}
     behavior = _behavior(model)
     meta = model.get("metadata") or {}
     lines = [
-        f"# ArmorProfileModel {meta.get('namespace')}/{meta.get('name')}: {len(behavior)} rules "
-        f"from {status.get('records', 0)} records; digest {digest(behavior)}",
+        f"# ArmorProfileModel {_text(meta.get('namespace'))}/{_text(meta.get('name'))}: {len(behavior)} rules "
+        f"from {_text(status.get('records', 0))} records; digest {digest(behavior)}",
     ]
     for node in status.get("nodes") or []:
-        refused = f", {node.get('refusedRules')} refused" if node.get("refusedRules") else ""
+        refused = f", {_text(node.get('refusedRules'))} rules refused" if node.get("refusedRules") else ""
+        refused += f"; NOT MERGED: {_text(node['refused'])}" if node.get("refused") else ""
         lines.append(
-            f"#   node {node.get('nodeName')}: {node.get('rules', 0)} rules, {node.get('records', 0)} records, "
-            f"{node.get('excludedRecords', 0)} excluded, {node.get('lostRecords', 0)} lost{refused}"
+            f"#   node {_text(node.get('nodeName'))}: {_text(node.get('rules', 0))} rules, "
+            f"{_text(node.get('records', 0))} records, {_text(node.get('excludedRecords', 0))} excluded, "
+            f"{_text(node.get('lostRecords', 0))} lost{refused}"
         )
     for pod in status.get("pods") or []:
-        where = f"{pod.get('namespace')}/{pod.get('name')}" if pod.get("name") else str(pod.get("namespace"))
-        container = f" container {pod.get('container')} ({pod.get('image')})" if pod.get("container") else ""
-        lines.append(f"#   pod {where}{container}: {pod.get('records', 0)} records")
+        where = _text(f"{pod.get('namespace')}/{pod.get('name')}" if pod.get("name") else pod.get("namespace"))
+        container = (
+            f" container {_text(pod.get('container'))} ({_text(pod.get('image'))})" if pod.get("container") else ""
+        )
+        lines.append(f"#   pod {where}{container}: {_text(pod.get('records', 0))} records")
     if status.get("lostRecords"):
         lines.append(
-            f"# WARNING: {status['lostRecords']} audit records were lost while modelling: the model may lack "
-            "behaviour (see docs/modeling.md, lost records)"
+            f"# WARNING: {_text(status['lostRecords'])} audit records were lost while modelling: the model may "
+            "lack behaviour (see docs/modeling.md, lost records)"
         )
     for cond in status.get("conditions") or []:
         if cond.get("status") == "False":
-            lines.append(f"# WARNING: {cond.get('type')} {cond.get('reason')}: {cond.get('message')}")
+            lines.append(
+                f"# WARNING: {_text(cond.get('type'))} {_text(cond.get('reason'))}: {_text(cond.get('message'))}"
+            )
     return "\n".join([*lines, *model_rules(behavior)]) + "\n"
 
 
 def export_document(policy: dict[str, Any], model: dict[str, Any] | None, custom: bool) -> dict[str, Any]:
-    """The policy switched to DefenseInDepth (its target and options kept)."""
+    """The policy switched to DefenseInDepth (its target and options kept). BehaviorModel:
+    it accepts the digest of the model exported, so the switch enforces what was reviewed,
+    or nothing if the model changed meanwhile."""
     meta = policy.get("metadata") or {}
     spec = dict(policy.get("spec") or {})
     apparmor: dict[str, Any] = {"profileType": "BehaviorModel"}
@@ -144,7 +163,9 @@ def export_document(policy: dict[str, Any], model: dict[str, Any] | None, custom
             )
         apparmor = {"profileType": "Custom", "customProfile": text}
     spec["policy"] = {"enforcer": "AppArmor", "mode": "DefenseInDepth", "defenseInDepth": {"appArmor": apparmor}}
-    out_meta = {k: meta[k] for k in ("name", "namespace") if k in meta}
+    out_meta: dict[str, Any] = {k: meta[k] for k in ("name", "namespace") if k in meta}
+    if not custom and model is not None:
+        out_meta["annotations"] = {api.ACCEPT_MODEL_ANNOTATION: digest(_behavior(model))}
     kind = policy.get("kind") or api.VARMOR_POLICY.kind
     return {"apiVersion": api.API_VERSION, "kind": kind, "metadata": out_meta, "spec": spec}
 
@@ -157,6 +178,10 @@ async def _accept(args: argparse.Namespace, policy: dict[str, Any]) -> str:
     sha = ((policy.get("status") or {}).get("model") or {}).get("sha256")
     if not sha:
         raise ModelError(f"{args.policy} reports no model (status.model.sha256); nothing to accept")
+    if sha != args.sha256:
+        raise ModelError(
+            f"the model is now {sha}, not the {args.sha256} you reviewed: `varmor model show` it again, then accept"
+        )
     api_client = await new_api_client(args.kubeconfig)
     try:
         kube = Kube(api_client, component="cli")
@@ -171,8 +196,10 @@ async def _accept(args: argparse.Namespace, policy: dict[str, Any]) -> str:
 def _run(args: argparse.Namespace) -> int:
     try:
         if getattr(args, "file", None):
-            text = sys.stdin.read() if args.file == "-" else Path(args.file).read_text(encoding="utf-8")
-            model = yaml.safe_load(text)
+            try:
+                model = yaml.safe_load(read_input(args.file))
+            except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+                raise ModelError(f"{args.file} is not a readable ArmorProfileModel: {type(exc).__name__}") from None
             if not isinstance(model, dict):
                 raise ModelError(f"{args.file} holds no ArmorProfileModel")
             stub = {"kind": _resource(args).kind, "metadata": {"name": args.policy, "namespace": args.namespace}}

@@ -38,6 +38,12 @@ def demo_up(args: argparse.Namespace) -> int:
     return demo.up(timeout=args.timeout)
 
 
+def demo_schedule(args: argparse.Namespace) -> int:
+    from varmor.dev import demo
+
+    return demo.schedule(args.namespace)
+
+
 def demo_down(_args: argparse.Namespace) -> int:
     from varmor.dev import demo
 
@@ -67,6 +73,9 @@ def register(sub: Any) -> None:
     up.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for the policy to turn Ready")
     up.set_defaults(func=demo_up)
     dev_sub.add_parser("down", help="remove everything `dev up` started").set_defaults(func=demo_down)
+    sched = dev_sub.add_parser("schedule", help="bind a namespace's unscheduled pods to the dev node (no scheduler)")
+    sched.add_argument("-n", "--namespace", default="default")
+    sched.set_defaults(func=demo_schedule)
     img = dev_sub.add_parser("image", help="build varmor's OCI image archive, no container engine (`make image`)")
     image.add_arguments(img)
     img.set_defaults(func=image.run)

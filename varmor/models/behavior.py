@@ -181,6 +181,17 @@ class NodeShare(RecordCounts, kw_only=True):
     node_name: Annotated[str, Meta(description="The node.", max_length=253)]
     rules: Annotated[Int64, Meta(description="Rules in its share.")] = 0
     refused_rules: Annotated[Int64, Meta(description="Rules refused as unsafe to write into a profile.")] = 0
+    refused: (
+        Annotated[
+            str,
+            Meta(
+                max_length=512,
+                description="Why the whole share was not merged (unreadable, not owned by the ArmorProfile, "
+                "or no pod on the node uses the profile).",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 class ArmorProfileModelStatus(RecordCounts):

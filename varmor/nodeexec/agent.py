@@ -308,6 +308,14 @@ class Agent:
     async def _sync(self, name: str, kernel_loaded: dict[str, str] | None = None) -> None:
         assert self.loader is not None
         desired, rejected = choose(self._objects(name))
+        previous = self.state.loaded.get(name)
+        if desired is None and rejected and previous is not None:
+            # A refused new version of a loaded profile: unloading it would leave the pods
+            # running under it unconfined. The loaded version stays until the object goes.
+            failure = rejected[0]
+            message = f"{failure.message} (the version with sha256 {previous.sha256} stays loaded)"
+            self._set_failure(name, Failed(failure.namespace, failure.sha256, message))
+            return
         if desired is None:
             self.desired.pop(name, None)
             if is_varmor_name(name):

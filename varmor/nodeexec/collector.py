@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from varmor import api
 from varmor.behavior.codec import decode_model_data, encode_model_data
 from varmor.behavior.generalise import collapse, generalise, is_runtime_process
-from varmor.behavior.model import Behavior
+from varmor.behavior.model import Behavior, BehaviorRule
 from varmor.behavior.observe import observe
 from varmor.clock import Clock, now_rfc3339, utc_now
 from varmor.kube import paths
@@ -37,6 +37,9 @@ from varmor.nodeexec.state import Desired
 
 log = logging.getLogger(__name__)
 MAX_RULES = 50_000  # per profile and node, after generalisation and collapsing
+# A share's JSON, roughly: what a node writes for one profile, and what the leader decodes
+# and merges, stays bounded whatever a workload names its files.
+MAX_SHARE_BYTES = 2 * 1024 * 1024
 MAX_PODS = 64  # pods named per share; more are counted together
 OTHER_NAMESPACE = "(another namespace)"  # a pod a namespaced policy's owner may not see named
 
@@ -66,12 +69,18 @@ class LossMeter:
 PodKey = tuple[str, str, str, str]  # namespace, name, container, image
 
 
+def _rule_bytes(rule: BehaviorRule) -> int:
+    """About what a rule costs in the share's JSON (its strings plus the keys around them)."""
+    return 48 + sum(len(str(value)) for value in vars(rule).values())
+
+
 @dataclass
 class _Share:
     owner: Desired
     behavior: Behavior = field(default_factory=Behavior)
     pods: dict[PodKey, int] = field(default_factory=dict)
     unattributed: int = 0
+    size: int = 0  # about the JSON bytes of the rules (MAX_SHARE_BYTES)
     lost_at_start: int = 0
     dirty: bool = True
     merged_stored: bool = False  # the stored share (from before a restart) was read back
@@ -100,7 +109,16 @@ class BehaviorCollector:
         if record.action != "ALLOWED":
             return None
         owner = self.owner(record.base_profile)
-        return owner if owner is not None and owner.modeling else None
+        if owner is None or owner.modeling:
+            return owner
+        # The window has ended: the agent takes the new (enforce) version as its own before
+        # the kernel has loaded it, and the audit tail lags, so the modelling version's
+        # last records are read after that. Enforce mode logs no ALLOWED record: one read
+        # now, while this agent still holds the profile's share, is the model's.
+        share = self._shares.get(owner.name)
+        if owner.mode == "enforce" and share is not None and share.owner.uid == owner.uid:
+            return share.owner
+        return None
 
     def collect(self, record: AuditRecord, owner: Desired, attribution: Attribution | None = None) -> None:
         share = self._shares.get(owner.name)
@@ -110,14 +128,29 @@ class BehaviorCollector:
         self._count_pod(share, attribution)
         behavior = share.behavior
         rule = None
-        if not is_runtime_process(record.fields.get("comm", ""), record.fields.get("exe", "")):
+        if self._own(owner, attribution) and not is_runtime_process(
+            record.fields.get("comm", ""), record.fields.get("exe", "")
+        ):
             rule = observe(record.operation, record.klass, record.fields, record.profile, rewrite=generalise)
-        if rule is None or (rule not in behavior.rules and len(behavior) >= MAX_RULES):
+        new = rule is not None and rule not in behavior.rules
+        cost = _rule_bytes(rule) if new and rule is not None else 0
+        if rule is None or (new and (len(behavior) >= MAX_RULES or share.size + cost > MAX_SHARE_BYTES)):
             behavior.excluded += 1
             metrics.BEHAVIOR_RECORDS.labels("excluded").inc()
             return
+        share.size += cost
         behavior.add(rule)
         metrics.BEHAVIOR_RECORDS.labels("collected").inc()
+
+    @staticmethod
+    def _own(owner: Desired, attribution: Attribution | None) -> bool:
+        """A record counts only from a pod the policy may model: a namespaced policy's own
+        namespace (another tenant's pod can name this profile, and must not shape its model),
+        any pod for a cluster policy. A record whose pod is unknown is not counted for a
+        namespaced policy. Without pod attribution (`attribution` None) all count."""
+        if attribution is None or owner.policy is None or owner.policy.kind == api.VARMOR_CLUSTER_POLICY.kind:
+            return True
+        return attribution.pod is not None and attribution.pod.namespace == owner.policy.namespace
 
     @staticmethod
     def _count_pod(share: _Share, attribution: Attribution | None) -> None:
@@ -190,6 +223,9 @@ class BehaviorCollector:
                 log.warning("writing ArmorBehavior %s.%s failed: %s", name, self.node, exc.status)
                 if exc.status == 404:  # the ArmorProfile (owner) is gone: so is the share
                     self._shares.pop(name, None)
+            except ValueError as exc:  # nothing this share holds may stop the agent
+                metrics.BEHAVIOR_WRITES.labels("error").inc()
+                log.warning("writing ArmorBehavior %s.%s failed: %s", name, self.node, exc)
 
     async def _write(self, share: _Share) -> None:
         assert self.kube is not None
@@ -214,13 +250,21 @@ class BehaviorCollector:
 
     @staticmethod
     def _read_back(share: _Share, existing: JSON) -> None:
-        """Add what this node stored before (an agent restart) to what it collected since."""
-        stored = decode_model_data(existing)
+        """Add what this node stored before (an agent restart) to what it collected since;
+        a stored share that cannot be read (not one an agent writes) is overwritten."""
+        try:
+            stored = decode_model_data(existing)
+        except ValueError as exc:
+            log.warning(
+                "the stored ArmorBehavior %s is unreadable (%s): replaced", existing["metadata"].get("name"), exc
+            )
+            return
         spec = existing.get("spec") or {}
         stored.lost = int(spec.get("lostRecords") or 0)
         stored.excluded = int(spec.get("excludedRecords") or 0)
         stored.records = int(spec.get("records") or 0) - stored.excluded
         share.behavior.merge(stored)
+        share.size = sum(_rule_bytes(rule) for rule in share.behavior.rules)
         share.unattributed += int(spec.get("unattributedRecords") or 0)
         for pod in spec.get("pods") or []:
             ns, name, container, image = (str(pod.get(k) or "") for k in ("namespace", "name", "container", "image"))

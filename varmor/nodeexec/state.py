@@ -10,7 +10,7 @@ from typing import Any
 
 from varmor import api
 from varmor.nodeexec.files import is_varmor_name
-from varmor.nodeexec.trust import check_profile_text
+from varmor.profile.trust import check_profile_text
 
 JSON = dict[str, Any]
 MODES = ("enforce", "complain")

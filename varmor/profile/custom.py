@@ -23,13 +23,19 @@ _WRAPPER = re.compile(
 # What a profile file carries outside its block, dropped (varmor writes its own).
 _PREAMBLE = re.compile(r"^\s*(?:abi\s+<[A-Za-z0-9/._-]+>\s*,|#?include\s+<tunables/global>|#(?!include).*)?\s*$")
 # Inside the block: comments, and the include varmor's profiles always carry.
+# What str.splitlines() breaks on besides "\n".
+_OTHER_LINE_BREAKS = frozenset("\r\x0b\x0c\x1c\x1d\x1e\x85\u2028\u2029")
 _DROPPED = re.compile(r"\s*(?:#(?!include).*|#?include\s+<abstractions/base>)\s*")
 
 
 def custom_rules(text: str) -> CheckedRawRules:
     """The rules of a custom profile, validated, with warnings (e.g. a different name);
     RawRuleError when the text is neither bare rules nor one profile block of them."""
-    lines = text.splitlines()
+    text = text.replace("\r\n", "\n")
+    stray = next((ch for ch in text if ch in _OTHER_LINE_BREAKS), None)
+    if stray is not None:  # splitting on them would turn a comment's tail into a rule
+        raise RawRuleError(f"customProfile holds a line break other than a newline: {stray!r}")
+    lines = text.split("\n")
     kept: list[str] = []
     for line in lines:
         if kept or not _PREAMBLE.fullmatch(line):
@@ -46,5 +52,5 @@ def custom_rules(text: str) -> CheckedRawRules:
             warnings.append("flags=(complain) is ignored: use defenseInDepth.allowViolations")
     elif "{" in braces or "}" in braces:
         raise RawRuleError("customProfile must be rules, or one `profile NAME { ... }` block of rules")
-    checked = check_raw_rules("\n".join(line for line in body.splitlines() if not _DROPPED.fullmatch(line)))
+    checked = check_raw_rules("\n".join(line for line in body.split("\n") if not _DROPPED.fullmatch(line)))
     return CheckedRawRules(checked.rules, tuple(dict.fromkeys((*warnings, *checked.warnings))))

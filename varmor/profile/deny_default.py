@@ -44,6 +44,25 @@ class BehaviorInputs:
     model_rules: tuple[str, ...] | None = None
 
 
+MODEL_SECTION = "# The behaviour model"
+
+
+def model_section(text: str) -> tuple[str, ...] | None:
+    """The model's rule lines in a profile this module wrote (None: it holds no model), so
+    the leader can rebuild a profile around the model it enforces while a newer model
+    waits for acceptance."""
+    lines = text.splitlines()
+    marker = f"  {MODEL_SECTION}"
+    if marker not in lines:
+        return None
+    rules: list[str] = []
+    for line in lines[lines.index(marker) + 1 :]:
+        if not line.startswith("  ") or not line.strip():
+            break
+        rules.append(line[2:])
+    return tuple(rules)
+
+
 class ModelMissing(ValueError):
     """DefenseInDepth/BehaviorModel without a model to enforce (yet)."""
 
@@ -60,7 +79,7 @@ def body(policy: Policy, inputs: BehaviorInputs) -> tuple[list[str], bool]:
     if did.profile_type == "BehaviorModel":
         if inputs.model_rules is None:
             raise ModelMissing("no behaviour model for this policy yet: model it with mode BehaviorModeling first")
-        lines += ["", "# The behaviour model", *inputs.model_rules]
+        lines += ["", MODEL_SECTION, *inputs.model_rules]
     else:
         lines += ["", "# Custom profile", *_rules(did.custom_rules)]
     if did.raw_rules:

@@ -50,7 +50,17 @@ from varmor.profile.raw_lex import (
     split_rules,
     tokens,
 )
-from varmor.profile.raw_words import ACCESS, CAPS, MOUNT_OPTIONS, NETWORK, RLIMITS, SIGNALS, SOCKET_TYPES
+from varmor.profile.raw_words import (
+    ACCESS,
+    CAPS,
+    MAX_RULE_LINE,
+    MOUNT_OPTIONS,
+    NETWORK,
+    RLIMITS,
+    SIGNALS,
+    SOCKET_TYPES,
+    is_profile_keyword,
+)
 
 __all__ = ["MAX_RAW_TEXT", "CheckedRawRules", "RawRuleError", "check_raw_rules", "validate_raw_rules"]
 
@@ -72,6 +82,7 @@ _QUOTED_PATH = re.compile(rf'"(?:/|{VAR})(?:{_CHARS}| |{VAR})*"')
 _LABEL = re.compile(rf"(?:{_CHARS}|{VAR})+")
 _ADDR = re.compile(rf"@?(?:{_CHARS}|{VAR})+")
 _UNIX_PEER = re.compile(rf"label=(?:{_LABEL.pattern})|addr=(?:{_ADDR.pattern})")
+RULE_INDENT_MARGIN = 16  # the builder indents a rule (two levels in a child profile) and adds its comma
 _DEVICE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.:/-]*")
 _PERMS = re.compile(r"[rwaxlkmi]+")
 _TRANSITION_PERMS = re.compile(r"[rwalkmiPpCcUux]+")
@@ -221,7 +232,7 @@ def _mount_rule(rule: _Rule) -> None:
         return
     source = rule.peek()
     if source is not None and source != "->":
-        if not (is_path(source) or _DEVICE.fullmatch(source)):
+        if not (is_path(source) or _DEVICE.fullmatch(source)) or is_profile_keyword(source):
             raise rule.unexpected(f"the mount source must be a path or a device name, not {source!r}")
         rule.pos += 1
     if rule.peek() == "->":
@@ -386,6 +397,10 @@ def check_raw_rules(text: str) -> CheckedRawRules:
     warnings: list[str] = []
     for raw in split_rules(text):
         rule, found = _check_rule(raw)
+        if len(rule) + RULE_INDENT_MARGIN > MAX_RULE_LINE:  # the agents refuse a longer line
+            raise RawRuleError(
+                f"a rule is limited to {MAX_RULE_LINE - RULE_INDENT_MARGIN} characters: {rule[:80]!r}..."
+            )
         rules.append(rule)
         warnings += found
     if not rules:

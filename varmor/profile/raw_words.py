@@ -48,3 +48,16 @@ NETWORK = (
     | SOCKET_TYPES
     | {"tcp", "udp", "icmp"}
 )
+
+# Words that make apparmor_parser reach other profiles or files wherever they stand; the
+# agent refuses any profile text holding one as a word (varmor.profile.trust), so no
+# rule varmor accepts may hold one either, not even where a free word is allowed (a mount
+# source): an accepted rule the agents refuse would unload the profile.
+PROFILE_KEYWORDS = frozenset({"change_profile", "change_hat", "hat", "profile", "include", "if"})
+KEYWORD_PREFIXES = ("include", "^", "#")
+# The longest rule line the agent accepts (varmor.profile.trust): one bound for both.
+MAX_RULE_LINE = 8192
+
+
+def is_profile_keyword(word: str) -> bool:
+    return word in PROFILE_KEYWORDS or word.startswith(KEYWORD_PREFIXES)

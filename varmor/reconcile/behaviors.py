@@ -5,10 +5,10 @@ recomputes the model from every share in the cache, so a missed event or a leade
 handover loses nothing, and a model that did not change costs no write.
 
 Shares are written by agents, one node each (the node-report guard), so each is hostile
-input for the cluster: it is decoded strictly (`varmor.behavior.codec`), each rule is
-checked against the profile grammar (`varmor.behavior.profile.check_rule`) and refused
-rules are counted per node, never merged. Shares of a profile with no ArmorProfile are
-not merged (an agent cannot make the leader create models at will).
+input for the cluster: which shares count, and how, is `modelmerge`'s (owned by the
+current ArmorProfile, from a node that runs the profile, decoded strictly and checked
+rule by rule). The merge runs in a thread: a large model must not stall the webhook and
+the agent sharing this event loop.
 
 A model is stored compressed over 512 KiB; still over 1 MiB, it is not written at all
 (the previous data stays) and its `Stored` condition, and so the policy, says so: never
@@ -18,6 +18,7 @@ the chart's uninstall hook removes them unless `keepModels` is set.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -37,62 +38,11 @@ from varmor.kube.kube import MERGE_PATCH, Kube
 from varmor.kube.tasks import task_group
 from varmor.kube.workqueue import WorkQueue
 from varmor.reconcile.modeling import Model
+from varmor.reconcile.modelmerge import ShareCache, merge, node_entry, owned_by, top_pods, uses_profile
 
 log = logging.getLogger(__name__)
 ProfileKey = tuple[str, str]  # (namespace, profile name)
 MAX_MODEL_BYTES = 1024 * 1024
-
-
-def _counts(share: JSON) -> tuple[int, int, int]:
-    spec = share.get("spec") or {}
-    return tuple(int(spec.get(k) or 0) for k in ("records", "lostRecords", "excludedRecords"))  # type: ignore[return-value]
-
-
-MAX_PODS = 64
-_POD_FIELDS = ("namespace", "name", "container", "image")
-
-
-def top_pods(shares: list[JSON]) -> list[JSON]:
-    """The pods behind a model, across nodes: the MAX_PODS with the most records."""
-    counts: dict[tuple[str, ...], int] = {}
-    for share in shares:
-        for pod in (share.get("spec") or {}).get("pods") or []:
-            if isinstance(pod, dict):
-                key = tuple(str(pod.get(k) or "") for k in _POD_FIELDS)
-                counts[key] = counts.get(key, 0) + int(pod.get("records") or 0)
-    ranked = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))[:MAX_PODS]
-    return [{k: v for k, v in zip(_POD_FIELDS, key, strict=True) if v} | {"records": n} for key, n in ranked]
-
-
-def merge(shares: list[JSON]) -> tuple[Behavior, list[JSON]]:
-    """The merged model of a profile's shares and each node's contribution (pure)."""
-    merged = Behavior()
-    nodes: list[JSON] = []
-    for share in sorted(shares, key=lambda s: str((s.get("spec") or {}).get("nodeName"))):
-        records, lost, excluded = _counts(share)
-        entry: JSON = {
-            "nodeName": str((share.get("spec") or {}).get("nodeName")),
-            "records": records,
-            "lostRecords": lost,
-            "excludedRecords": excluded,
-        }
-        merged.lost += lost  # measured by the node whatever its share holds
-        try:
-            behavior = decode_model_data(share)
-        except ValueError as exc:
-            log.warning("ArmorBehavior %s refused: %s", share["metadata"].get("name"), exc)
-            nodes.append({**entry, "rules": 0, "refusedRules": -1})
-            continue
-        refused = 0
-        for rule, count in behavior.rules.items():
-            if check_rule(rule) is None:
-                merged.rules[rule] = merged.rules.get(rule, 0) + count
-            else:
-                refused += 1
-        merged.records += max(0, records - excluded)  # spec.records counts the excluded too
-        merged.excluded += excluded
-        nodes.append({**entry, "rules": len(behavior.rules) - refused, "refusedRules": refused})
-    return merged, nodes
 
 
 class ModelController:
@@ -103,18 +53,20 @@ class ModelController:
         api_client: client.ApiClient,
         kube: Kube,
         *,
-        profile_exists: Callable[[str, str], bool],
+        profile_of: Callable[[str, str], tuple[str, bool] | None],
         on_model: Callable[[str, str], None],
         resync_seconds: float = 300.0,
         clock: Clock = utc_now,
     ) -> None:
         self.kube = kube
-        self.profile_exists = profile_exists
+        self.profile_of = profile_of  # (uid, cluster policy?) of the ArmorProfile, or None
+        self.cache = ShareCache()
         self.on_model = on_model
         self.clock = clock
         self.shares = Informer(api_client, api.ARMOR_BEHAVIOR, resync_seconds=resync_seconds)
         self.models = Informer(api_client, api.ARMOR_PROFILE_MODEL, resync_seconds=resync_seconds)
-        self.queue: WorkQueue[ProfileKey] = WorkQueue(self.reconcile, concurrency=2, name="models")
+        # One merge at a time: merges are CPU-bound (in a thread), and share the decode cache.
+        self.queue: WorkQueue[ProfileKey] = WorkQueue(self.reconcile, concurrency=1, name="models")
         self._by_profile: dict[ProfileKey, dict[str, JSON]] = {}
         self._decoded: dict[tuple[str, str], Model] = {}  # (uid, resourceVersion) -> model
         self.shares.add_handler(self._on_share)
@@ -166,9 +118,14 @@ class ModelController:
         if not shares:
             self._by_profile.pop(key, None)
             return
-        if not self.profile_exists(namespace, name):
+        profile = self.profile_of(namespace, name)
+        if profile is None:
             return
-        merged, nodes = merge(shares)
+        existing = self.models.get(namespace, name)
+        admitted, refused = await self._admit(namespace, name, profile, shares, existing)
+        merged, nodes = await asyncio.to_thread(merge, admitted, self.cache)
+        nodes = sorted(nodes + refused, key=lambda n: str(n["nodeName"]))
+        shares = admitted
         storage, data = encode_model_data(merged)
         size = len(orjson.dumps(data))
         existing = self.models.get(namespace, name)
@@ -197,6 +154,37 @@ class ModelController:
             status["updateTime"] = now_rfc3339(self.clock)
             path = paths.custom_path(api.ARMOR_PROFILE_MODEL, namespace, name) + "/status"
             await self.kube.request("PATCH", path, body={"status": status}, content_type=MERGE_PATCH)
+
+    async def _admit(
+        self, namespace: str, name: str, profile: tuple[str, bool], shares: list[JSON], existing: JSON | None
+    ) -> tuple[list[JSON], list[JSON]]:
+        """The shares that count, and a status entry for each refused one (modelmerge)."""
+        uid, cluster = profile
+        before = {
+            str(n.get("nodeName"))
+            for n in ((existing or {}).get("status") or {}).get("nodes") or []
+            if isinstance(n, dict) and not n.get("refused")
+        }
+        admitted: list[JSON] = []
+        refused: list[JSON] = []
+        for share in shares:
+            node = str((share.get("spec") or {}).get("nodeName"))
+            if not owned_by(share, uid):
+                why = "not owned by the current ArmorProfile"
+            elif node in before or await self._runs_profile(node, None if cluster else namespace, name):
+                admitted.append(share)
+                continue
+            else:
+                where = "" if cluster else f" in namespace {namespace}"
+                why = f"no pod on node {node}{where} uses the profile"
+            refused.append({**node_entry(share), "rules": 0, "refusedRules": 0, "refused": why})
+        return admitted, refused
+
+    async def _runs_profile(self, node: str, namespace: str | None, profile: str) -> bool:
+        """A pod bound to `node` (in `namespace`, or anywhere for a cluster policy) uses the profile."""
+        path = paths.core_path("pods", namespace)
+        pods = await self.kube.request("GET", path, query={"fieldSelector": f"spec.nodeName={node}"})
+        return any(uses_profile(pod, profile) for pod in pods.get("items") or [])
 
     async def _write(self, namespace: str, name: str, existing: JSON | None, storage: str, data: JSON) -> JSON:
         """Create the model, or replace its data when it changed (resourceVersion-guarded)."""

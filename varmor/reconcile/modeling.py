@@ -11,7 +11,10 @@ model a DefenseInDepth profile may enforce, and the status fields and condition 
   `spec.modelSha256`). A model that changes later (late shares, another modelling round)
   changes nothing until the policy's `varmor.org/accept-model` annotation names the new
   digest: enforced behaviour never widens or narrows behind the user's back. Meanwhile the
-  profile is held as it is, spec changes included, and the `Model` condition says why.
+  profile keeps the enforced model's rules (read back from the ArmorProfile's text), so
+  spec changes still apply, and the `Model` condition says why. An annotation present at
+  the switch must name the model as it is then (`varmor model export` writes the digest
+  the user reviewed); with none, the switch enforces the model as it is.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 
 from varmor import api
 from varmor.clock import parse_time, rfc3339
-from varmor.profile.deny_default import BehaviorInputs
+from varmor.profile.deny_default import BehaviorInputs, model_section
 
 JSON = dict[str, Any]
 
@@ -114,14 +117,10 @@ def plan(
     enforced = spec.get("modelSha256") if isinstance(spec.get("modelSha256"), str) else None
     accepted = ((policy["metadata"].get("annotations") or {}).get(api.ACCEPT_MODEL_ANNOTATION) or "").strip()
     status = _model_status(model, enforced)
-    if model is None:
-        if enforced:
-            message = "the behaviour model is gone; the profile keeps enforcing the model it was built from"
-            return BehaviorPlan(
-                hold=True, model=status, condition=_condition("False", "ModelMissing", message, generation)
-            )
+    kept = model_section(str((spec.get("profile") or {}).get("appArmor") or "")) if enforced else None
+    if model is None and enforced is None:
         return BehaviorPlan(inputs=BehaviorInputs(model_rules=None), model=status)  # compile: ModelMissing
-    if enforced in (None, model.sha256) or accepted == model.sha256:
+    if model is not None and (model.sha256 == enforced or accepted == model.sha256 or (not accepted and not enforced)):
         status = {**(status or {}), "enforcedSha256": model.sha256}
         message = f"enforcing the behaviour model {model.sha256[:12]} ({len(model.rules)} rules)"
         return BehaviorPlan(
@@ -130,9 +129,30 @@ def plan(
             model=status,
             condition=_condition("True", "ModelEnforced", message, generation),
         )
-    message = (
-        f"the behaviour model changed to {model.sha256[:12]} since the profile was built from "
-        f"{str(enforced)[:12]}; the profile (and any spec change) waits until it is accepted: "
-        f"`varmor model accept` or annotate the policy {api.ACCEPT_MODEL_ANNOTATION}={model.sha256}"
-    )
-    return BehaviorPlan(hold=True, model=status, condition=_condition("False", "ModelChanged", message, generation))
+    if model is None:
+        reason, message = (
+            "ModelMissing",
+            "the behaviour model is gone; the profile keeps enforcing the model it was built from",
+        )
+    elif enforced:
+        reason, message = (
+            "ModelChanged",
+            (
+                f"the behaviour model changed to {model.sha256[:12]} since the profile was built from "
+                f"{enforced[:12]}; the profile keeps enforcing {enforced[:12]} until the new model is accepted: "
+                f"`varmor model accept --sha256 {model.sha256}` (the {api.ACCEPT_MODEL_ANNOTATION} annotation)"
+            ),
+        )
+    else:
+        reason, message = (
+            "ModelNotAccepted",
+            (
+                f"the policy accepts model {accepted[:12]} ({api.ACCEPT_MODEL_ANNOTATION}), but the model is "
+                f"{model.sha256[:12]}: review it (`varmor model show`) and accept that digest"
+            ),
+        )
+    condition = _condition("False", reason, message, generation)
+    if kept is not None:  # the enforced model, rebuilt around the current spec
+        inputs = BehaviorInputs(model_rules=kept)
+        return BehaviorPlan(inputs=inputs, model_sha256=enforced, model=status, condition=condition)
+    return BehaviorPlan(hold=True, model=status, condition=condition)

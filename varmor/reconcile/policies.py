@@ -53,6 +53,7 @@ from varmor.reconcile.profiles import (
     desired_armor_profile,
     owner_key,
     policy_key,
+    profile_identity,
     transition_events,
 )
 from varmor.reconcile.status import (
@@ -123,7 +124,7 @@ class PolicyController:
         self.models = ModelController(
             api_client,
             self.kube,
-            profile_exists=lambda ns, name: self.profiles.get(ns, name) is not None,
+            profile_of=lambda ns, name: profile_identity(self.profiles.get(ns, name)),
             on_model=self._on_model,
             resync_seconds=rs,
             clock=clock,
@@ -198,9 +199,7 @@ class PolicyController:
 
     def _on_model(self, namespace: str, name: str) -> None:
         """A model changed: its policy's status (and, once accepted, profile) may too."""
-        ap = self.profiles.get(namespace, name)
-        owner = owner_key(ap) if ap is not None else None
-        if owner is not None:
+        if (owner := owner_key(self.profiles.get(namespace, name) or {})) is not None:
             self.queue.add(owner[0])
 
     async def _on_node(self, event: EventType, node: JSON) -> None:
@@ -271,12 +270,11 @@ class PolicyController:
         error: tuple[str, str] | None = None
         built: Any = None
         profile_name: str | None = None
-        # Our ArmorProfile, if any: at the accepted (or derivable) name, owned by this uid.
+        # Our ArmorProfile, if any (at the accepted or derivable name, owned by this uid), its model.
         lookup = previous.get("profileName") or self._derived_name(policy)
         ap = self.profiles.get(ap_ns, lookup) if lookup else None
         ap = ap if ap is not None and (owner_key(ap) or (None, ""))[1] == uid else None
-        model = self.models.model(ap_ns, lookup) if lookup else None
-        plan = modeling.plan(policy, previous, ap, model, self.clock())
+        plan = modeling.plan(policy, previous, ap, self.models.model(ap_ns, lookup) if lookup else None, self.clock())
         try:
             compiled = compile_policy(policy, self._install_ns, inputs=plan.inputs or ADMISSION_VIEW)
             profile_name, built = compiled.profile_name, compiled.profile
@@ -284,9 +282,11 @@ class PolicyController:
             if exc.reason == "BuildFailed":
                 log.error("building the profile for %s failed: %s", key, exc.message)
             error = (exc.reason, exc.message)
-        if plan.hold and ap is not None:  # an unaccepted model change: the profile stays as it is
-            built, error = None, None
-        if plan.recheck_after is not None:  # the modelling window ends then
+        if plan.hold:  # no model it may enforce: the profile (if any) stays as it is
+            built = None
+            why = plan.condition or {}
+            error = None if ap is not None else (str(why.get("reason")), str(why.get("message")))
+        if plan.recheck_after is not None:  # the modelling window ends then: look again
             self.queue.add_after(key, plan.recheck_after + self.settings.liveness_margin)
         if ap is not None and ap["metadata"].get("deletionTimestamp"):
             raise TemporaryError("its ArmorProfile is being deleted; recreating it once it is gone")

@@ -51,6 +51,15 @@ def owner_key(ap: Mapping[str, Any]) -> tuple[PolicyKey, str] | None:
     return None
 
 
+def profile_identity(ap: Mapping[str, Any] | None) -> tuple[str, bool] | None:
+    """(uid, whether a cluster policy owns it) of an ArmorProfile, or None."""
+    if ap is None:
+        return None
+    meta = ap.get("metadata") or {}
+    cluster = (meta.get("labels") or {}).get(POLICY_KIND_LABEL) == api.VARMOR_CLUSTER_POLICY.kind
+    return str(meta.get("uid")), cluster
+
+
 def desired_armor_profile(
     policy: Mapping[str, Any],
     profile_name: str,

@@ -12,8 +12,8 @@ import yaml
 
 from tests.helpers import armor_profile, policy_doc
 from varmor.nodeexec.state import Failed, validate
-from varmor.nodeexec.trust import check_profile_text
 from varmor.pipeline import compile_policy
+from varmor.profile.trust import check_profile_text
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -84,7 +84,7 @@ def profile(*rules: str, header: str = HEADER, tail: str = "}\n") -> str:
         (profile(tail="}\n}\n"), "unbalanced"),
         (profile(tail=""), "unbalanced"),
         (HEADER.replace(NAME, "varmor-other") + "}\n", "not named"),
-        (profile("file,") + "\x00", "printable ASCII"),
+        (profile("file,") + "\x00", "other than printable ones"),
         # A review's finds: a header hidden behind abi, braces and includes mid-line,
         # transitions without an arrow, the unconfined flag, and odd line breaks.
         (f"abi <abi/3.0>, profile {NAME} /usr/bin/** flags=(complain) {{ /foo r,\n" + profile(), "outside any profile"),
@@ -97,8 +97,10 @@ def profile(*rules: str, header: str = HEADER, tail: str = "}\n") -> str:
         (profile(header=f"profile {NAME} flags=(unconfined) {{\n"), "flags"),
         (profile(header=f"profile {NAME} flags=(attach_disconnected,complain) {{\n"), "flags"),
         (profile(header=f"profile :ns:{NAME} {{\n"), "not named"),
-        (profile("/foo r,\u2028profile x {"), "printable ASCII"),
-        (profile("/foo r,\rprofile x {"), "printable ASCII"),
+        (profile("/foo r,\u2028profile x {"), "other than printable ones"),
+        (profile("/foo\u202e r,"), "other than printable ones"),  # bidi override
+        (profile("/foo\u200b r,"), "other than printable ones"),  # zero width
+        (profile("/foo r,\rprofile x {"), "other than printable ones"),
         (profile(header=f"profile {'a' * 20000} {{\n"), "longer than"),
     ],
 )
@@ -129,3 +131,10 @@ def test_names_that_reach_other_profiles_are_refused() -> None:
     for name in ("sshd//evil", "varmor-x//evil", "varmor-x/../y"):
         result = validate(armor_profile(name, "team-a", profile().replace(NAME, name)))
         assert isinstance(result, Failed), name
+
+
+def test_what_raw_rules_may_hold_passes() -> None:
+    """Everything the raw-rule grammar accepts must pass here too: a rule the leader writes
+    and the agents refuse would leave that profile's update unapplied (UTF-8 paths, links)."""
+    for rule in ("/srv/données/** r,", "audit owner link subset /a -> /b,", "link /x -> /y,"):
+        assert check_profile_text(NAME, profile(rule)) is None, rule

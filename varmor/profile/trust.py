@@ -1,4 +1,5 @@
 """What the agent accepts as an ArmorProfile's text, checked before the kernel sees it (pure).
+The leader's `compile_policy` runs the same check, so it never writes what agents refuse.
 
 The agent loads whatever is in an ArmorProfile into the host's kernel, as root. Anyone who
 can write ArmorProfiles (the leader's token, which sits on every node in the default
@@ -7,7 +8,9 @@ read host files through the parser. So the agent re-checks the text against the 
 builder (`varmor.profile.builder`) writes, independently of who wrote it, line by line and
 token by token (never with a pattern that a crafted line could stretch):
 
-* printable ASCII and newlines only (no other line breaks the parser might honour);
+* printable characters, tabs and newlines only: no control, format or separator
+  character (no other line break the parser might honour, nothing a reviewer cannot see);
+  printable non-ASCII (a UTF-8 path) is what raw rules may hold too;
 * exactly one top-level profile, named exactly like the object, with no attachment and
   only the builder's flags (`complain` only when the object's mode says complain);
 * child profiles only one level down, named `child_<hex>`; a header or a `}` is a line of
@@ -31,15 +34,16 @@ from __future__ import annotations
 import re
 
 from varmor.profile.node_local import NODE_LOCAL_INCLUDE
+from varmor.profile.raw_words import MAX_RULE_LINE, is_profile_keyword
 
 ALLOWED_INCLUDES = frozenset({"tunables/global", "abstractions/base", NODE_LOCAL_INCLUDE})
 ALLOWED_FLAGS = frozenset({"attach_disconnected", "mediate_deleted"})
 ABI_LINE = "abi <abi/3.0>,"
 MAX_TEXT = 1024 * 1024
-MAX_LINE = 8192
+MAX_LINE = MAX_RULE_LINE
 
 _CHILD = re.compile(r"child_[0-9a-f]{8,64}")
-_TEXT = re.compile(r"[\x20-\x7e\n\t]*")
+_TEXT = re.compile(r"[\x20-\x7e\n\t]*")  # the common case, checked fast
 _INCLUDE = re.compile(r"#include <(?P<path>[A-Za-z0-9_./-]+)>")
 _HEADER = re.compile(r"profile (?P<name>[^\s{}]+)(?: flags=\((?P<flags>[a-z_,]+)\))? \{")
 _VARIABLE = re.compile(r"@\{[A-Za-z0-9_]+\}")
@@ -49,10 +53,10 @@ _NAMING_EXEC = re.compile(r"[pPcCuU]")  # an exec mode that names a profile, or 
 _NOT_FILE_RULES = frozenset(
     {"network", "capability", "signal", "ptrace", "unix", "dbus", "mount", "remount", "umount", "pivot_root", "set"}
 )
-_FORBIDDEN_TOKENS = frozenset({"change_profile", "change_hat", "hat", "profile", "include", "if"})
 # `PATH cx -> child_…,` / `PATH px -> NAME//child_…,`: the only exec transitions written.
 _TRANSITION = re.compile(r"(?P<path>/\S*) (?P<mode>[cp])x -> (?P<target>\S+),")
-# `mount ... SOURCE -> MOUNTPOINT`: the arrow of a mount rule points at a path, not a profile.
+# `mount ... SOURCE -> MOUNTPOINT`, `link [subset] PATH -> TARGET`: an arrow that points at a
+# path, not a profile.
 _MOUNT_TARGET = re.compile(r"-> (?P<target>/\S*|@\{\S*),$")
 
 
@@ -61,8 +65,8 @@ def check_profile_text(name: str, text: str, mode: str = "enforce") -> str | Non
     `mode`; else why it is refused (for the ArmorNode failure message)."""
     if len(text) > MAX_TEXT:
         return f"the profile text is larger than {MAX_TEXT} bytes"
-    if not _TEXT.fullmatch(text):
-        return "the profile text holds characters other than printable ASCII and newlines"
+    if not _TEXT.fullmatch(text) and not all(ch in "\n\t" or ch.isprintable() for ch in text):
+        return "the profile text holds characters other than printable ones, tabs and newlines"
     depth = 0
     tops = 0
     children: set[str] = set()
@@ -130,7 +134,7 @@ def _check_rule(line: str, name: str, depth: int) -> str | None:
     tokens = line.split()
     for token in tokens:
         word = token.rstrip(",")
-        if word in _FORBIDDEN_TOKENS or word.startswith(("include", "^", "#")):
+        if is_profile_keyword(word):
             return f"{line!r}: {word!r} reaches other profiles or files"
         bare = _VARIABLE.sub("", token)
         if ("{" in bare or "}" in bare) and not _is_glob(token):
@@ -146,13 +150,13 @@ def _check_rule(line: str, name: str, depth: int) -> str | None:
         if depth == 2 and mode == "p" and child != target and _CHILD.fullmatch(child):
             return None
         return f"{line!r}: a transition to {target!r}, which is not a child of {name!r}"
-    kind = next((t.rstrip(",") for t in tokens if t not in ("audit", "deny", "allow")), "")
+    kind = next((t.rstrip(",") for t in tokens if t not in ("audit", "deny", "allow", "owner")), "")
     for token in tokens if kind not in _NOT_FILE_RULES else ():
         word = token.rstrip(",")
         if _PERMISSIONS.fullmatch(word) and "x" in word and _NAMING_EXEC.search(word):
             return f"{line!r}: exec mode {word!r} names another profile (or none)"
-    if "->" in line and (kind != "mount" or _MOUNT_TARGET.search(line) is None):
-        return f"{line!r}: an arrow that is neither a mount point nor the builder's own transition"
+    if "->" in line and (kind not in ("mount", "link") or _MOUNT_TARGET.search(line) is None):
+        return f"{line!r}: an arrow that is neither a mount point, a link target nor the builder's own transition"
     return None
 
 
