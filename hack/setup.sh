@@ -47,5 +47,8 @@ for version in "" $(.venv/bin/python -c 'from varmor.dev.paths import COMPAT_K8S
 done
 t=$(date +%s)
 echo "setup: $(basename "$(bash hack/build-node.sh)") ready in $(( $(date +%s) - t ))s"
+# promtool and promql-names check the chart's alert rules and dashboard queries (tests/unit).
+t=$(date +%s)
+echo "setup: $(basename "$(bash hack/build-promtool.sh)") ready in $(( $(date +%s) - t ))s"
 bash hack/fetch-kernel.sh >/dev/null
 echo "setup: done ($(( $(date +%s) - start ))s for binaries and kernel)"
