@@ -235,6 +235,7 @@ def _start_varmor(kubeconfig: str) -> None:
             # (the README's "Watch, then enforce" does) as auditd would.
             f"--audit-log={dev_dir() / 'audit.log'}",
             "--behavior-flush=5",
+            "--host-proc=",  # no pods run here: records name no pod (and a policy's all count)
         ],
     )
     state_file.write_text(json.dumps({"pids": pids, "ports": ports}))

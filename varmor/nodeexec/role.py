@@ -44,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--audit-log", default="", help="kernel audit source to tail: audit.log or kern.log")
     g.add_argument(
-        "--host-proc", type=Path, default=Path("/proc"), help="the host's /proc: which pod an audit record came from"
+        "--host-proc",
+        default="/proc",
+        help="the host's /proc: which pod an audit record came from ('': no pod attribution, on a host without pods)",
     )
     g.add_argument("--violation-log", default="-", help="JSON lines of violations: a file, '-' (stdout) or ''")
     g.add_argument("--violation-event-interval", type=float, default=60.0, help="seconds between Events per policy")
@@ -102,6 +104,7 @@ async def run(ctx: Any) -> None:
             collector = BehaviorCollector(
                 agent.kube, ctx.args.node_name, agent.owner, flush_seconds=ctx.args.behavior_flush
             )
-            reporter = ViolationReporter.from_args(ctx.args, agent, Attributor(ctx.args.host_proc, index), collector)
+            attributor = Attributor(Path(ctx.args.host_proc), index) if ctx.args.host_proc else None
+            reporter = ViolationReporter.from_args(ctx.args, agent, attributor, collector)
             group.create_task(reporter.run(), name="agent-violations")
             group.create_task(collector.run(), name="agent-behavior")

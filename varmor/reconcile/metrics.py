@@ -4,7 +4,7 @@ and outcomes, never policy, namespace or node names."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -21,6 +21,7 @@ RECONCILE_DURATION = Histogram(
 )
 RECONCILE_ERRORS = Counter("varmor_reconcile_errors_total", "Reconciles that raised and were retried.", ["kind"])
 POLICIES = Gauge("varmor_policies", "Policies known to the leader, by phase.", ["phase"])
+NODES = Gauge("varmor_nodes", "ArmorNodes known to the leader, by state.", ["state"])
 ROLLOUT_WORKLOADS = Counter(
     "varmor_rollout_workloads_total", "Workload templates patched by updateExistingWorkloads.", ["kind", "action"]
 )
@@ -43,13 +44,21 @@ REGISTRATION_WITHHELD = Counter(
 )
 
 
-async def track_phases(list_policies: Callable[[], list[dict[str, Any]]], every: float = 15.0) -> None:
-    """Keep POLICIES current (every phase always present, so a count can fall to 0)."""
+async def track_counts(
+    policies: Callable[[], list[dict[str, Any]]], node_states: Callable[[], Iterable[str]], every: float = 15.0
+) -> None:
+    """Keep POLICIES and NODES current (every phase and state always present, so a count
+    can fall to 0)."""
     while True:
         counts = dict.fromkeys(("Pending", "Protecting", "Modeling", "Completed", "Error"), 0)
-        for policy in list_policies():
+        for policy in policies():
             phase = (policy.get("status") or {}).get("phase", "Pending")
             counts[phase] = counts.get(phase, 0) + 1
         for phase, count in counts.items():
             POLICIES.labels(phase).set(count)
+        states = dict.fromkeys(("Ready", "Syncing", "Unsupported", "AgentLost"), 0)
+        for state in node_states():
+            states[state] = states.get(state, 0) + 1
+        for state, count in states.items():
+            NODES.labels(state).set(count)
         await asyncio.sleep(every)

@@ -62,6 +62,7 @@ from varmor.reconcile.status import (
     ProfileStatus,
     lost_nodes,
     next_expiry,
+    node_state,
     policy_status,
     status_patch,
 )
@@ -352,23 +353,15 @@ class PolicyController:
         policy = self.get_policy(key)
         return policy is not None and policy["metadata"].get("uid") == uid
 
-    async def _delete_orphans(self, key: PolicyKey) -> None:
-        """Delete ArmorProfiles whose controlling policy `key` no longer exists (or was
-        recreated with a new uid). The garbage collector would too; this is faster."""
-        if not self.synced:
-            return
-        for ap in self.profiles.list():
+    async def _delete_orphans(self, key: PolicyKey | None) -> None:
+        """Delete ArmorProfiles whose controlling policy `key` (None: any, once after start,
+        for policies that vanished while no leader ran) no longer exists or was recreated
+        with a new uid. The garbage collector would too; this is faster."""
+        for ap in self.profiles.list() if self.synced else []:
             owner = owner_key(ap)
-            if owner is None or owner[0] != key or ap["metadata"].get("deletionTimestamp"):
+            if owner is None or key not in (None, owner[0]) or ap["metadata"].get("deletionTimestamp"):
                 continue
             if not self._policy_alive(owner[0], owner[1]):
-                await self.writer.delete(ap)
-
-    async def sweep_orphans(self) -> None:
-        """Once after start: profiles whose policy vanished while no leader was running."""
-        for ap in self.profiles.list():
-            owner = owner_key(ap)
-            if owner is not None and not self._policy_alive(*owner) and not ap["metadata"].get("deletionTimestamp"):
                 await self.writer.delete(ap)
 
     # -- writes ---------------------------------------------------------------------
@@ -386,11 +379,12 @@ class PolicyController:
                 group.create_task(informer.run(), name=f"informer-{informer.resource.plural}")
             for informer in informers:
                 await informer.wait_synced()
-            await self.sweep_orphans()
+            await self._delete_orphans(None)
             group.create_task(self.models.run(), name="models")
             group.create_task(self.compiles.run(), name="policy-compiles")
             group.create_task(self.queue.run(), name="policy-queue")
-            group.create_task(metrics.track_phases(self.all_policies), name="policy-gauge")
+            states = lambda: [node_state(n, self.liveness()) for n in self.nodes.list()]  # noqa: E731
+            group.create_task(metrics.track_counts(self.all_policies, states), name="policy-gauges")
             group.create_task(self._watch_liveness(), name="policy-liveness")
 
     def check_liveness(self) -> float | None:

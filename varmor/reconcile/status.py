@@ -126,6 +126,21 @@ def _lost_message(status: Mapping[str, Any], liveness: Liveness) -> str:
     )
 
 
+NodeState = Literal["Ready", "Syncing", "Unsupported", "AgentLost"]
+NODE_STATES: tuple[NodeState, ...] = ("Ready", "Syncing", "Unsupported", "AgentLost")
+
+
+def node_state(node: Mapping[str, Any], liveness: Liveness | None = None) -> NodeState:
+    """One ArmorNode's state, judged in `aggregate`'s order: a lost agent first (a report
+    nobody renews says nothing about the node now), then no AppArmor, then ready or not."""
+    status = node.get("status") or {}
+    if liveness is not None and liveness.lost(node):
+        return "AgentLost"
+    if status.get("phase") == "Unsupported":
+        return "Unsupported"
+    return "Ready" if status.get("phase") == "Supported" and status.get("ready") is True else "Syncing"
+
+
 def aggregate(
     profile: str,
     namespace: str,
