@@ -72,11 +72,11 @@ import (
 )
 GO
 
-go mod tidy >/dev/null 2>&1 || go mod tidy
+go mod tidy  # stderr: each module downloaded (the setup step counts them)
 mkdir -p "$OUT.tmp"
 ldflags="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)"
-go build -trimpath -ldflags "$ldflags" -o "$OUT.tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
+go build -v -trimpath -ldflags "$ldflags" -o "$OUT.tmp/" k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager \
   k8s.io/kubernetes/cmd/kube-scheduler
-go build -trimpath -ldflags "-s -w" -o "$OUT.tmp/etcd" ./etcd
+go build -v -trimpath -ldflags "-s -w" -o "$OUT.tmp/etcd" ./etcd
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 echo "$OUT"

@@ -46,19 +46,19 @@ mkdir -p "$work/kubelet" && cd "$work/kubelet"
   echo ")"
 } > go.mod
 printf '//go:build tools\n\npackage tools\n\nimport _ "k8s.io/kubernetes/cmd/kubelet"\n' > tools.go
-go mod tidy >/dev/null 2>&1 || go mod tidy
+go mod tidy  # stderr: each module downloaded (the setup step counts them)
 minor="$(echo "$K8S_VERSION" | cut -d. -f2)"
-go build -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor" \
+go build -v -trimpath -ldflags "-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=$minor" \
   -o "$OUT.tmp/kubelet" k8s.io/kubernetes/cmd/kubelet
 
 # -- containerd 2 ------------------------------------------------------------------------
 mkdir -p "$work/containerd" && cd "$work/containerd"
 printf 'module varmor.local/containerd\n\ngo 1.24.0\n\nrequire github.com/containerd/containerd/v2 %s\n' "$CONTAINERD_VERSION" > go.mod
 printf '//go:build tools\n\npackage tools\n\nimport (\n\t_ "github.com/containerd/containerd/v2/cmd/containerd"\n\t_ "github.com/containerd/containerd/v2/cmd/ctr"\n\t_ "github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2"\n)\n' > tools.go
-go mod tidy >/dev/null 2>&1 || go mod tidy
+go mod tidy  # stderr: each module downloaded (the setup step counts them)
 tags="no_btrfs no_devmapper no_zfs no_aufs no_cri_dockershim"
 cdl="-s -w -X github.com/containerd/containerd/v2/version.Version=$CONTAINERD_VERSION"
-go build -trimpath -tags "$tags" -ldflags "$cdl" -o "$OUT.tmp/" \
+go build -v -trimpath -tags "$tags" -ldflags "$cdl" -o "$OUT.tmp/" \
   github.com/containerd/containerd/v2/cmd/containerd \
   github.com/containerd/containerd/v2/cmd/ctr \
   github.com/containerd/containerd/v2/cmd/containerd-shim-runc-v2

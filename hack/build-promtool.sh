@@ -105,7 +105,7 @@ func main() {
 	}
 }
 GO
-go mod tidy >/dev/null 2>&1 || go mod tidy
+go mod tidy  # stderr: each module downloaded (the setup step counts them)
 
 # Module v0.3MM.P is Prometheus 3.MM.P; the version is what `promtool --version` prints.
 release="$(echo "$VERSION" | sed -n 's/^v0\.3\([0-9][0-9]\)\.\([0-9]*\).*/3.\1.\2/p' | sed 's/^3\.0/3./')"
@@ -117,6 +117,6 @@ pkgs=()
 for t in "${targets[@]}"; do
   if [[ "$t" == promql-names ]]; then pkgs+=(./promql-names); else pkgs+=("github.com/prometheus/prometheus/cmd/$t"); fi
 done
-go build -trimpath -tags remove_all_sd -ldflags "$ldflags" -o "$OUT.tmp/" "${pkgs[@]}"
+go build -v -trimpath -tags remove_all_sd -ldflags "$ldflags" -o "$OUT.tmp/" "${pkgs[@]}"
 rm -rf "$OUT" && mv "$OUT.tmp" "$OUT"
 echo "$OUT"

@@ -10,7 +10,7 @@ for p in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
 done
 if ((${#missing[@]})); then
-  echo "setup: apt-get install ${missing[*]}"
+  echo "setup: apt-get install ${missing[*]} (usually 1-3 min)"
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
@@ -22,6 +22,7 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=".venv/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
 if [ ! -f "$stamp" ]; then
+  echo "setup: installing varmor and its Python dependencies into .venv (usually 1-2 min)"
   .venv/bin/pip install -q --upgrade pip
   # setuptools announces every editable install with a warning (it has no other channel
   # to pip, pypa/packaging-problems#558); it is information, not a problem: not shown.
@@ -38,17 +39,22 @@ if ! go_ok; then
   go_ok || { echo "setup: no usable Go toolchain" >&2; exit 1; }
 fi
 
+# Each long step says what it does, usually takes, and how far it got (varmor/dev/steps.py);
+# a cached step prints nothing. Logs: $logs/<step>.log.
+logs="${VARMOR_CACHE:-$HOME/.cache/varmor}/logs"
+step() { .venv/bin/python -m varmor.dev.steps "$1" "$2" "$logs/$3.log" -- "${@:4}"; }
 start=$(date +%s)
 # The default release, then those the compat layer runs (tests/compat): each built once.
-for version in "" $(.venv/bin/python -c 'from varmor.dev.paths import COMPAT_K8S_VERSIONS as v; print(*v)'); do
-  t=$(date +%s)
-  out="$(K8S_VERSION="${version:-${K8S_VERSION:-}}" bash hack/build-control-plane.sh)"
-  echo "setup: $(basename "$out") ready in $(( $(date +%s) - t ))s"
+# Cold, each builds ~2,500 Go packages; the first also downloads the modules.
+expect=(7min 6min 4min)
+i=0
+for version in $(.venv/bin/python -c 'from varmor.dev.paths import K8S_VERSION, COMPAT_K8S_VERSIONS as v; print(K8S_VERSION, *v)'); do
+  K8S_VERSION="$version" step "control plane $version" "${expect[$i]/min/ min}" "control-plane-$version" \
+    bash hack/build-control-plane.sh >/dev/null
+  i=$((i + 1))
 done
-t=$(date +%s)
-echo "setup: $(basename "$(bash hack/build-node.sh)") ready in $(( $(date +%s) - t ))s"
+step "node binaries (kubelet, containerd)" "2 min" node bash hack/build-node.sh >/dev/null
 # promtool and promql-names check the chart's alert rules and dashboard queries (tests/unit).
-t=$(date +%s)
-echo "setup: $(basename "$(bash hack/build-promtool.sh)") ready in $(( $(date +%s) - t ))s"
-bash hack/fetch-kernel.sh >/dev/null
-echo "setup: done ($(( $(date +%s) - start ))s for binaries and kernel)"
+step "promtool" "3 min" promtool bash hack/build-promtool.sh >/dev/null
+step "the Debian kernel for the VM tests" "10 s" kernel bash hack/fetch-kernel.sh >/dev/null
+echo "setup: ready ($(( $(date +%s) - start ))s for binaries and kernel)"
