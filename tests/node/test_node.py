@@ -28,7 +28,10 @@ PROBES = {
     "kallsyms": "cat /proc/kallsyms",  # hardening: disallow-access-kallsyms
     "hostname": "cat /etc/hostname",  # raw rule: deny /etc/hostname r
     "hosts": "cat /etc/hosts",  # nothing denies it
-    "token-by-probe": f"/usr/local/bin/probe cat {TOKEN}",  # attack protection for /usr/local/bin/probe only
+    # /usr/local/bin/probe is busybox, which runs the applet its argv[0] names: called as
+    # `cat` through a link (AppArmor sees the link's target, the probe program).
+    "token-by-probe": f"/tmp/bin/cat {TOKEN}",  # attack protection for /usr/local/bin/probe only
+    "hosts-by-probe": "/tmp/bin/cat /etc/hosts",  # the probe program runs: only the token is denied
     "token-by-shell": f"cat {TOKEN}",
 }
 
@@ -183,7 +186,7 @@ async def test_rules_deny_and_allow_in_the_container_and_a_live_update_reaches_i
     await custom.create_namespaced_custom_object(G, V, ns, "varmorpolicies", helpers.policy("probe", enhance=enhance))
     await policy_ready(custom, ns, "probe")
     loop = (
-        "while :; do r=''; "
+        "mkdir -p /tmp/bin; ln -sf /usr/local/bin/probe /tmp/bin/cat; while :; do r=''; "
         + "; ".join(
             f'if {cmd} >/dev/null 2>&1; then r="$r {name}=allowed"; else r="$r {name}=denied"; fi'
             for name, cmd in PROBES.items()
@@ -200,6 +203,7 @@ async def test_rules_deny_and_allow_in_the_container_and_a_live_update_reaches_i
         "hostname": "denied",
         "hosts": "allowed",
         "token-by-probe": "denied",
+        "hosts-by-probe": "allowed",
         "token-by-shell": "allowed",
     }
 
