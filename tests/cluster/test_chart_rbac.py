@@ -352,14 +352,14 @@ async def test_an_agent_writes_only_its_own_nodes_armornode(
                     message = await refused(
                         agent_a.request("PATCH", path, body=body, content_type="application/merge-patch+json")
                     )
-                    return f"on node {node_a} may write only its own node's reports, not armornodes {node_b}" in message
+                    return f"may write only ArmorNode {node_a}, not {node_b}" in message
 
                 await wait_for(create_b_refused, timeout=30)
                 other = f"{namespace}-c"
                 message = await refused(
                     agent_a.request("POST", paths.custom_path(api.ARMOR_NODE), body=armornode(other))
                 )
-                assert f"not armornodes {other}" in message
+                assert f"not {other}" in message
                 message = await refused(
                     anonymous.request("POST", paths.custom_path(api.ARMOR_NODE), body=armornode(node_a))
                 )
@@ -376,7 +376,7 @@ async def test_an_agent_writes_only_its_own_nodes_armornode(
                 # Behaviour shares: its own node's only, whatever the name says.
                 shares = paths.custom_path(api.ARMOR_BEHAVIOR, namespace)
                 message = await refused(agent_a.request("POST", shares, body=share(node_b, namespace)))
-                assert f"not armorbehaviors varmor-{namespace}-web.{node_b}" in message
+                assert f"may write only its own node's ArmorBehaviors, not varmor-{namespace}-web.{node_b}" in message
                 assert "node-bound ServiceAccount token" in await refused(
                     anonymous.request("POST", shares, body=share(node_a, namespace))
                 )

@@ -45,7 +45,7 @@ from varmor.nodeexec.state import Desired
 from varmor.policy import parse_policy
 from varmor.profile import build_profile, node_local_include
 from varmor.profile.deny_default import BehaviorInputs
-from varmor.reconcile.behaviors import merge
+from varmor.reconcile.modelmerge import ShareCache, merge
 from varmor.rules import load_catalog
 
 pytestmark = pytest.mark.kernel
@@ -206,7 +206,7 @@ def collect(boot: aavm.BootResult) -> Collected:
             proc_pids.add(int(found[1]))
         collector.collect(record, owner)
     share = collector._body(collector._shares[PROFILE], None)  # what the agent writes
-    behavior, nodes = merge([share])
+    behavior, nodes = merge([share], ShareCache())
     assert nodes[0]["refusedRules"] == 0, nodes
     return Collected(behavior, share, allowed, frozenset(proc_pids), max(pids))
 
