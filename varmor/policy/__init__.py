@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from varmor import api
 from varmor.admission.selector import LabelSelector, SelectorError
-from varmor.models.policy import EXECUTABLE_PATTERN
+from varmor.models.policy import CATEGORY_FIELDS, EXECUTABLE_PATTERN
 from varmor.models.target import DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN
 from varmor.policy.fields import PolicyError as PolicyError
 from varmor.policy.fields import bool_field, list_field, mapping, only, string, strings
@@ -42,12 +42,6 @@ _TARGET = re.compile(EXECUTABLE_PATTERN)
 _CONTAINER = re.compile(DNS_LABEL_PATTERN)
 _WORKLOAD_NAME = re.compile(DNS_SUBDOMAIN_PATTERN)
 _LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]")
-# Where each category's IDs go in spec.policy.enhanceProtect.
-_CATEGORY_FIELD = {
-    "hardening": "hardeningRules",
-    "attack-protection": "attackProtectionRules",
-    "vul-mitigation": "vulMitigationRules",
-}
 
 
 @dataclass(frozen=True)
@@ -186,7 +180,7 @@ class _RuleChecker:
             hint = difflib.get_close_matches(normalize_id(rule_id), self.catalog.known_ids(), 1)
             extra = f"; did you mean {hint[0]!r}?" if hint else ""
             raise PolicyError(path, f"unknown rule ID {rule_id!r}{extra}")
-        expected = _CATEGORY_FIELD[rule.category]
+        expected = CATEGORY_FIELDS[rule.category]
         if expected != field_name:
             raise PolicyError(path, f"{rule.id!r} is a {rule.category} rule: list it in {expected}")
         if rule.warning and rule.warning not in self.warnings:
