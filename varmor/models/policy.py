@@ -115,6 +115,16 @@ class RawRules(Wire):
     ) = UNSET
 
 
+# appArmorRawRules, in EnhanceProtect and DefenseInDepth alike.
+RawRulesList = Annotated[
+    list[RawRules],
+    Meta(
+        description="Raw AppArmor rules. Each is one rule ending in ','; no blocks, includes or profile changes.",
+        max_length=MAX_TARGETS,
+    ),
+]
+
+
 class EnhanceProtect(Wire):
     """Rules added to the base profile in EnhanceProtect mode."""
 
@@ -145,17 +155,7 @@ class EnhanceProtect(Wire):
         ]
         | UnsetType
     ) = UNSET
-    app_armor_raw_rules: (
-        Annotated[
-            list[RawRules],
-            Meta(
-                description="Raw AppArmor rules. Each is one rule ending in ','; no blocks, includes or "
-                "profile changes.",
-                max_length=MAX_TARGETS,
-            ),
-        ]
-        | UnsetType
-    ) = UNSET
+    app_armor_raw_rules: RawRulesList | UnsetType = UNSET
     privileged: Annotated[
         bool, Meta(description="Build on the AlwaysAllow base (for privileged containers) instead of RuntimeDefault.")
     ] = False
@@ -208,13 +208,7 @@ class DefenseInDepthAppArmor(Wire):
         ]
         | UnsetType
     ) = UNSET
-    app_armor_raw_rules: (
-        Annotated[
-            list[RawRules],
-            Meta(description="Raw AppArmor rules added to the profile (as in EnhanceProtect).", max_length=MAX_TARGETS),
-        ]
-        | UnsetType
-    ) = UNSET
+    app_armor_raw_rules: RawRulesList | UnsetType = UNSET
 
 
 DefenseInDepthAppArmorField = Annotated[
