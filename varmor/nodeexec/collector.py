@@ -40,6 +40,7 @@ MAX_RULES = 50_000  # per profile and node, after generalisation and collapsing
 # A share's JSON, roughly: what a node writes for one profile, and what the leader decodes
 # and merges, stays bounded whatever a workload names its files.
 MAX_SHARE_BYTES = 2 * 1024 * 1024
+KEEP_ENDED_ROUNDS = 10  # flushes a share is kept after its window ended
 MAX_PODS = 64  # pods named per share; more are counted together
 OTHER_NAMESPACE = "(another namespace)"  # a pod a namespaced policy's owner may not see named
 
@@ -81,6 +82,7 @@ class _Share:
     pods: dict[PodKey, int] = field(default_factory=dict)
     unattributed: int = 0
     size: int = 0  # about the JSON bytes of the rules (MAX_SHARE_BYTES)
+    idle_rounds: int = 0  # flushes with nothing new since its window ended
     lost_at_start: int = 0
     dirty: bool = True
     merged_stored: bool = False  # the stored share (from before a restart) was read back
@@ -211,8 +213,12 @@ class BehaviorCollector:
         for name, share in list(self._shares.items()):
             current = self.owner(name)
             if not share.dirty:
-                if current is None or not current.modeling or current.uid != share.owner.uid:
-                    self._shares.pop(name, None)  # written, and no longer collected: let it go
+                # Written, and no longer collected: kept a few rounds (the audit tail lags
+                # the window's end, and late records still belong to it), then let go.
+                ended = current is None or not current.modeling or current.uid != share.owner.uid
+                share.idle_rounds = share.idle_rounds + 1 if ended else 0
+                if share.idle_rounds > KEEP_ENDED_ROUNDS:
+                    self._shares.pop(name, None)
                 continue
             try:
                 await self._write(share)
