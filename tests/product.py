@@ -115,6 +115,7 @@ class Install:
     nodes: tuple[str, ...]
     kernels: dict[str, StandInSecurityfs] = field(default_factory=dict)
     processes: list[Process] = field(default_factory=list)
+    server: str = ""  # where varmor's processes reach the API server ("": the kubeconfig's)
 
     def rendered(self, kind: str) -> dict[str, Any]:
         return next(o for o in self.objects if o["kind"] == kind and not is_hook(o))
@@ -151,6 +152,8 @@ async def token_kubeconfig(api_client: Any, install: Install, service_account: s
     token = await core.create_namespaced_service_account_token(service_account, install.namespace, {"spec": spec})
     admin = yaml.safe_load(Path(install.kubeconfig).read_text())
     admin["users"] = [{"name": service_account, "user": {"token": token.status.token}}]
+    if install.server:
+        admin["clusters"][0]["cluster"]["server"] = install.server
     admin["contexts"][0]["context"]["user"] = service_account
     path = install.tmp / f"{service_account}{'-' + pod if pod else ''}.kubeconfig"
     path.write_text(yaml.safe_dump(admin))
@@ -195,18 +198,20 @@ async def installed(
     nodes: Sequence[str] = ("e2e-node-a", "e2e-node-b", "e2e-node-c"),
     kube_version: str = K8S_VERSION,
     extra_args: Sequence[str] = (),
+    server: str = "",
 ) -> AsyncIterator[Install]:
     """split: a manager process (webhook + leader) and an agent per node. allinone (the
     chart's default): a process per node running every role, one of them elected leader.
     Yields once every process is ready; stops them and removes what the chart created
-    outside `namespace` afterwards."""
+    outside `namespace` afterwards. `server` points varmor's processes at another address
+    of the API server (a test's proxy)."""
     release = f"varmor-{namespace}"  # contains the chart name, so fullname == release
     values = {
         "topology": topology,
         "leaderElection": {"leaseDurationSeconds": 4, "renewDeadlineSeconds": 3, "retryPeriodSeconds": 1},
     }
     objects = render(values, namespace=namespace, release=release, kube_version=kube_version)
-    inst = Install(namespace, release, objects, kubeconfig, tmp_path, tuple(nodes))
+    inst = Install(namespace, release, objects, kubeconfig, tmp_path, tuple(nodes), server=server)
     core = client.CoreV1Api(api_client)
     custom = client.CustomObjectsApi(api_client)
     try:

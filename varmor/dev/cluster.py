@@ -101,9 +101,10 @@ class ControlPlaneState:
 class ControlPlane:
     """Starts and stops the three components; logs go to files in `workdir`."""
 
-    def __init__(self, workdir: Path, version: str = K8S_VERSION) -> None:
+    def __init__(self, workdir: Path, version: str = K8S_VERSION, apiserver_flags: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.version = version
+        self.apiserver_flags = apiserver_flags  # added to (or overriding) the defaults below
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
         self.state: ControlPlaneState | None = None
         self._apiserver_args: list[str] = []
@@ -243,6 +244,7 @@ class ControlPlane:
             "--allow-privileged=true",
             "--profiling=false",
             "--v=1",
+            *self.apiserver_flags,
         ]
         self._spawn("kube-apiserver", [str(bin_dir / "kube-apiserver"), *self._apiserver_args], detach)
         kcm_config = self._kubeconfig("kube-controller-manager", server, p["ca.crt"], p["kcm.crt"], p["kcm.key"])
@@ -290,17 +292,36 @@ class ControlPlane:
     def upgrade_apiserver(self, version: str, timeout: float = 90.0) -> None:
         """Replace the running kube-apiserver with `version`'s, same flags, same etcd and
         port (the etcd and the controller-manager stay: both tolerate one minor of skew)."""
-        bin_dir = ensure_binaries(version)
+        self.restart_apiserver(version=version, timeout=timeout)
+
+    def stop_apiserver(self, *, crash: bool = False) -> None:
+        """Stop kube-apiserver; `crash` kills it (SIGKILL: no graceful end of watches)."""
         proc = self.procs.pop("kube-apiserver")
-        proc.terminate()
+        if crash:
+            proc.kill()
+        else:
+            proc.terminate()
         try:  # it waits for open watches to end: give them a moment, not the 30 min they may last
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+    def start_apiserver(self, *, version: str | None = None, timeout: float = 90.0) -> None:
+        """Start kube-apiserver again with the same flags, etcd and port."""
+        self.version = version or self.version
+        bin_dir = ensure_binaries(self.version)
         self._spawn("kube-apiserver", [str(bin_dir / "kube-apiserver"), *self._apiserver_args], False)
-        self.version = version
         self._wait_ready(self._pki, timeout)
+
+    def restart_apiserver(self, *, version: str | None = None, crash: bool = False, timeout: float = 90.0) -> None:
+        self.stop_apiserver(crash=crash)
+        self.start_apiserver(version=version, timeout=timeout)
+
+    @property
+    def etcd_url(self) -> str:
+        """The etcd client URL (plain HTTP on loopback), for tests that compact it."""
+        return next(a.split("=", 1)[1] for a in self._apiserver_args if a.startswith("--etcd-servers="))
 
     def _wait_ready(self, p: dict[str, Path], timeout: float) -> None:
         assert self.state is not None

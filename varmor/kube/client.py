@@ -8,7 +8,9 @@ and have crashed on Lease timestamps before.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import random
 from collections.abc import Mapping
 from typing import Any
 
@@ -16,9 +18,25 @@ import orjson
 from kubernetes.aio import client, config
 from kubernetes.aio.client.exceptions import ApiException
 
+from varmor.kube import metrics
+
 JSON = dict[str, Any]
 
-__all__ = ["JSON", "ApiException", "list_all", "new_api_client", "open_stream", "raw_request", "to_dict"]
+#: A 429 is retried this many times, after its Retry-After (as client-go does): under
+#: priority and fairness it means "not now", never that the request was wrong.
+THROTTLE_RETRIES = 4
+MAX_RETRY_AFTER = 10.0  # seconds; a longer Retry-After is capped (the caller's backoff takes over after)
+
+__all__ = [
+    "JSON",
+    "ApiException",
+    "list_all",
+    "new_api_client",
+    "open_stream",
+    "raw_request",
+    "throttle_delay",
+    "to_dict",
+]
 
 
 async def new_api_client(kubeconfig: str | None = None) -> client.ApiClient:
@@ -66,12 +84,30 @@ async def raw_request(
         body=body,
         auth_settings=["BearerToken"],
     )
-    response = await api_client.call_api(*serialized, _request_timeout=request_timeout)
-    data = await response.read()
+    for attempt in range(THROTTLE_RETRIES + 1):
+        response = await api_client.call_api(*serialized, _request_timeout=request_timeout)
+        data = await response.read()
+        if response.status != 429 or attempt == THROTTLE_RETRIES:
+            break
+        metrics.API_THROTTLED.inc()
+        await asyncio.sleep(throttle_delay(response.getheader("Retry-After")))
     if not 200 <= response.status <= 299:
         raise ApiException(status=response.status, reason=response.reason, body=data.decode("utf-8", "replace"))
     result: JSON = orjson.loads(data) if data else {}
     return result
+
+
+def throttle_delay(retry_after: str | None, rng: random.Random | None = None) -> float:
+    """How long to wait before retrying a 429: its Retry-After (1 s when absent or not a
+    number of seconds), capped, and spread by up to half again so a fleet of agents
+    throttled at once does not come back in one wave."""
+    try:
+        seconds = float(retry_after) if retry_after else 1.0
+    except ValueError:  # an HTTP date: rare, and the cap would apply anyway
+        seconds = 1.0
+    seconds = min(max(seconds, 0.0), MAX_RETRY_AFTER)
+    spread = rng.random() if rng else random.random()
+    return seconds * (1 + 0.5 * spread)
 
 
 async def open_stream(api_client: client.ApiClient, path: str, *, query: Mapping[str, Any] | None = None) -> Any:

@@ -5,6 +5,11 @@ One implementation of the client-go informer contract that varmor needs: an init
 a watch from its resourceVersion, a relist on 410 Gone, exponential backoff on errors,
 and a periodic resync that re-delivers every cached object so reconcilers converge even
 if an event was lost. Handlers get plain dicts (the API's JSON).
+
+A watch that ends (the server's timeout, an API server restart, a cut connection, a 429)
+is resumed from the last resourceVersion it saw: only a 410 Gone (that version was
+compacted away) costs a full list. After an API server restart a fleet of agents then
+re-watches instead of all listing every ArmorProfile at once.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import orjson
 from kubernetes.aio import client
 
 from varmor import api
-from varmor.kube import paths
+from varmor.kube import metrics, paths
 from varmor.kube.backoff import Backoff
 from varmor.kube.client import JSON, ApiException, open_stream, raw_request
 
@@ -61,6 +66,8 @@ class Informer:
         self._handlers: list[Handler] = []
         self._synced = asyncio.Event()
         self._resource_version = ""
+        for reason in ("ended", "error", "gone"):  # exported at 0 from the start, for rate()
+            metrics.WATCH_RESTARTS.labels(resource.kind, reason)
 
     def add_handler(self, handler: Handler) -> None:
         self._handlers.append(handler)
@@ -172,21 +179,26 @@ class Informer:
                         need_list = False
                     await self._watch_once()
                     backoff.reset()
+                    self._restarted("ended")
                 except asyncio.CancelledError:
                     raise
                 except ApiException as exc:
                     if exc.status == 410:
                         log.info("%s watch expired; relisting", self.resource.kind)
+                        self._restarted("gone")
                         need_list = True
                         continue
                     log.warning("%s watch failed: %s", self.resource.kind, exc.status)
-                    need_list = True
+                    self._restarted("error")
                     await asyncio.sleep(backoff.next())
                 except Exception as exc:  # connection errors, server restarts
                     log.warning("%s watch error: %r", self.resource.kind, exc)
-                    need_list = True
+                    self._restarted("error")
                     await asyncio.sleep(backoff.next())
         finally:
             resync.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await resync
+
+    def _restarted(self, reason: str) -> None:
+        metrics.WATCH_RESTARTS.labels(self.resource.kind, reason).inc()

@@ -7,13 +7,15 @@ costs one reconcile and no key is ever processed by two workers at once.
 What a handler raises decides the retry (varmor.kube.errors): TemporaryError retries after
 the delay it names without counting as a failure; PermanentError is logged and not
 retried (the next change to the object enqueues it again); anything else retries with
-exponential backoff per key.
+exponential backoff per key, jittered (up to half again), so keys that failed together
+(an API server restart) do not all come back in the same instant.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import Awaitable, Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -35,12 +37,14 @@ class WorkQueue(Generic[K]):
         base_delay: float = 0.1,
         max_delay: float = 60.0,
         name: str = "queue",
+        rng: random.Random | None = None,
     ) -> None:
         self._handler = handler
         self._concurrency = concurrency
         self._base_delay = base_delay
         self._max_delay = max_delay
         self.name = name
+        self._rng = rng or random.Random()
         self._queue: asyncio.Queue[K] = asyncio.Queue()
         self._pending: set[K] = set()  # queued, not yet started
         self._active: set[K] = set()  # being processed
@@ -99,7 +103,7 @@ class WorkQueue(Generic[K]):
             except Exception:
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
-                delay = exponential(failures - 1, self._base_delay, self._max_delay)
+                delay = exponential(failures - 1, self._base_delay, self._max_delay) * (1 + 0.5 * self._rng.random())
                 log.exception("%s: %s failed (attempt %d); retry in %.1fs", self.name, key, failures, delay)
                 self.add_after(key, delay)
             finally:
