@@ -660,11 +660,14 @@ class Batch:
         start = time.monotonic()
         timed_out = False
         rc: int | None = None
+        proc = spawn(cmd)
         try:
-            proc = subprocess.run(cmd, capture_output=True, timeout=timeout, check=False)
+            _, stderr = proc.communicate(timeout=timeout)
             rc = proc.returncode
-            (run_dir / "qemu.stderr").write_bytes(proc.stderr)
+            (run_dir / "qemu.stderr").write_bytes(stderr)
         except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
             timed_out = True
         seconds = time.monotonic() - start
         con = console.read_text(errors="replace") if console.exists() else ""
@@ -677,6 +680,32 @@ class Batch:
                     checks[exp.check_id] = exp.judge(audit_lines)
         (run_dir / "audit.log").write_text("\n".join(audit_lines) + "\n")
         return BootResult(checks, audit_lines, con, raw, seconds, rc, timed_out, run_dir, done)
+
+
+SPAWN_ATTEMPTS = 3
+
+
+def spawn(cmd: list[str]) -> subprocess.Popen[bytes]:
+    """Start qemu; a failure of the start itself (fork or exec: EAGAIN, ENOMEM, EFAULT on a
+    host short of memory for a moment) is tried again twice, then reported with the
+    host's available memory, since it is about the host, not about the batch."""
+    for attempt in range(1, SPAWN_ATTEMPTS + 1):
+        try:
+            return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        except OSError as exc:
+            if attempt == SPAWN_ATTEMPTS:
+                raise HarnessError(f"cannot start {cmd[0]} ({exc}; {_available_memory()})") from exc
+            time.sleep(attempt)  # a retry pause, not a wait for a condition
+    raise AssertionError("unreachable")
+
+
+def _available_memory() -> str:
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return "memory unknown"
+    found = re.search(r"MemAvailable:\s+(\d+) kB", meminfo)
+    return f"{int(found.group(1)) // 1024} MiB available" if found else "memory unknown"
 
 
 def preflight() -> None:
