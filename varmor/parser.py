@@ -184,12 +184,15 @@ def classify(rc: int, text: str, elapsed: float, budget: CompileBudget) -> str:
     """What a finished run exceeded, from how it ended ("" when it ran within budget).
 
     The parser compiles in forked workers; when one dies by a signal the parent exits
-    ECHILD (10) with no message. A worker is single-threaded, so it can only have hit the
-    CPU limit if at least that much real time passed; sooner, it crashed (not a budget)."""
+    ECHILD (10) with no message. A process is single-threaded, so it can only have hit the
+    CPU limit if at least that much real time passed; sooner, it crashed or something else
+    killed it (the OOM killer, an operator), which says nothing about the profile."""
     if any(marker in text for marker in _OOM_MARKERS) or rc == -signal.SIGABRT:
         return MEMORY
+    if rc == -signal.SIGXCPU:
+        return CPU
     cpu_possible = elapsed >= math.ceil(budget.cpu_seconds) * 0.95
-    if rc in (-signal.SIGXCPU, -signal.SIGKILL) or (rc == errno.ECHILD and not text.strip() and cpu_possible):
+    if cpu_possible and (rc == -signal.SIGKILL or (rc == errno.ECHILD and not text.strip())):
         return CPU
     return ""
 

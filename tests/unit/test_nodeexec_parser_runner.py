@@ -4,6 +4,7 @@ batching, per-profile failure attribution, and the names guard."""
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,20 @@ async def test_remove_by_name_reaches_remove(
     assert standin.ops == [Op("remove", "varmor-t-a")]
     assert standin.loaded == {"varmor-t-b": "enforce"}  # the child went with its parent
     assert list((tmp_path / "stubs").iterdir()) == []
+
+
+async def test_remove_works_when_the_stub_dir_cannot_be_written(
+    standin: StandInSecurityfs, profile_dir: ProfileDir, tmp_path: Path
+) -> None:
+    """A full or read-only profile dir must not keep a deleted profile in the kernel: the
+    stubs go to a temporary directory instead (here the stub dir's parent is a file)."""
+    standin.set_loaded({"varmor-t-a": "enforce"})
+    (tmp_path / "not-a-dir").write_text("")
+    results = await runner_for(standin, profile_dir).remove(["varmor-t-a"], tmp_path / "not-a-dir" / "stubs")
+    assert results["varmor-t-a"].ok
+    standin.settle()
+    assert standin.loaded == {}
+    assert not list(Path(tempfile.gettempdir()).glob("varmor-stubs-*/varmor-t-a"))  # and it cleaned up
 
 
 async def test_parser_version(standin: StandInSecurityfs, profile_dir: ProfileDir) -> None:

@@ -10,7 +10,7 @@ from typing import Annotated, Final
 from msgspec import UNSET, Meta, UnsetType
 
 from varmor import api
-from varmor.models.base import KindName, KubeObject, NodePhase, ProfileMode, Timestamp, Wire
+from varmor.models.base import Condition, KindName, KubeObject, NodePhase, ProfileMode, Timestamp, Wire
 
 
 class LoadedProfile(Wire):
@@ -53,6 +53,18 @@ class ArmorNodeStatus(Wire):
         Annotated[
             dict[str, FailedProfile],
             Meta(description="Profiles that failed to load, keyed by profile name.", extra_json_schema=_ATOMIC_MAP),
+        ]
+        | UnsetType
+    ) = UNSET
+    conditions: (
+        Annotated[
+            list[Condition],
+            Meta(
+                description="Node-level conditions, once there is one to report: ProfileDirWritable (False while "
+                "writes to the profile directory fail, e.g. NoSpace or ReadOnly; the agent retries by itself).",
+                max_length=8,
+                extra_json_schema={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]},
+            ),
         ]
         | UnsetType
     ) = UNSET

@@ -12,24 +12,31 @@ Loader. A profile text is loaded from a file named by its content (`varmor/loads
 the parser's compiled-policy cache beside it, so unchanged profiles reload in
 milliseconds after a restart or a reboot) and copied into the profile dir only once the
 kernel took it, so the profile dir never holds a text that failed.
+
+Failures that are not the profile's own (a parser that hung, was killed or failed naming
+no profile; a full or read-only profile dir) are in `failures` while they last and are
+retried by the agent itself (`retries`); a profile dir that refuses writes is also the
+condition ProfileDirWritable=False until every refused write went through (`files.Writes`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 import logging
-import math
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kubernetes.aio import client
 
 from varmor import __version__, api
 from varmor.api import DEFAULT_HEARTBEAT
+from varmor.clock import utc_now
 from varmor.kube.backoff import Backoff
 from varmor.kube.client import JSON
 from varmor.kube.informer import EventType, Informer, Key, object_key
@@ -37,10 +44,11 @@ from varmor.kube.kube import Kube
 from varmor.kube.tasks import task_group
 from varmor.kube.workqueue import WorkQueue
 from varmor.nodeexec import kernel, metrics
-from varmor.nodeexec.files import ProfileDir, atomic_write, is_varmor_name
+from varmor.nodeexec.files import ProfileDir, Writes, is_varmor_name
 from varmor.nodeexec.kernel import Detection
 from varmor.nodeexec.loader import Loader
 from varmor.nodeexec.parser_runner import ParserConfig, ParserRunner
+from varmor.nodeexec.retries import BUDGET, CONTENT, TRANSIENT, Retries, RetryPolicy, describe
 from varmor.nodeexec.state import Desired, Failed, Loaded, NodeState, choose, node_status
 from varmor.nodeexec.status import StatusWriter
 from varmor.parser import DEFAULT_BUDGET, CompileBudget, ParserNotFoundError
@@ -59,6 +67,8 @@ class AgentConfig:
     parser_base_dir: Path | None = Path("/etc/apparmor.d")  # searched before the profile dir
     resync_seconds: float = 300.0
     retry_seconds: float = 60.0  # a profile that failed at one hash is retried after this (never: over budget)
+    retry_base: float = 1.0  # first retry of a failure that is not the profile's (then backoff up to retry_seconds)
+    parser_timeout: float = 300.0  # real time one parser run may take before it is killed (and retried)
     status_debounce: float = 0.5
     heartbeat_seconds: float = DEFAULT_HEARTBEAT  # renew ArmorNode heartbeatTime; 0 disables
     workers: int = 64
@@ -89,7 +99,9 @@ class Agent:
         self.loader: Loader | None = None
         self._index: dict[str, set[Key]] = {}
         self._force: set[str] = set()
-        self._failed_at: dict[str, tuple[str, str, float]] = {}  # name -> (sha256, mode, when; inf: over budget)
+        policy = RetryPolicy(config.retry_base, config.retry_seconds, config.retry_seconds)
+        self.retries = Retries(policy, self._retry_due, monotonic=time.monotonic)
+        self.writes = Writes(self.files, utc_now, self._changed, Backoff(config.retry_base, config.retry_seconds))
         self._node_local = ""
         self._started = self._last_phase = time.monotonic()
         self.phases: dict[str, float] = {}  # start-up phase -> seconds (logged, and for the benchmark)
@@ -109,11 +121,13 @@ class Agent:
             agent_version=__version__,
             ready=self.synced,
             state=self.state,
+            conditions=[c for c in [self.writes.health.condition] if c],
         )
 
     def _changed(self) -> None:
         metrics.PROFILES_LOADED.set(len(self.state.loaded))
         metrics.PROFILES_FAILED.set(len(self.state.failures))
+        metrics.PROFILE_DIR_WRITABLE.set(1 if self.writes.health.writable else 0)
         self.status.mark()
 
     async def explain_missing(self, name: str) -> str | None:
@@ -156,15 +170,15 @@ class Agent:
                     subdomainfs=kernel.apparmor_dir(cfg.securityfs),
                     include_dirs=tuple(dict.fromkeys([*base, cfg.profile_dir])),
                     parser=cfg.parser,
+                    timeout=cfg.parser_timeout,
                     budget=cfg.budget,
                 )
             )
             self.parser_version = await runner.version()
             self.files.cache_key = re.sub(r"[^A-Za-z0-9._-]", "_", f"parser-{self.parser_version}-varmor-{__version__}")
-            await asyncio.to_thread(
-                self.files.cache_dir.mkdir, parents=True, exist_ok=True
-            )  # the parser makes one level
-            runner.config = dataclasses.replace(runner.config, cache_dir=self.files.cache_dir)
+            mkdir = functools.partial(self.files.cache_dir.mkdir, parents=True, exist_ok=True)
+            if await self.writes.best_effort(mkdir):  # the parser makes only the last level; else: no cache
+                runner.config = dataclasses.replace(runner.config, cache_dir=self.files.cache_dir)
         except (ParserNotFoundError, FileNotFoundError, PermissionError) as exc:
             if self.detection.supported:
                 self.detection = Detection(False, f"cannot run apparmor_parser: {exc}")
@@ -185,7 +199,7 @@ class Agent:
         """Load everything current, unload orphans, delete stale files."""
         assert self.loader is not None
         kernel_loaded = kernel.top_level(await asyncio.to_thread(kernel.read_loaded, self.config.securityfs))
-        self._node_local = await asyncio.to_thread(self._write_node_local)
+        self._node_local = await self.writes.node_local(self.config.partitions) or ""
         self._phase("read-kernel")
         names = sorted(self._index)
         await asyncio.gather(*(self._initial(name, kernel_loaded) for name in names))
@@ -194,15 +208,12 @@ class Agent:
         if orphans:
             log.info("unloading %d orphaned profiles", len(orphans), extra={"fields": {"profiles": orphans}})
         await asyncio.gather(*(self._initial(name, kernel_loaded) for name in orphans))
-        stale = [n for n in await asyncio.to_thread(self.files.names) if n not in self.desired]
-        stale += [n for n in await asyncio.to_thread(self.files.complain_markers) if n not in self.desired]
-        await asyncio.to_thread(self.files.remove_all, sorted(set(stale)))
-        loaded = [self.files.load_path(n, d.sha256) for n, d in self.desired.items() if n in self.state.loaded]
-        await asyncio.to_thread(self.files.prune_loads, loaded)
+        await self._tidy()
         self._phase("orphans")
 
-    def _write_node_local(self) -> str:
-        return self.files.write_node_local(self.config.partitions)
+    async def _tidy(self) -> None:
+        desired = {n: d.sha256 for n, d in self.desired.items()}
+        await self.writes.tidy(desired, {n: p.sha256 for n, p in self.state.loaded.items()})
 
     async def run(self) -> None:
         runner = await self._detect()
@@ -218,7 +229,8 @@ class Agent:
                 metrics.READY.set(1)
                 self.status.mark()
                 return  # the group keeps the status writer (heartbeats) running
-            self.loader = Loader(runner, self.config.profile_dir / "varmor" / "stubs")
+            stall = min(5.0, self.config.parser_timeout / 10)  # a hung run holds other loads this long at most
+            self.loader = Loader(runner, self.config.profile_dir / "varmor" / "stubs", stall=stall)
             self.status.mark()
             group.create_task(self.informer.run(), name="agent-informer")
             await self.informer.wait_synced()
@@ -263,17 +275,20 @@ class Agent:
 
     async def _refresh_loop(self) -> None:
         """Every resync period: follow disk changes (node-local include) and repair drift
-        (a varmor profile unloaded or left behind by someone else)."""
+        (a varmor profile unloaded or left behind by someone else). While a write to the
+        profile dir is outstanding, sooner: with backoff, until it went through."""
         while True:
-            await asyncio.sleep(self.config.resync_seconds)
+            await self.writes.pause(self.config.resync_seconds)
             try:
                 await self.refresh()
             except Exception:
                 log.exception("agent refresh failed")
 
     async def refresh(self) -> None:
-        node_local = await asyncio.to_thread(self._write_node_local)
-        if node_local != self._node_local:
+        if self.writes.tidy_due:
+            await self._tidy()
+        node_local = await self.writes.node_local(self.config.partitions)
+        if node_local is not None and node_local != self._node_local:
             log.info("disk devices changed; reloading every profile")
             self._node_local = node_local
             self._force.update(self.desired)
@@ -318,76 +333,65 @@ class Agent:
             return
         if desired is None:
             self.desired.pop(name, None)
+            self.retries.clear(name)
             if is_varmor_name(name):
                 await self._unload(name, kernel_loaded)
             self._set_failure(name, rejected[0] if rejected else None)
-            self._failed_at.pop(name, None)
             self._force.discard(name)
             return
         self.desired[name] = desired
         conflict = rejected[0] if rejected else None
-        if self.state.loaded.get(name) == Loaded(desired.namespace, desired.sha256, desired.mode) and (
-            name not in self._force
-        ):
+        if previous == Loaded(desired.namespace, desired.sha256, desired.mode) and name not in self._force:
             self._set_failure(name, conflict)
+            if name in self.writes.health.pending:  # loaded, but its copy in the profile dir was refused
+                await self._write(name, self.files.keep, name, desired.text, None)
             return
-        # Over the compile budget: never again for this content (a new sha256, or an agent
-        # restart, tries again). Other failures: not before retry_seconds, unless forced.
-        failed = self._failed_at.get(name)
-        if (
-            failed
-            and failed[:2] == (desired.sha256, desired.mode)
-            and (
-                failed[2] == math.inf
-                or (time.monotonic() - failed[2] < self.config.retry_seconds and name not in self._force)
-            )
-        ):
+        if self.retries.blocks(name, desired.sha256, desired.mode, name in self._force):
             return
         self._force.discard(name)
         staged = self.files.load_path(name, desired.sha256)
         complain = desired.mode == "complain"
-        # The force-complain marker first: when the profile dir is the parser's base dir
-        # (agent on the host), a stale marker would turn an enforce load into complain.
-        await asyncio.to_thread(self._stage, name, staged, desired.text, complain)
+        if not await self.writes.run(name, self.files.stage, name, staged, desired.text, complain):
+            await self.writes.best_effort(self.files.unstage, name, staged, previous.mode if previous else None)
+            message = f"cannot write its load file in {self.files.root}: {self.writes.health.pending.get(name)}"
+            self._failed(name, desired, TRANSIENT, "disk", message, kernel_loaded)
+            return
         outcome = await self.loader.load(name, staged, complain=complain)
         if outcome.ok:
-            previous = self.state.loaded.get(name)
-            await asyncio.to_thread(self._keep, name, desired.text, previous, desired.sha256)
+            # The kernel has it now, whatever the profile dir does next.
             self.state.loaded[name] = Loaded(desired.namespace, desired.sha256, desired.mode)
-            self._failed_at.pop(name, None)
+            self.retries.clear(name)
             self._set_failure(name, conflict)
+            replaced = previous.sha256 if previous is not None and previous.sha256 != desired.sha256 else None
+            await self._write(name, self.files.keep, name, desired.text, replaced)
             return
-        previous = self.state.loaded.get(name)
-        await asyncio.to_thread(self._unstage, name, staged, previous)
+        await self.writes.best_effort(self.files.unstage, name, staged, previous.mode if previous else None)
+        kind = BUDGET if outcome.exceeded else TRANSIENT if outcome.transient else CONTENT
         message = outcome.message.replace(str(staged), name)
-        if previous is None and kernel_loaded and name in kernel_loaded:
-            message += " (a version loaded before the agent started stays in the kernel)"
-        elif previous is not None:
-            message += f" (the version with sha256 {previous.sha256} stays loaded)"
-        if outcome.exceeded:
-            message = f"CompileBudgetExceeded: {message}; not retried until the profile changes"
-        log.warning("profile %s failed to load: %s", name, message)
-        self._failed_at[name] = (desired.sha256, desired.mode, math.inf if outcome.exceeded else time.monotonic())
+        self._failed(name, desired, kind, outcome.transient, message, kernel_loaded)
+
+    def _failed(
+        self, name: str, desired: Desired, kind: str, why: str, message: str, kernel_loaded: dict[str, str] | None
+    ) -> None:
+        """Record a failed load of `desired`; one that is not the text's (`why`) is retried."""
+        previous = self.state.loaded.get(name)
+        before = bool(previous is None and kernel_loaded and name in kernel_loaded)
+        attempt = self.retries.failed(name, kind, desired.sha256, desired.mode, why)
+        message = describe(kind, why, message, previous.sha256 if previous else None, before)
+        log.warning("profile %s failed to load (attempt %d): %s", name, attempt.failures, message)
         self._set_failure(name, Failed(desired.namespace, desired.sha256, message))
 
-    def _stage(self, name: str, staged: Path, text: str, complain: bool) -> None:
-        atomic_write(staged, text)  # unchanged text keeps its mtime, so the parser cache stays valid
-        self.files.set_force_complain(name, complain)
+    async def _write(self, name: str, action: Callable[..., object], *args: Any) -> None:
+        """Write `name`'s files; when refused, sync `name` again later, with backoff."""
+        if await self.writes.run(name, action, *args):
+            self.retries.wrote(name)
+        else:
+            self.retries.again(name, "disk")
 
-    def _keep(self, name: str, text: str, previous: Loaded | None, sha256: str) -> None:
-        """After a load: the profile dir holds what the kernel has (for the host's own boot
-        loading), and the replaced version's load file and cache entry go."""
-        self.files.write(name, text)
-        if previous is not None and previous.sha256 != sha256:
-            self.files.forget_version(name, previous.sha256)
-
-    def _unstage(self, name: str, staged: Path, previous: Loaded | None) -> None:
-        """After a failed load: the profile dir goes back to what the kernel has."""
-        staged.unlink(missing_ok=True)
-        if previous is not None:
-            self.files.set_force_complain(name, previous.mode == "complain")
-        elif not self.files.path(name).exists():
-            self.files.set_force_complain(name, False)
+    def _retry_due(self, name: str) -> None:
+        if name in self.retries.attempts:  # a failed load; else a refused write: no reload needed
+            self._force.add(name)
+        self.queue.add(name)
 
     async def _unload(self, name: str, kernel_loaded: dict[str, str] | None) -> None:
         assert self.loader is not None
@@ -398,11 +402,10 @@ class Agent:
             if not outcome.ok:
                 raise RuntimeError(f"cannot unload {name}: {outcome.message}")
             log.info("unloaded profile %s", name)
-        await asyncio.to_thread(self.files.remove, name)
-        gone = self.state.loaded.pop(name, None)
+        gone = self.state.loaded.pop(name, None)  # not in the kernel, whatever the profile dir does next
         if gone is not None:
-            await asyncio.to_thread(self.files.forget_version, name, gone.sha256)
             self._changed()
+        await self._write(name, self.files.remove, name, gone.sha256 if gone else None)
 
     def _set_failure(self, name: str, failure: Failed | None) -> None:
         current = self.state.failures.get(name)

@@ -1,5 +1,7 @@
 """The profile directory on the host: profile files (so they survive a reboot), the
-node-local include, and the host's disk devices. Blocking helpers; run them in an executor.
+node-local include, and the host's disk devices. `ProfileDir` has the blocking helpers;
+`Writes` runs them from the event loop and keeps `DiskHealth`: a full or read-only
+profile dir is recorded and reported, never raised into the agent's loops.
 
 Only names that look like varmor's (`varmor-*`, a DNS-label-like name) are ever written or
 deleted, so the agent cannot touch the host's own profiles through a crafted name.
@@ -7,14 +9,22 @@ deleted, so the agent cannot touch the host's own profiles through a crafted nam
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import errno
+import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from varmor import api
+from varmor.clock import Clock, rfc3339
+from varmor.kube.backoff import Backoff
 from varmor.profile import NODE_LOCAL_INCLUDE, DiskDeviceError, node_local_include
 
 DEFAULT_PROFILE_DIR = Path("/etc/apparmor.d")
@@ -22,6 +32,8 @@ DEFAULT_PARTITIONS = Path("/proc/partitions")
 FORCE_COMPLAIN = "force-complain"
 LOADS = "varmor/loads"  # what the parser loads from: one file per profile version
 PARSER_CACHE = "varmor/cache"  # apparmor_parser's compiled-policy cache for those files
+JSON = dict[str, Any]
+log = logging.getLogger(__name__)
 _VARMOR_NAME = re.compile(r"^varmor-[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
 
 
@@ -81,9 +93,12 @@ class ProfileDir:
         atomic_write(path, text)
         return path
 
-    def remove(self, name: str) -> None:
+    def remove(self, name: str, sha256: str | None = None) -> None:
+        """Delete a profile's file and marker, and with `sha256` that version's load file."""
         self.path(name).unlink(missing_ok=True)
         self.set_force_complain(name, False)
+        if sha256 is not None:
+            self.forget_version(name, sha256)
 
     def set_force_complain(self, name: str, complain: bool) -> None:
         """Mark a profile for complain mode in `<root>/force-complain/`, which
@@ -125,6 +140,36 @@ class ProfileDir:
     def remove_all(self, names: Iterable[str]) -> None:
         for name in names:
             self.remove(name)
+
+    # -- one profile's files around a load ------------------------------------------
+    def stage(self, name: str, staged: Path, text: str, complain: bool) -> None:
+        """Before a load: its load file (unchanged text keeps its mtime, so the parser
+        cache stays valid), and the force-complain marker first: when the profile dir is
+        the parser's base dir (agent on the host), a stale marker would turn an enforce
+        load into complain."""
+        atomic_write(staged, text)
+        self.set_force_complain(name, complain)
+
+    def keep(self, name: str, text: str, replaced: str | None) -> None:
+        """After a load: the profile dir holds what the kernel has (for the host's own boot
+        loading), and the replaced version's (sha256) load file and cache entry go."""
+        self.write(name, text)
+        if replaced is not None:
+            self.forget_version(name, replaced)
+
+    def unstage(self, name: str, staged: Path, loaded_mode: str | None) -> None:
+        """After a failed load: the profile dir goes back to what the kernel has (the
+        loaded version's mode, or nothing)."""
+        staged.unlink(missing_ok=True)
+        if loaded_mode is not None:
+            self.set_force_complain(name, loaded_mode == "complain")
+        elif not self.path(name).exists():
+            self.set_force_complain(name, False)
+
+    def stale(self, wanted: Iterable[str]) -> list[str]:
+        """varmor profile files and complain markers of names not in `wanted`."""
+        keep = set(wanted)
+        return sorted({n for n in [*self.names(), *self.complain_markers()] if n not in keep})
 
     # -- load files and the parser cache --------------------------------------------
     # The parser loads each profile from `loads/<name>@<sha256>`, a file named by
@@ -169,3 +214,144 @@ class ProfileDir:
         load = self.load_path(name, sha256)
         for path in [load, *self.cache_dir.glob(f"*/{load.name}")]:
             path.unlink(missing_ok=True)
+
+
+# -- the profile dir ---------------------------------------------------------------------
+PROFILE_DIR_WRITABLE = "ProfileDirWritable"
+_DISK_REASONS = {
+    errno.ENOSPC: "NoSpace",
+    errno.EDQUOT: "NoSpace",
+    errno.EROFS: "ReadOnly",
+    errno.EACCES: "PermissionDenied",
+    errno.EPERM: "PermissionDenied",
+}
+# What a program (the parser, writing its cache) says when a write was refused -> reason.
+DISK_TEXTS = {
+    "No space left on device": "NoSpace",
+    "Disk quota exceeded": "NoSpace",
+    "Read-only file system": "ReadOnly",
+}
+
+
+def disk_error(text: str) -> bool:
+    return any(marker in text for marker in DISK_TEXTS)
+
+
+def disk_reason(error: OSError | str) -> str:
+    """A condition reason for a failed write: an OSError, or a parser's message about one."""
+    if isinstance(error, OSError):
+        return _DISK_REASONS.get(error.errno or 0, "WriteFailed")
+    return next((reason for text, reason in DISK_TEXTS.items() if text in error), "WriteFailed")
+
+
+@dataclass
+class DiskHealth:
+    """Whether the profile dir takes writes, as the agent's last writes found: unwritable
+    from a failed write until every write that failed since (keyed by what it was for: a
+    profile name, or the node-local include) succeeded. The ArmorNode condition appears at
+    the first failure and then stays, True once writes work again (with the time)."""
+
+    root: str
+    pending: dict[str, str] = field(default_factory=dict)  # key -> what the failed write said
+    condition: JSON | None = None
+
+    @property
+    def writable(self) -> bool:
+        return not self.pending
+
+    def failed(self, key: str, error: OSError | str, now: str) -> None:
+        detail = (error.strerror or str(error)) if isinstance(error, OSError) else error
+        self.pending[key] = detail
+        message = (
+            f"writing to the profile directory {self.root} failed ({detail}); profiles that need a write "
+            "wait in failures and are retried by the agent until writes work again"
+        )
+        self._set("False", disk_reason(error), message, now)
+
+    def succeeded(self, key: str, now: str) -> None:
+        if self.pending.pop(key, None) is not None and not self.pending:
+            self._set("True", "Writable", f"writes to the profile directory {self.root} work again", now)
+
+    def _set(self, status: str, reason: str, message: str, now: str) -> None:
+        before = self.condition or {}
+        since = before.get("lastTransitionTime") if before.get("status") == status else now
+        self.condition = {
+            "type": PROFILE_DIR_WRITABLE,
+            "status": status,
+            "reason": reason,
+            "message": message,
+            "lastTransitionTime": since or now,
+        }
+
+
+class Writes:
+    """Profile-dir writes from the event loop, each in a thread. An OSError is recorded in
+    `health` (keyed by what the write was for: whoever wrote it writes it again) and
+    returned as False, and `tidy_due` is set: whatever a refused write left behind (a
+    stale file, an old version) is tidied once writes work again. `changed` is called
+    whenever `health` changes."""
+
+    def __init__(self, files: ProfileDir, clock: Clock, changed: Callable[[], None], backoff: Backoff) -> None:
+        self.files = files
+        self.clock = clock
+        self.changed = changed
+        self.backoff = backoff  # between tidies while they fail
+        self.health = DiskHealth(str(files.root))
+        self.tidy_due = False
+        self._due = asyncio.Event()
+
+    def _refused(self) -> None:
+        self.tidy_due = True
+        self._due.set()
+
+    async def pause(self, resync: float) -> None:
+        """Until the next refresh (which tidies when due): `resync` seconds, but once a write
+        was refused, the backoff from that moment on."""
+        if not self.tidy_due:
+            self.backoff.reset()
+            self._due.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._due.wait(), resync)
+        if self.tidy_due:
+            await asyncio.sleep(self.backoff.next())
+
+    async def run(self, key: str, action: Callable[..., object], *args: Any) -> bool:
+        """Whether the write went through."""
+        try:
+            await asyncio.to_thread(action, *args)
+        except OSError as exc:
+            log.warning("cannot write %s in profile dir %s: %s", key, self.files.root, exc)
+            self.health.failed(key, exc, rfc3339(self.clock()))
+            self._refused()
+            self.changed()
+            return False
+        if key in self.health.pending:
+            self.health.succeeded(key, rfc3339(self.clock()))
+            self.changed()
+        return True
+
+    async def best_effort(self, action: Callable[..., object], *args: Any) -> bool:
+        """A write nothing waits for (a failed load's clean-up, the parser cache's
+        directory): if it is refused, what it leaves behind goes with the next tidy."""
+        try:
+            await asyncio.to_thread(action, *args)
+        except OSError as exc:
+            log.info("deferred a write in profile dir %s: %s", self.files.root, exc)
+            self._refused()
+            return False
+        return True
+
+    async def node_local(self, partitions: Path) -> str | None:
+        """Write the node-local include; its text, or None when the write was refused."""
+        text: list[str] = []
+        ok = await self.run("node-local include", lambda: text.append(self.files.write_node_local(partitions)))
+        return text[0] if ok else None
+
+    async def tidy(self, desired: Mapping[str, str], loaded: Mapping[str, str]) -> None:
+        """Delete profile files of names not `desired`, and load files and cache entries of
+        versions (name -> sha256) neither desired nor loaded. Safe beside running syncs:
+        a name is desired before its file is staged, and loaded until its file goes."""
+        stale = await asyncio.to_thread(self.files.stale, desired)
+        keep = [self.files.load_path(n, sha) for versions in (desired, loaded) for n, sha in versions.items()]
+        done = await self.run("stale files", self.files.remove_all, stale)
+        self.tidy_due = not (done and await self.run("old versions", self.files.prune_loads, keep))

@@ -4,6 +4,9 @@ Each profile name is reconciled by its own work-queue worker, which awaits `load
 `unload` here. Requests arriving within a short window, or while a batch is running, go
 into the next batch: at start-up every profile lands in one parser invocation, and a
 burst of policy changes costs a few invocations instead of one per profile.
+
+A batch holds the next one back for at most `stall` seconds: a parser that hangs (until
+its deadline kills it, minutes later) must not hold every other profile's load with it.
 """
 
 from __future__ import annotations
@@ -27,14 +30,24 @@ class _Request:
 
 
 class Loader:
-    def __init__(self, runner: ParserRunner, stub_dir: Path, *, window: float = 0.02, max_wait: float = 0.5) -> None:
+    def __init__(
+        self,
+        runner: ParserRunner,
+        stub_dir: Path,
+        *,
+        window: float = 0.02,
+        max_wait: float = 0.5,
+        stall: float = 5.0,
+    ) -> None:
         self.runner = runner
         self.stub_dir = stub_dir
         self.window = window
         self.max_wait = max_wait
+        self.stall = stall
         self._loads: list[_Request] = []
         self._unloads: list[_Request] = []
         self._task: asyncio.Task[None] | None = None
+        self._batches: set[asyncio.Task[None]] = set()
         self.batches = 0  # parser batches run (loads and unloads), for tests and the benchmark
         self.last_check_seconds = 0.0
 
@@ -62,14 +75,24 @@ class Loader:
                 await asyncio.sleep(self.window)
             loads, self._loads = self._loads, []
             unloads, self._unloads = self._unloads, []
+            batch = asyncio.create_task(self._batch(loads, unloads), name="varmor-loader-batch")
+            self._batches.add(batch)
+            batch.add_done_callback(self._batches.discard)
             try:
-                await asyncio.gather(self._run_loads(loads), self._run_unloads(unloads))
-            except BaseException as exc:
-                for request in loads + unloads:
-                    if not request.future.done():
-                        request.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
-                if not isinstance(exc, Exception):
-                    raise
+                await asyncio.wait({batch}, timeout=self.stall)
+            except asyncio.CancelledError:
+                batch.cancel()
+                raise
+
+    async def _batch(self, loads: list[_Request], unloads: list[_Request]) -> None:
+        try:
+            await asyncio.gather(self._run_loads(loads), self._run_unloads(unloads))
+        except BaseException as exc:
+            for request in loads + unloads:
+                if not request.future.done():
+                    request.future.set_exception(exc if isinstance(exc, Exception) else RuntimeError("cancelled"))
+            if not isinstance(exc, Exception):
+                raise
 
     async def _run_loads(self, requests: list[_Request]) -> None:
         if not requests:

@@ -22,6 +22,14 @@ PARSER_DURATION = Histogram(
 PROFILE_OPS = Counter(
     "varmor_agent_profile_operations_total", "Per-profile outcomes.", ["action", "result"]
 )  # action: load | unload; result: ok | error
+PROFILE_RETRIES = Counter(
+    "varmor_agent_profile_retries_total",
+    "Profile loads, unloads or file writes retried by themselves after a failure that was not the profile's.",
+    ["reason"],
+)  # reason: timeout (parser past its deadline) | parser (killed, or failed naming no profile) | disk
+PROFILE_DIR_WRITABLE = Gauge(
+    "varmor_agent_profile_dir_writable", "0 while writes to the profile directory fail (full, read-only)."
+)
 INITIAL_SYNC_SECONDS = Gauge("varmor_agent_initial_sync_seconds", "Time from start to ready.")
 STATUS_WRITES = Counter(
     "varmor_agent_status_writes_total", "ArmorNode writes.", ["result"]

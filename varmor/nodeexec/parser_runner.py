@@ -15,12 +15,22 @@ re-run alone to get one. All parser runs are asyncio subprocesses: nothing block
 Every run is budgeted (`varmor.parser.run_async`: CPU-seconds and memory per parser
 process, its own process group, killed with the agent). A profile that exceeds the budget
 fails with `Outcome.exceeded` set, so the agent records it and never retries that content.
+
+A failure that is not the text's is `Outcome.transient`, and the agent retries it with
+backoff: a run past its real-time bound (a hang is a property of the node, not of the
+content), a parser killed by a signal before it could have used its CPU budget, an exit
+whose message names no profile, and a full or read-only profile directory. A batch that
+fails that way is re-run one profile at a time, so one bad profile never fails the others.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
+import shutil
+import signal
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -28,8 +38,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from varmor.nodeexec import metrics
+from varmor.nodeexec.files import disk_error
 from varmor.parser import (
     COMPILE_FLAGS,
+    DEADLINE,
     DEFAULT_BUDGET,
     CompileBudget,
     ParserRun,
@@ -43,13 +55,15 @@ LOAD_FLAGS = tuple(flag for flag in COMPILE_FLAGS if flag != "-Q")  # -Q would s
 _SUCCESS = re.compile(r'^(?:Addition|Replacement|Removal) succeeded for "(?P<name>[^"]+)"\.?$')
 _VERSION = re.compile(r"version (\S+)")
 MAX_MESSAGE = 2000
+TIMEOUT, PARSER, DISK = "timeout", "parser", "disk"  # why a failure is transient
 
 
 @dataclass(frozen=True)
 class Outcome:
     ok: bool
     message: str = ""
-    exceeded: str = ""  # the budget (cpu, memory, deadline) failed it, not the text
+    exceeded: str = ""  # the CPU or memory budget failed it, not the text: never retried
+    transient: str = ""  # TIMEOUT, PARSER or DISK: not the text's fault, retried with backoff
 
 
 Run = ParserRun
@@ -102,9 +116,23 @@ class ParserRunner:
         finally:
             metrics.PARSER_DURATION.labels(action).observe(time.monotonic() - started)
         metrics.PARSER_RUNS.labels(action, "ok" if run.rc == 0 and not run.exceeded else "error").inc()
-        if run.exceeded == "deadline":
-            return Run(run.rc, run.out, f"apparmor_parser timed out after {self.config.timeout:.0f}s", run.exceeded)
+        if run.exceeded == DEADLINE:
+            message = f"apparmor_parser did not finish within {self.config.timeout:g}s and was killed"
+            return Run(run.rc, run.out, message, run.exceeded)
         return run
+
+    def _unattributed(self, run: Run) -> Outcome:
+        """A run's failure that its output pins on no profile (one file was in the run)."""
+        if run.exceeded == DEADLINE:
+            return Outcome(False, run.err, transient=TIMEOUT)
+        if run.exceeded:
+            return Outcome(False, self.config.budget.describe(run.exceeded), run.exceeded)
+        if disk_error(run.text):
+            return Outcome(False, _trim(run.text), transient=DISK)
+        if run.rc < 0:
+            said = f": {run.text}" if run.text else ""
+            return Outcome(False, _trim(f"apparmor_parser was killed by {_signal(-run.rc)}{said}"), transient=PARSER)
+        return Outcome(False, _trim(run.text or f"apparmor_parser exited {run.rc}"), transient=PARSER)
 
     async def version(self) -> str:
         run = await self._exec("version", [self.parser, "--version"])
@@ -129,10 +157,9 @@ class ParserRunner:
             return {name: Outcome(True) for name in files}
         if len(files) == 1:
             ((name, path),) = files.items()
-            if run.exceeded:
-                return {name: Outcome(False, self.config.budget.describe(run.exceeded), run.exceeded)}
-            if run.rc != 0:
-                return {name: Outcome(False, _trim(blame(run.text, path, name) or run.text))}
+            message = "" if run.exceeded or run.rc < 0 else blame(run.text, path, name)
+            if run.rc != 0 or run.exceeded:
+                return {name: Outcome(False, _trim(message)) if message else self._unattributed(run)}
             extra = sorted(set(found) - {name}) + strays
             if extra:
                 return {name: Outcome(False, f"profile text defines profiles other than {name}: {', '.join(extra)}")}
@@ -149,25 +176,23 @@ class ParserRunner:
         key is the one profile it defines. Returns an outcome per profile."""
         if not files:
             return {}
-        flags = ["-r", "-v", *(["-C"] if complain else []), *single_process(files)]
-        base = self._base()
-        if self.config.cache_dir is not None and not complain:  # the parser never caches complain mode
-            base.remove("-K")
-            flags += ["-W", "-L", str(self.config.cache_dir)]
-        run = await self._exec("replace", [*base, *flags, *(str(p) for p in files.values())])
-        if run.exceeded and len(files) == 1:
-            ((name, _path),) = files.items()
-            return {name: Outcome(False, self.config.budget.describe(run.exceeded), run.exceeded)}
+        cached = self.config.cache_dir is not None and not complain  # the parser never caches complain mode
+        run = await self._exec("replace", self._replace_command(files, complain, cached))
+        if cached and run.rc != 0 and not run.exceeded and disk_error(run.text):
+            # The compiled-policy cache cannot be written (a full or read-only profile
+            # dir); loading needs no disk, so what is staged still loads, uncached.
+            run = await self._exec("replace", self._replace_command(files, complain, False))
         done = succeeded(run.out)
-        results = {name: Outcome(True) for name in files if name in done or run.rc == 0}
+        results = {name: Outcome(True) for name in files if name in done or (run.rc == 0 and not run.exceeded)}
         failed = {name: path for name, path in files.items() if name not in results}
+        killed = bool(run.exceeded) or run.rc < 0  # its output was cut short: no verdict on the rest
         unexplained = []
         for name, path in failed.items():
-            message = blame(run.text, path, name)
-            if message and len(failed) == 1 and not run.exceeded:
+            message = "" if killed else blame(run.text, path, name)
+            if message and len(failed) == 1:
                 results[name] = Outcome(False, _trim(message))
             elif len(files) == 1:
-                results[name] = Outcome(False, _trim(run.text or f"apparmor_parser exited {run.rc}"))
+                results[name] = self._unattributed(run)
             else:
                 unexplained.append(name)  # e.g. a worker killed at the budget: the parser says nothing
         if unexplained:
@@ -178,14 +203,21 @@ class ParserRunner:
                 results.update(single)
         return {name: results[name] for name in files}
 
+    def _replace_command(self, files: Mapping[str, Path], complain: bool, cached: bool) -> list[str]:
+        base = self._base()
+        flags = ["-r", "-v", *(["-C"] if complain else []), *single_process(files)]
+        if cached:
+            base.remove("-K")
+            flags += ["-W", "-L", str(self.config.cache_dir)]
+        return [*base, *flags, *(str(p) for p in files.values())]
+
     # -- remove ----------------------------------------------------------------------
     async def remove(self, names: Sequence[str], stub_dir: Path) -> dict[str, Outcome]:
         """Unload profiles by name. Each goes through a stub file `profile <name> {}`, so
         removal never depends on the profile's own text still existing or compiling."""
         if not names:
             return {}
-        paths = {name: stub_dir / name for name in names}
-        await asyncio.to_thread(_write_stubs, paths)
+        paths = await asyncio.to_thread(_write_stubs, names, stub_dir)
         run = await self._exec("remove", [*self._base(), "-R", "-v", *(str(p) for p in paths.values())])
         done = succeeded(run.out)
         results = {}
@@ -195,16 +227,42 @@ class ParserRunner:
                 results[name] = Outcome(True)  # gone already counts as removed
             else:
                 results[name] = Outcome(False, _trim(message or run.text))
-        await asyncio.to_thread(_remove_stubs, paths)
+        await asyncio.to_thread(_remove_stubs, paths, stub_dir)
         return results
 
 
-def _write_stubs(paths: Mapping[str, Path]) -> None:
+def _signal(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
+def _write_stubs(names: Sequence[str], stub_dir: Path) -> dict[str, Path]:
+    """Stub files in `stub_dir`, or in a temporary directory when that cannot be written
+    (a full or read-only profile dir must not keep a deleted profile in the kernel)."""
+    try:
+        return _stubs_in(names, stub_dir)
+    except OSError:
+        where = Path(tempfile.mkdtemp(prefix="varmor-stubs-"))
+        try:
+            return _stubs_in(names, where)
+        except OSError:
+            shutil.rmtree(where, ignore_errors=True)
+            raise
+
+
+def _stubs_in(names: Sequence[str], directory: Path) -> dict[str, Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    paths = {name: directory / name for name in names}
     for name, path in paths.items():
-        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f"profile {name} {{}}\n")
+    return paths
 
 
-def _remove_stubs(paths: Mapping[str, Path]) -> None:
+def _remove_stubs(paths: Mapping[str, Path], stub_dir: Path) -> None:
     for path in paths.values():
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a stub left in a read-only dir is rewritten next time
+            path.unlink(missing_ok=True)
+        if path.parent != stub_dir:
+            shutil.rmtree(path.parent, ignore_errors=True)

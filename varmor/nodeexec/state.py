@@ -155,6 +155,7 @@ def node_status(
     agent_version: str,
     ready: bool,
     state: NodeState,
+    conditions: Iterable[JSON] = (),
 ) -> JSON:
     """The ArmorNode status (docs/contracts.md), without lastUpdateTime so that two
     statuses compare equal when nothing changed."""
@@ -174,4 +175,6 @@ def node_status(
     }
     if not supported:
         status["reason"] = reason
+    if conditions := list(conditions):
+        status["conditions"] = conditions
     return status
