@@ -27,6 +27,8 @@ PROFILE_RETRIES = Counter(
     "Profile loads, unloads or file writes retried by themselves after a failure that was not the profile's.",
     ["reason"],
 )  # reason: timeout (parser past its deadline) | parser (killed, or failed naming no profile) | disk
+for _reason in ("timeout", "parser", "disk"):  # exported at 0 from the start, for rate() and the docs' check
+    PROFILE_RETRIES.labels(_reason)
 PROFILE_DIR_WRITABLE = Gauge(
     "varmor_agent_profile_dir_writable", "0 while writes to the profile directory fail (full, read-only)."
 )
