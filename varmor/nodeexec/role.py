@@ -37,6 +37,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--proc-partitions", type=Path, default=DEFAULT_PARTITIONS, help="the host's disk list")
     g.add_argument("--apparmor-parser", default="", help="apparmor_parser binary (default: found on PATH)")
     g.add_argument(
+        "--parser-timeout",
+        type=float,
+        default=300.0,
+        help="seconds one apparmor_parser run may take before it is killed and its profiles retried",
+    )
+    g.add_argument(
         "--apparmor-base-dir",
         type=Path,
         default=Path("/etc/apparmor.d"),
@@ -72,6 +78,7 @@ def config_from_args(args: argparse.Namespace) -> AgentConfig:
         partitions=args.proc_partitions,
         parser=args.apparmor_parser,
         parser_base_dir=args.apparmor_base_dir,
+        parser_timeout=args.parser_timeout,
         resync_seconds=args.agent_resync,
         status_debounce=args.agent_status_debounce,
         heartbeat_seconds=args.agent_heartbeat,
