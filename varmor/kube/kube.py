@@ -7,7 +7,7 @@ One instance per component (election, reconcile, agent, webhook), so
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from kubernetes.aio import client
@@ -33,6 +33,7 @@ class Kube:
         role: str = "",
         instance: str = "",
         clock: Clock = utc_now,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         self.api_client = api_client
         self.timeout = timeout
@@ -41,6 +42,8 @@ class Kube:
         self.instance = instance or f"varmor-{self.role}"
         self.clock = clock
         self.writes = 0  # also exported as varmor_api_writes_total{component}
+        # The leader's write fence: raises when its lease may have expired (docs/design.md).
+        self.fence = fence
 
     async def request(
         self,
@@ -53,6 +56,8 @@ class Kube:
         request_timeout: float | None = None,
     ) -> JSON:
         if method != "GET":
+            if self.fence is not None:
+                self.fence()  # just before the write is sent: it raises to keep the write in
             self.writes += 1
             metrics.API_WRITES.labels(self.component).inc()
         return await raw_request(

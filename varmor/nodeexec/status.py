@@ -17,7 +17,9 @@ Heartbeat: `status.heartbeatTime` tells the leader this agent is still alive (an
 whose agent is gone would otherwise say `ready: true` forever). Every status write
 carries it; when nothing changed for `heartbeat` seconds, a one-field JSON patch renews
 it, so an idle agent costs one small write per interval and the maps are never resent
-just to say "still here".
+just to say "still here". The stamp is this node's wall clock, which may be off: the
+leader only looks at whether it changed, on its own clock (varmor.reconcile.liveness), so
+the stamp is for people reading the ArmorNode.
 
 Time is injected: `clock` (wall time, for the timestamps written), `monotonic` (the
 interval arithmetic) and `sleep` (every wait with a timeout goes through it). The

@@ -33,6 +33,7 @@ from varmor.behavior.profile import check_rule, model_rules
 from varmor.clock import Clock, now_rfc3339, utc_now
 from varmor.kube import paths
 from varmor.kube.client import JSON, ApiException
+from varmor.kube.errors import TemporaryError
 from varmor.kube.informer import EventType, Informer
 from varmor.kube.kube import MERGE_PATCH, Kube
 from varmor.kube.tasks import task_group
@@ -153,7 +154,14 @@ class ModelController:
         if any(current.get(k) != v for k, v in status.items()):
             status["updateTime"] = now_rfc3339(self.clock)
             path = paths.custom_path(api.ARMOR_PROFILE_MODEL, namespace, name) + "/status"
-            await self.kube.request("PATCH", path, body={"status": status}, content_type=MERGE_PATCH)
+            # Conditional, like every leader write: a late write from an old view never lands on a newer one.
+            patch = {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": status}
+            try:
+                await self.kube.request("PATCH", path, body=patch, content_type=MERGE_PATCH)
+            except ApiException as exc:
+                if exc.status == 409:
+                    raise TemporaryError(f"ArmorProfileModel {namespace}/{name} changed; merging again") from None
+                raise
 
     async def _admit(
         self, namespace: str, name: str, profile: tuple[str, bool], shares: list[JSON], existing: JSON | None

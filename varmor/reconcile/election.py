@@ -13,7 +13,12 @@ client-go semantics:
   lease_duration > renew_deadline);
 * writes use the Lease's resourceVersion, so two candidates never both win.
 Stricter than client-go: a leader that sees another holder in the Lease stops
-immediately instead of retrying until its deadline.
+immediately instead of retrying until its deadline, and its writes are fenced: `fence()`
+(checked by the leader's `Kube` before every write) refuses once `renew_deadline` has
+passed on the monotonic clock since the start of the last successful renewal, even if
+this process was stopped and has not run `hold()` since. Nobody else may take the lease
+before `lease_duration` has passed since then, so a write that leaves in time lands before
+any other leader exists; docs/design.md ("Fencing") covers writes delayed beyond that.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any, Protocol
 from varmor.clock import micro_time, parse_time
 from varmor.kube import paths
 from varmor.kube.client import JSON, ApiException
+from varmor.kube.errors import TemporaryError
 from varmor.kube.kube import Kube
 from varmor.kube.tasks import cancel_and_wait
 from varmor.reconcile import metrics
@@ -165,6 +171,11 @@ class LeaseStore(Protocol):
     async def update(self, record: LeaseRecord) -> LeaseRecord: ...
 
 
+class NotLeading(TemporaryError):
+    """A leader write refused by the fence: this process may no longer hold the lease.
+    Temporary: the work is cancelled once the elector notices, or retried as leader."""
+
+
 class Conflict(Exception):
     """Someone else wrote the Lease first (409): re-read and decide again."""
 
@@ -253,7 +264,7 @@ class LeaderElector:
         self.clock: Clock = clock or SystemClock()
         self.state = ElectionState(config)
         self.leading = False
-        self._last_renew = 0.0
+        self._last_renew = 0.0  # monotonic reading taken before the last successful renewal began
 
     async def try_acquire_or_renew(self) -> bool:
         """One client-go tryAcquireOrRenew round. True when we hold the lease now."""
@@ -289,6 +300,17 @@ class LeaderElector:
         self.state.observe(written, self.clock.monotonic())
         self._last_renew = now
         return True
+
+    def fence(self) -> None:
+        """Raise NotLeading unless a write sent now lands while no one else can lead: we
+        lead and renewed (began the renewal that succeeded) less than renew_deadline ago."""
+        held = self.clock.monotonic() - self._last_renew
+        if self.leading and held < self.config.renew_deadline:
+            return
+        metrics.FENCED_WRITES.inc()
+        if self.leading:
+            log.warning("leader election: write refused, no renewal for %.1fs (lease may be lost)", held)
+        raise NotLeading(f"not the leader (or the lease may have expired: last renewal {held:.1f}s ago)")
 
     async def acquire(self) -> None:
         """Block until we hold the lease."""

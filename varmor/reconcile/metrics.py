@@ -13,6 +13,10 @@ IS_LEADER = Gauge("varmor_leader_is_leader", "1 while this process holds the lea
 LEADER_TRANSITIONS = Counter(
     "varmor_leader_transitions_total", "Leadership changes seen by this process.", ["event"]
 )  # event: acquired | lost | released
+FENCED_WRITES = Counter(
+    "varmor_leader_fenced_writes_total",
+    "Leader writes refused before sending because this process's lease may have expired.",
+)
 RECONCILE_DURATION = Histogram(
     "varmor_reconcile_duration_seconds",
     "Time to reconcile one policy (ArmorProfile and status).",

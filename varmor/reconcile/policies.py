@@ -19,7 +19,6 @@ Guarantees:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -46,6 +45,7 @@ from varmor.reconcile.armorprofiles import ArmorProfileWriter
 from varmor.reconcile.audit import AuditResult, findings_of
 from varmor.reconcile.behaviors import ModelController
 from varmor.reconcile.compiles import CompileGate, CompilePending
+from varmor.reconcile.livewatch import LivenessWatch
 from varmor.reconcile.profiles import (
     ROLLOUT_FINALIZER,
     PolicyKey,
@@ -57,16 +57,15 @@ from varmor.reconcile.profiles import (
     transition_events,
 )
 from varmor.reconcile.status import (
+    LEADER_FIELDS,
     Liveness,
     Outcome,
     ProfileStatus,
-    lost_nodes,
-    next_expiry,
     node_state,
     policy_status,
     status_patch,
 )
-from varmor.reconcile.statuswrites import patch_policy_status, write_profile_status
+from varmor.reconcile.statuswrites import Written, patch_policy_status, write_profile_status
 
 log = logging.getLogger(__name__)
 
@@ -78,8 +77,8 @@ class Settings:
     resync_seconds: float = 300.0
     status_delay: float = 0.5  # coalesce bursts of node reports into one status write
     attachment: Callable[[], Attachment] = lambda: FIELD_ONLY  # asked per rollout: the release can change
-    lost_after: float = DEFAULT_LOST_AFTER  # an ArmorNode heartbeat older than this: agent lost
-    liveness_margin: float = 1.0  # recheck this long after the first expiry (heartbeats have 1 s precision)
+    lost_after: float = DEFAULT_LOST_AFTER  # no ArmorNode heartbeat seen for this long: agent lost
+    liveness_margin: float = 1.0  # recheck this long after the first expiry (server times have 1 s precision)
     budget: CompileBudget = DEFAULT_BUDGET  # per apparmor_parser run of the leader's compile check
 
 
@@ -113,15 +112,21 @@ class PolicyController:
         self._delayed: set[PolicyKey] = set()
         self._extra_conditions: dict[str, JSON] = {}  # policy uid -> condition (Rollout)
         self._audit: AuditResult | None = None  # the latest unprotected-workload audit
-        # What this leader last wrote, by uid: comparing with the lagging cache would repeat writes.
-        self._last_status: dict[str, JSON] = {}
-        self._last_ap_status: dict[str, JSON] = {}
+        # What this leader last wrote, and at which versions: the cache lags our own writes.
+        self._status = Written()
+        self._ap_status = Written()
         self.on_ready = on_ready  # (policy, armor profile) when a policy is Ready: rollouts
         self.on_profile_deleting: Callable[[JSON], None] | None = None
-        # ArmorNodes whose agent was lost at the last liveness check; the watcher
-        # re-reconciles every policy when this set changes (time passing changes no object).
-        self._lost: frozenset[str] = frozenset()
-        self._liveness_changed = asyncio.Event()
+        # Heartbeats seen on our clock; every policy is reconciled again when the set of
+        # lost agents changes (time passing changes no object).
+        self.watch = LivenessWatch(
+            self.nodes.list,
+            clock,
+            lost_after=settings.lost_after,
+            margin=settings.liveness_margin,
+            resync=rs,
+            on_change=self._requeue_all,
+        )
         self.models = ModelController(
             api_client,
             self.kube,
@@ -176,7 +181,7 @@ class PolicyController:
     # -- event handlers -------------------------------------------------------------
     async def _on_policy(self, event: EventType, obj: JSON) -> None:
         if event == "DELETED":
-            self._last_status.pop(obj["metadata"].get("uid", ""), None)
+            self._status.forget(obj["metadata"].get("uid", ""))
             self._extra_conditions.pop(obj["metadata"].get("uid", ""), None)
         self.queue.add(policy_key(obj))
 
@@ -191,7 +196,7 @@ class PolicyController:
         if finalizing and self.on_profile_deleting is not None:
             self.on_profile_deleting(ap)
         if event == "DELETED":
-            self._last_ap_status.pop(meta.get("uid", ""), None)
+            self._ap_status.forget(meta.get("uid", ""))
             # A name may have been freed: retry policies that collided on it.
             name = meta.get("name")
             for policy in self.all_policies():
@@ -213,8 +218,7 @@ class PolicyController:
             self._node_seen[name] = new
         if event == "RESYNC":
             return  # policy resyncs already cover periodic recomputation
-        if event == "ADDED" or (new is not None and (name in self._lost) != self.liveness().lost(new)):
-            self._liveness_changed.set()  # a lost agent is back, or a node arrived with an old heartbeat
+        self.watch.node_event(event, node)  # a lost agent is back, or a node arrived with an old heartbeat
         changed = changed_profiles(old, new)
         if changed is not None and not changed:
             return
@@ -262,12 +266,12 @@ class PolicyController:
         if policy is None or policy["metadata"].get("deletionTimestamp"):
             await self._delete_orphans(key)
             return
-        kind, ns, name = key
+        ns = key[1]
         meta = policy["metadata"]
         uid = meta["uid"]
         generation = int(meta.get("generation") or 0)
         ap_ns = ns or self._install_ns
-        previous = self._last_status.get(uid) or policy.get("status") or {}
+        previous = self._status.previous(policy)
         error: tuple[str, str] | None = None
         built: Any = None
         profile_name: str | None = None
@@ -317,6 +321,7 @@ class PolicyController:
                         events.append(("Normal", "ProfileCreated", f"ArmorProfile {ap_ns}/{profile_name} created"))
             else:
                 ap, spec_written = await self.writer.apply(ap, desired)
+                self._ap_status.moved(ap)
                 if spec_written:
                     events.append(("Normal", "ProfileUpdated", f"ArmorProfile updated for generation {generation}"))
             if ap is not None and built.warnings and previous.get("observedGeneration") != generation:
@@ -338,16 +343,14 @@ class PolicyController:
         )
         new_status = policy_status(outcome, previous, now_rfc3339(), current=policy.get("status") or {})
         events += transition_events(previous, new_status)
-        patch = status_patch(new_status, previous)
-        if patch is not None:
-            await patch_policy_status(self.kube, kind, ns, name, patch)
-        self._last_status[uid] = {**previous, **new_status}
+        status = {k: v for k, v in previous.items() if k not in LEADER_FIELDS} | new_status  # as the patch leaves it
+        await patch_policy_status(self.kube, policy, status_patch(new_status, previous), status, self._status)
         if extra is not None:
             self._extra_conditions.pop(uid, None)
         for etype, reason, message in events:
             await self.kube.event(policy, etype, reason, message)
         if ap is not None and ps is not None and ps.ready and self.on_ready is not None:
-            self.on_ready({**policy, "status": self._last_status[uid]}, ap)
+            self.on_ready({**policy, "status": status}, ap)
 
     def _policy_alive(self, key: PolicyKey, uid: str) -> bool:
         policy = self.get_policy(key)
@@ -366,14 +369,15 @@ class PolicyController:
 
     # -- writes ---------------------------------------------------------------------
     def liveness(self) -> Liveness:
-        return Liveness(self.clock(), self.settings.lost_after)
+        return self.watch.liveness()
 
     async def _write_profile_status(self, ap: JSON) -> ProfileStatus:
-        return await write_profile_status(self.kube, ap, self.nodes.list(), self.liveness(), self._last_ap_status)
+        return await write_profile_status(self.kube, ap, self.nodes.list(), self.liveness(), self._ap_status)
 
     # -- lifecycle ------------------------------------------------------------------
     async def run(self) -> None:
         informers = [self.policies, self.cluster_policies, self.profiles, self.nodes]
+        await self.watch.start(self.kube.api_client)  # before the first ArmorNode is seen
         async with task_group() as group:
             for informer in informers:
                 group.create_task(informer.run(), name=f"informer-{informer.resource.plural}")
@@ -383,32 +387,17 @@ class PolicyController:
             group.create_task(self.models.run(), name="models")
             group.create_task(self.compiles.run(), name="policy-compiles")
             group.create_task(self.queue.run(), name="policy-queue")
-            states = lambda: [node_state(n, self.liveness()) for n in self.nodes.list()]  # noqa: E731
-            group.create_task(metrics.track_counts(self.all_policies, states), name="policy-gauges")
-            group.create_task(self._watch_liveness(), name="policy-liveness")
+            group.create_task(metrics.track_counts(self.all_policies, self._node_states), name="policy-gauges")
+            group.create_task(self.watch.run(), name="policy-liveness")
+
+    def _node_states(self) -> list[str]:
+        liveness = self.liveness()
+        return [node_state(n, liveness) for n in self.nodes.list()]
 
     def check_liveness(self) -> float | None:
-        """Re-reconcile every policy when the set of lost ArmorNodes changed; returns the
-        seconds until the next alive node would turn lost (None: no heartbeats to watch)."""
-        nodes, liveness = self.nodes.list(), self.liveness()
-        lost = lost_nodes(nodes, liveness)
-        if lost != self._lost:
-            gone, back = sorted(lost - self._lost), sorted(self._lost - lost)
-            if gone:
-                log.warning("varmor agent lost (no heartbeat for %gs) on %s", self.settings.lost_after, ", ".join(gone))
-            if back:
-                log.info("varmor agent reporting again on %s", ", ".join(back))
-            self._lost = lost
-            for policy in self.all_policies():
-                self.queue.add(policy_key(policy))
-        return next_expiry(nodes, liveness)
+        """Look at the heartbeats now; seconds until the next alive node would turn lost."""
+        return self.watch.check()
 
-    async def _watch_liveness(self) -> None:
-        """Agents that stop heartbeating change no object: wake at the earliest expiry (plus a
-        margin: heartbeats have 1 s precision), or when a node event may have changed the lost set."""
-        while True:
-            self._liveness_changed.clear()
-            wait = self.check_liveness()
-            timeout = self.settings.resync_seconds if wait is None else wait + self.settings.liveness_margin
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._liveness_changed.wait(), min(timeout, self.settings.resync_seconds))
+    def _requeue_all(self) -> None:
+        for policy in self.all_policies():
+            self.queue.add(policy_key(policy))

@@ -2,13 +2,16 @@
 aggregate node status, roll workloads, and run the webhook's leader-only tasks.
 
 Every replica runs the elector. Leader work starts on acquire and is cancelled the
-moment the lease is lost; it keeps no state the next leader would need.
+moment the lease is lost; it keeps no state the next leader would need. Every write of
+leader work passes the elector's fence first, so a process that was stopped past its
+lease sends nothing on waking, before it even notices it lost the lease.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from varmor import settings as webhook_settings
@@ -51,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-async def lead(ctx: Any) -> None:
-    """Everything the leader does, until cancelled."""
+async def lead(ctx: Any, fence: Callable[[], None] | None = None) -> None:
+    """Everything the leader does, until cancelled; `fence` guards each of its writes."""
     args = ctx.args
     settings = Settings(
         install_namespace=args.namespace,
@@ -64,14 +67,14 @@ async def lead(ctx: Any) -> None:
         budget=webhook_settings.budget_from_args(args),
     )
     controller = PolicyController(
-        ctx.api_client, settings, kube=Kube(ctx.api_client, component="reconcile", role="leader")
+        ctx.api_client, settings, kube=Kube(ctx.api_client, component="reconcile", role="leader", fence=fence)
     )
     rollouts = Rollouts(controller, qps=args.rollout_qps, burst=args.rollout_burst)
     async with task_group() as group:
         group.create_task(controller.run(), name="leader-policies")
         group.create_task(rollouts.run(), name="leader-rollouts")
         if args.leader_webhook_tasks:
-            group.create_task(run_leader_tasks(ctx, controller.take_audit), name="leader-webhook")
+            group.create_task(run_leader_tasks(ctx, controller.take_audit, fence), name="leader-webhook")
 
 
 async def run(ctx: Any) -> None:
@@ -89,6 +92,6 @@ async def run(ctx: Any) -> None:
     log.info("leader election as %s on lease %s/%s", config.identity, config.namespace, config.lease_name)
 
     async def leading() -> None:
-        await lead(ctx)
+        await lead(ctx, elector.fence)
 
     await elector.run(leading)

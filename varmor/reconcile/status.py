@@ -11,75 +11,38 @@ would have (vArmor rebuilt its in-memory counters optimistically). Rules:
   is Stale (visible, never counted as current);
 * Unsupported nodes are listed with their reason but are not desired, so they do not
   block readiness on the others;
-* Lost nodes (the agent's `heartbeatTime` is older than `lost_after`: the DaemonSet no
-  longer runs there, the agent crash-loops, the node is NotReady) are listed as
-  AgentLost and are not desired either: a report nobody renews says nothing about the
-  node now. Nodes without a heartbeat (agents before heartbeats) count as alive;
+* Lost nodes (the leader saw no heartbeat from the agent for `lost_after`, on its own
+  clock: `varmor.reconcile.liveness`; the DaemonSet no longer runs there, the agent
+  crash-loops, the node is NotReady) are listed as AgentLost and are not desired either:
+  a report nobody renews says nothing about the node now. Nodes without a heartbeat
+  (agents before heartbeats) count as alive;
 * ready = at least one desired node, all desired nodes current, none failed.
 
-Liveness is the only input that changes with time alone; the caller passes the clock
-reading (`Liveness.now`), so this module stays pure and tests use fixed times.
+Liveness is the only input that changes with time alone; the caller passes it (a clock
+reading and when each heartbeat was last seen), so this module stays pure and tests use
+fixed times.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from varmor.api import DEFAULT_LOST_AFTER
-from varmor.clock import parse_time
+# Liveness moved to its own module; its names stay importable from here with the rest of the status math.
+from varmor.api import DEFAULT_LOST_AFTER as DEFAULT_LOST_AFTER
+from varmor.clock import parse_time as parse_time
 from varmor.reconcile.findings import AUDIT_CONDITIONS, Findings, audit_conditions
+from varmor.reconcile.liveness import Liveness as Liveness
+from varmor.reconcile.liveness import lost_nodes as lost_nodes
+from varmor.reconcile.liveness import next_expiry as next_expiry
+from varmor.reconcile.liveness import node_name
 
 JSON = dict[str, Any]
 NodeReason = Literal["LoadFailed", "Unsupported", "Stale", "AgentLost"]
 Phase = Literal["Pending", "Protecting", "Modeling", "Completed", "Error"]
 
 MAX_NAMES_IN_MESSAGE = 10
-
-
-@dataclass(frozen=True)
-class Liveness:
-    """Which ArmorNodes still have a live agent, at one clock reading."""
-
-    now: dt.datetime
-    lost_after: float = DEFAULT_LOST_AFTER
-
-    def heartbeat(self, node: Mapping[str, Any]) -> dt.datetime | None:
-        return parse_time((node.get("status") or {}).get("heartbeatTime"))
-
-    def lost(self, node: Mapping[str, Any]) -> bool:
-        """The agent renews heartbeatTime every heartbeat; older than lost_after = gone.
-        No heartbeat at all (an older agent) is alive; a heartbeat ahead of our clock
-        (skew) is alive; lost_after <= 0 turns detection off."""
-        if self.lost_after <= 0:
-            return False  # detection disabled
-        beat = self.heartbeat(node)
-        return beat is not None and (self.now - beat).total_seconds() > self.lost_after
-
-    def expires_in(self, node: Mapping[str, Any]) -> float | None:
-        """Seconds until this alive node turns lost if its agent stays silent; None when
-        it has no heartbeat or is lost already."""
-        beat = self.heartbeat(node)
-        if beat is None or self.lost_after <= 0:
-            return None
-        left = self.lost_after - (self.now - beat).total_seconds()
-        return left if left >= 0 else None
-
-
-def node_name(node: Mapping[str, Any]) -> str:
-    return str(node.get("metadata", {}).get("name", ""))
-
-
-def lost_nodes(nodes: Iterable[Mapping[str, Any]], liveness: Liveness) -> frozenset[str]:
-    return frozenset(node_name(n) for n in nodes if liveness.lost(n))
-
-
-def next_expiry(nodes: Iterable[Mapping[str, Any]], liveness: Liveness) -> float | None:
-    """Seconds until the first alive node turns lost (when to look again), or None."""
-    times = [t for t in (liveness.expires_in(n) for n in nodes) if t is not None]
-    return min(times) if times else None
 
 
 @dataclass(frozen=True)
@@ -119,10 +82,11 @@ def _entry(entries: Any, profile: str, namespace: str) -> Mapping[str, Any] | No
 
 
 def _lost_message(status: Mapping[str, Any], liveness: Liveness) -> str:
-    # Stable while the node stays lost (no "N seconds ago"), so re-evaluating writes nothing.
+    # Stable while the node stays lost, and the same for every leader (no "N seconds ago",
+    # no leader clock), so re-evaluating writes nothing. The stamp is the node's clock.
     return (
-        f"no heartbeat from the varmor agent since {status.get('heartbeatTime')} "
-        f"(lost after {liveness.lost_after:g}s): is the agent running on this node?"
+        f"no heartbeat from the varmor agent for over {liveness.lost_after:g}s (the last one stamped "
+        f"{status.get('heartbeatTime')} by the node's clock): is the agent running on this node?"
     )
 
 

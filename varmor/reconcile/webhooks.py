@@ -76,8 +76,16 @@ class Registrar:
     account may; the leader never lists configurations.
     """
 
-    def __init__(self, api_client: client.ApiClient, reg: Registration, cache: PolicyCache, owner_role: str) -> None:
+    def __init__(
+        self,
+        api_client: client.ApiClient,
+        reg: Registration,
+        cache: PolicyCache,
+        owner_role: str,
+        fence: Callable[[], None] | None = None,
+    ) -> None:
         self.api_client = api_client
+        self.fence = fence or (lambda: None)  # the leader's write fence (election.LeaderElector.fence)
         self.reg = reg
         self.cache = cache
         self.owner_role = owner_role
@@ -102,6 +110,7 @@ class Registrar:
                 if exc.status != 404:
                     raise
                 try:
+                    self.fence()
                     await raw_request(self.api_client, "POST", paths.webhook_config_path(kind), body=desired)
                 except ApiException as create_exc:
                     if create_exc.status == 409:
@@ -130,6 +139,7 @@ class Registrar:
                 if merged:
                     body["metadata"][key] = merged
             try:
+                self.fence()
                 await raw_request(self.api_client, "PUT", paths.webhook_config_path(kind, name), body=body)
             except ApiException as exc:
                 if exc.status == 409:
@@ -165,8 +175,11 @@ class Registrar:
     async def run(self, resync: float = 60.0) -> None:
         backoff = Backoff()
         while True:
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow the cancellation that
+            # ends leader work, and this loop would then outlive its leadership.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.wake.wait(), resync)
+                async with asyncio.timeout(resync):
+                    await self.wake.wait()
             self.wake.clear()
             await asyncio.sleep(0.1)  # coalesce bursts of policy events
             try:
@@ -301,10 +314,11 @@ def registration_from(cfg: webhook_settings.WebhookSettings) -> Registration:
     )
 
 
-async def run_leader_tasks(ctx: RoleContext, audit_sink: AuditSink) -> None:
+async def run_leader_tasks(ctx: RoleContext, audit_sink: AuditSink, fence: Callable[[], None] | None = None) -> None:
     """Certificates, webhook registration and the unprotected audit, until cancelled.
     Each audit goes to `audit_sink` (the policy controller's `take_audit`), which folds it
-    into the policy status it writes."""
+    into the policy status it writes. `fence` guards the registration's writes (the
+    certificate Secret's are create-if-absent or resourceVersion-guarded)."""
     cfg = webhook_settings.from_args(ctx.args)
     registrar: Registrar
 
@@ -312,7 +326,7 @@ async def run_leader_tasks(ctx: RoleContext, audit_sink: AuditSink) -> None:
         registrar.wake.set()
 
     cache = PolicyCache(ctx.api_client, wake)
-    registrar = Registrar(ctx.api_client, registration_from(cfg), cache, cfg.owner_cluster_role)
+    registrar = Registrar(ctx.api_client, registration_from(cfg), cache, cfg.owner_cluster_role, fence)
     async with task_group() as group:
         group.create_task(cache.run(), name="leader-webhook-policies")
         await cache.synced_event.wait()  # never register from a partial view of the policies
