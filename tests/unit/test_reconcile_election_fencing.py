@@ -112,7 +112,9 @@ async def test_kube_asks_the_fence_before_every_write_and_never_before_a_read(
 ) -> None:
     sent: list[str] = []
 
-    async def transport(_client: Any, method: str, path: str, **_: Any) -> dict[str, Any]:
+    async def transport(_client: Any, method: str, path: str, before_send: Any = None, **_: Any) -> dict[str, Any]:
+        if before_send is not None:
+            before_send()
         sent.append(f"{method} {path}")
         return {}
 

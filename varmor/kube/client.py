@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -69,6 +69,7 @@ async def raw_request(
     body: Any = None,
     content_type: str = "application/json",
     request_timeout: float = 30.0,
+    before_send: Callable[[], None] | None = None,
 ) -> JSON:
     """One API call through the shared ApiClient (auth, TLS), sending and returning the
     API's JSON. The generated model classes drop fields this client does not know (the
@@ -85,6 +86,8 @@ async def raw_request(
         auth_settings=["BearerToken"],
     )
     for attempt in range(THROTTLE_RETRIES + 1):
+        if before_send is not None:
+            before_send()  # before every attempt: a retry after Retry-After is a new send
         response = await api_client.call_api(*serialized, _request_timeout=request_timeout)
         data = await response.read()
         if response.status != 429 or attempt == THROTTLE_RETRIES:

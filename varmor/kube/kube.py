@@ -55,9 +55,11 @@ class Kube:
         content_type: str = "application/json",
         request_timeout: float | None = None,
     ) -> JSON:
+        fence = None
         if method != "GET":
             if self.fence is not None:
                 self.fence()  # just before the write is sent: it raises to keep the write in
+                fence = self.fence  # and again before each retry of a throttled write
             self.writes += 1
             metrics.API_WRITES.labels(self.component).inc()
         return await raw_request(
@@ -68,6 +70,7 @@ class Kube:
             body=body,
             content_type=content_type,
             request_timeout=request_timeout or self.timeout,
+            before_send=fence,
         )
 
     async def list_all(self, path: str) -> list[JSON]:
