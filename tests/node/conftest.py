@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import shutil
 import tempfile
 import time
@@ -27,6 +28,9 @@ from varmor.dev.paths import K8S_VERSION
 from varmor.kube.client import new_api_client
 
 NODE = "varmor-node-1"
+#: The node's clock against the control plane's: minutes behind, as an unsynchronised node
+#: may be (the certificates are valid from 5 minutes before they are issued).
+NODE_CLOCK_OFFSET = dt.timedelta(minutes=-4)
 IMAGE = nodevm.IMAGES[0]
 #: The chart's hostPath for each /host mount of the agent (values.yaml agent.*).
 HOST_PATHS = {"/host/apparmor.d": "/etc/apparmor.d", "/host/securityfs": "/sys/kernel/security",
@@ -151,7 +155,7 @@ async def running_node(
             token = await agent_token(api_client, install)
             files = {**kubelet_files(plane, NODE), "agent.kubeconfig": nodevm.kubeconfig({"token": token})}
             config = nodevm.NodeConfig(NODE, plane.api_port, files=files, agent_args=agent_args(install))
-            vm = nodevm.NodeVM(tmp / "vm", config, kube_version=kube_version)
+            vm = nodevm.NodeVM(tmp / "vm", config, kube_version=kube_version, clock_offset=NODE_CLOCK_OFFSET)
             _NODES.append(vm)
             started = time.monotonic()
             try:

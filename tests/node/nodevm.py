@@ -25,6 +25,7 @@ rule maps a host loopback port to it; nothing else.
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -309,12 +310,19 @@ class NodeVM:
     """One node VM: boot, run commands in the guest, reboot, stop."""
 
     def __init__(
-        self, workdir: Path, config: NodeConfig, *, kube_version: str = K8S_VERSION, memory_mb: int = 2048
+        self,
+        workdir: Path,
+        config: NodeConfig,
+        *,
+        kube_version: str = K8S_VERSION,
+        memory_mb: int = 2048,
+        clock_offset: dt.timedelta = dt.timedelta(0),
     ) -> None:
         self.workdir = workdir
         self.config = config
         self.kube_version = kube_version
         self.memory_mb = memory_mb
+        self.clock_offset = clock_offset  # the guest's clock against the host's (its RTC at boot)
         self.proc: subprocess.Popen[bytes] | None = None
         self._ctl: socket.socket | None = None
         self._lines: list[str] = []
@@ -324,6 +332,11 @@ class NodeVM:
     @property
     def console(self) -> Path:
         return self.workdir / "console.log"
+
+    def _rtc_base(self) -> str:
+        """The guest's real-time clock at boot: the host's time moved by `clock_offset` (the
+        kernel sets its clock from it; nothing in the guest corrects it later)."""
+        return (dt.datetime.now(dt.UTC) + self.clock_offset).strftime("%Y-%m-%dT%H:%M:%S")
 
     def start(self) -> None:
         qemu, socat = _need("qemu-system-x86_64"), _need("socat")
@@ -342,7 +355,7 @@ class NodeVM:
         images = [a for path in self.config.images for a in ("-drive", f"file={path},format=raw,if=virtio,readonly=on")]
         argv = [
             qemu, "-accel", "tcg", "-M", "pc", "-cpu", "max", "-m", str(self.memory_mb), "-smp", "1",
-            "-nodefaults", "-display", "none",
+            "-nodefaults", "-display", "none", "-rtc", f"base={self._rtc_base()},clock=host",
             "-kernel", str(kernel / "vmlinuz"), "-initrd", str(initramfs),
             "-append", "console=ttyS0 panic=-1 audit=1 audit_backlog_limit=8192 apparmor=1 security=apparmor",
             "-drive", f"file={node_disk},format=raw,if=virtio,cache=unsafe",
