@@ -233,3 +233,38 @@ async def test_lead_crash_releases_and_propagates() -> None:
         await elector.run(lead)
     assert store.record is not None
     assert store.record.holder == ""
+
+
+class CountingStore(MemoryStore):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[str] = []
+
+    async def get(self) -> LeaseRecord | None:
+        self.calls.append("get")
+        return await super().get()
+
+    async def update(self, record: LeaseRecord) -> LeaseRecord:
+        self.calls.append("update")
+        return await super().update(record)
+
+
+async def test_the_leader_renews_in_one_write_and_reads_again_only_when_it_fails() -> None:
+    """client-go's fast path: one round trip per renewal, so a slow API server does not
+    cost a leader its lease; someone else's write in between sends it back to the full
+    round, which sees the other holder."""
+    store, clock = CountingStore(), FakeClock()
+    config = ElectionConfig("ns", "lease", "a", lease_duration=15, renew_deadline=10, retry_period=2)
+    elector = LeaderElector(store, config, clock)
+    assert await elector.try_acquire_or_renew()
+    elector.leading = True
+    store.calls.clear()
+    assert await elector.try_acquire_or_renew()
+    assert store.calls == ["update"]
+    assert store.record is not None
+    store._write(replace(store.record, holder="b"))  # another candidate took it
+    store.calls.clear()
+    assert not await elector.try_acquire_or_renew()
+    assert store.calls == ["update", "get"]
+    assert elector.state.observed is not None
+    assert elector.state.observed.holder == "b"
