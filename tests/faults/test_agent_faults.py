@@ -10,6 +10,7 @@ fault plane's real API server.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import shutil
@@ -264,10 +265,13 @@ async def test_a_parser_killed_mid_batch_is_retried_per_profile(
         assert mine(status["failures"], namespace) == {}
     (killed,) = fault.events("killed", match=namespace)
     assert len([f for f in killed["files"] if namespace in f]) == 3  # the whole batch was in that run
-    # The profile the killed run loaded is not loaded twice; the two it never reached ran alone.
-    assert sorted(replaced(host.kernel, namespace)) == sorted(b["metadata"]["name"] for b in bodies)
+    # The two profiles the killed run never reached ran alone. (The one it loaded may run
+    # again too, when its success line was lost with the run: replacing is idempotent.)
+    await asyncio.to_thread(host.kernel.settle)
+    assert set(replaced(host.kernel, namespace)) == {b["metadata"]["name"] for b in bodies}
     singles = [e for e in fault.events("start", match=namespace) if e["action"] == "replace" and len(e["files"]) == 1]
-    assert len(singles) == 2
+    unreached = {Path(f).name.split("@")[0] for f in killed["files"][1:]}
+    assert unreached <= {Path(f).name.split("@")[0] for e in singles for f in e["files"]}
     assert sample("varmor_agent_parser_runs_total", action="replace", result="error") > runs
     assert fault.alive() == []
 

@@ -369,7 +369,8 @@ async def test_the_chart_runs_varmor_from_its_image_on_the_node_from_install_to_
                 for p in (
                     await core.list_namespaced_pod(install_ns, label_selector="app.kubernetes.io/component=cleanup")
                 ).items:
-                    hook_pods.add((p.spec.node_name or "", p.spec.containers[0].image))
+                    if p.spec.node_name:  # a pod listed before the scheduler bound it names no node yet
+                        hook_pods.add((p.spec.node_name, p.spec.containers[0].image))
                 await asyncio.sleep(0.5)
 
         watcher = asyncio.create_task(watch_hook())
