@@ -7,7 +7,6 @@ request of every ServiceAccount (at Metadata level: no bodies) and nothing else.
 from __future__ import annotations
 
 import datetime as dt
-from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,7 +74,3 @@ class AuditLog:
                     user_agent=event.get("userAgent", ""),
                     pod=((event["user"].get("extra") or {}).get("authentication.kubernetes.io/pod-name") or [""])[0],
                 )
-
-    def count(self, **match: str) -> Counter[tuple[str, int]]:
-        """(verb, status code) -> requests whose fields equal `match` (user=..., resource=...)."""
-        return Counter((r.verb, r.code) for r in self.requests() if all(getattr(r, k) == v for k, v in match.items()))

@@ -14,9 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections import Counter
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
@@ -27,15 +25,6 @@ from varmor.dev.cluster import ControlPlane, free_port
 HOP_HEADERS = {"host", "connection", "keep-alive", "transfer-encoding", "content-length", "upgrade"}
 
 
-@dataclass
-class Seen:
-    """What came through, by outcome: forwarded, throttled (429) or refused (cut)."""
-
-    forwarded: int = 0
-    throttled: int = 0
-    refused: int = 0
-
-
 class ApiProxy:
     def __init__(self, plane: ControlPlane) -> None:
         assert plane.state is not None
@@ -44,9 +33,7 @@ class ApiProxy:
         self.port = free_port()
         self.mode = "open"  # open | cut | throttle
         self.delay = 0.0  # seconds added before each response (a slow API server)
-        self.seen = Seen()
         self.throttled_at: list[float] = []  # loop time of each 429 (the rate while throttled)
-        self.by_verb: Counter[str] = Counter()
         self._server_ssl = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         self._server_ssl.load_cert_chain(pki / "apiserver.crt", pki / "apiserver.key")
         self._client_ssl = ssl.create_default_context(cafile=str(pki / "ca.crt"))
@@ -94,20 +81,16 @@ class ApiProxy:
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         if self.mode == "cut":
-            self.seen.refused += 1
             assert request.transport is not None
             request.transport.abort()
             raise web.HTTPServiceUnavailable()  # never sent: the connection is gone
         if self.mode == "throttle":
-            self.seen.throttled += 1
             self.throttled_at.append(asyncio.get_running_loop().time())
             return web.json_response(
                 {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "TooManyRequests", "code": 429},
                 status=429,
                 headers={"Retry-After": "1"},
             )
-        self.seen.forwarded += 1
-        self.by_verb["watch" if request.query.get("watch") in ("true", "1") else request.method] += 1
         assert self._session is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in HOP_HEADERS}
         body = await request.read()
