@@ -21,7 +21,7 @@ from typing import Any
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
-from varmor import api
+from varmor import api, loadreport
 from varmor.nodeexec.state import sha256_text
 from varmor.parser import compile_check
 from varmor.policy import parse_policy
@@ -464,3 +464,48 @@ async def install_crds_with(kubeconfig: str) -> list[str]:
         return await install_crds(api_client)
     finally:
         await api_client.close()
+
+
+# -- what an ArmorNode proves ---------------------------------------------------------------
+def node_maps(status: Mapping[str, Any], armor_profiles: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """`status` with the per-profile maps tests assert on: `profiles` (loaded at the
+    ArmorProfile's current content) and `failures`, as the leader would judge the load
+    report against `armor_profiles` (read *after* the ArmorNode, so nothing the node saw is
+    newer than them). A status in the earlier format already has both maps."""
+    report = loadreport.parse(status)
+    if report is None:
+        return dict(status)
+    profiles: dict[str, Any] = {}
+    failures: dict[str, Any] = {}
+    for ap in armor_profiles:
+        meta, content = ap["metadata"], ap["spec"]["profile"]
+        recorded = ap.get("status") or {}
+        spec_rv = loadreport.resource_version(meta["resourceVersion"])
+        if recorded.get("observedGeneration") == meta.get("generation"):
+            spec_rv = loadreport.resource_version(recorded.get("specResourceVersion")) or spec_rv
+        if spec_rv is None or meta.get("deletionTimestamp"):
+            continue
+        seen = max(spec_rv, report.watermark or 0)  # the caller read them after the node
+        result, message = loadreport.verdict(report, meta["name"], meta["namespace"], content["sha256"], spec_rv, seen)
+        if result == "Loaded":
+            profiles[meta["name"]] = {
+                "namespace": meta["namespace"],
+                "sha256": content["sha256"],
+                "mode": content["mode"],
+            }
+        elif result == "Failed":
+            failures[meta["name"]] = {"namespace": meta["namespace"], "sha256": content["sha256"], "message": message}
+    return {**status, "profiles": profiles, "failures": failures}
+
+
+async def armor_node_maps(api_client: client.ApiClient, node: str) -> dict[str, Any] | None:
+    """The ArmorNode `node`'s status with `node_maps`' per-profile maps; None before it exists."""
+    custom = client.CustomObjectsApi(api_client)
+    try:
+        obj = await custom.get_cluster_custom_object(api.GROUP, api.VERSION, "armornodes", node)
+    except ApiException as exc:
+        if exc.status == 404:
+            return None
+        raise
+    listing = await custom.list_cluster_custom_object(api.GROUP, api.VERSION, "armorprofiles")
+    return node_maps(obj.get("status") or {}, listing["items"])

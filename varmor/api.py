@@ -49,6 +49,10 @@ ACCEPT_MODEL_ANNOTATION = "varmor.org/accept-model"
 
 # ArmorNode heartbeats: the agent renews `status.heartbeatTime` this often, and the leader
 # treats a node whose heartbeat is older than DEFAULT_LOST_AFTER as having lost its agent.
+# An ArmorNode's load report lists at most this many profiles still loading, and failed
+# (varmor.loadreport): its size does not grow with the number of profiles.
+MAX_LOADING_EXCEPTIONS = 8
+MAX_FAILED_EXCEPTIONS = 64
 DEFAULT_HEARTBEAT = 60.0  # seconds (`--agent-heartbeat`)
 DEFAULT_LOST_AFTER = 3 * DEFAULT_HEARTBEAT  # `--agent-lost-after`: two missed beats tolerated
 

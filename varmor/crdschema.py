@@ -207,6 +207,7 @@ def columns(kind: str) -> list[JSON]:
     return [
         _column("PHASE", ".status.phase"),
         _column("READY", ".status.ready", "boolean"),
+        _column("LOADED", ".status.loaded", "integer", description="varmor profiles loaded on the node."),
         _column("PARSER", ".status.parserVersion"),
         _column("AGENT", ".status.agentVersion"),
         _column("HEARTBEAT", ".status.heartbeatTime", "date", description="Time since the agent's last heartbeat."),

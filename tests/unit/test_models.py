@@ -15,11 +15,12 @@ import msgspec
 import pytest
 import yaml
 
-from varmor import api, crdgen, models, policy
+from varmor import api, crdgen, loadreport, models, policy
 from varmor.admission.selector import OPERATORS
+from varmor.loadreport import Ledger
 from varmor.models import ArmorNode, ArmorNodeStatus, ArmorProfile, ArmorProfileStatus, PolicyStatus, VarmorPolicy
 from varmor.nodeexec import state
-from varmor.nodeexec.state import Failed, Loaded, NodeState, node_status
+from varmor.nodeexec.state import Desired, Failed, Loaded, NodeState, node_status, outcome
 from varmor.reconcile import status as rstatus
 from varmor.reconcile.findings import Findings, audit_conditions
 from varmor.reconcile.profiles import desired_armor_profile
@@ -146,6 +147,22 @@ def test_armor_profile_status_round_trips() -> None:
 
 
 # -- ArmorNode -----------------------------------------------------------------------
+def report_of(st: NodeState) -> loadreport.Report:
+    """The load report an agent writes for `st` (every profile received at resourceVersion 7)."""
+    ledger = Ledger()
+    desired = {}
+    for name, p in st.loaded.items():
+        ledger.received(
+            ("x", name), {"metadata": {"resourceVersion": "7", "generation": 1, "namespace": p.namespace}}, False
+        )
+        desired[name] = Desired(name, p.namespace, "", p.sha256, p.mode)
+        ledger.settle(name, ledger.begin(name))
+    for name in st.failures:
+        ledger.received(("x", name), {"metadata": {"resourceVersion": "8", "generation": 1}}, False)
+        ledger.settle(name, ledger.begin(name))
+    return ledger.report(lambda name: outcome(st, desired, name))
+
+
 def node_state() -> NodeState:
     return NodeState(
         loaded={"varmor-demo-web": Loaded("demo", SHA, "enforce"), "varmor-b-x": Loaded("b", SHA, "complain")},
@@ -164,7 +181,7 @@ def test_node_status_round_trips(supported: bool, ready: bool, st: NodeState) ->
         parser_version="3.0.8",
         agent_version="0.1.0",
         ready=ready,
-        state=st,
+        report=report_of(st),
     )
     assert roundtrip(written, ArmorNodeStatus) == written
     # What the StatusWriter sends: the status plus its two timestamps.

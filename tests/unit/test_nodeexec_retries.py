@@ -13,10 +13,11 @@ from pathlib import Path
 import pytest
 
 from tests.helpers import wait_for
+from varmor.loadreport import Report
 from varmor.nodeexec.files import DiskHealth, disk_reason
 from varmor.nodeexec.parser_runner import DISK, PARSER, TIMEOUT, ParserConfig, ParserRunner, Run
 from varmor.nodeexec.retries import BUDGET, CONTENT, TRANSIENT, Attempt, Retries, RetryPolicy, describe
-from varmor.nodeexec.state import NodeState, node_status
+from varmor.nodeexec.state import node_status
 from varmor.parser import CPU, DEADLINE, CompileBudget, classify
 
 POLICY = RetryPolicy(base=1.0, cap=8.0, content=60.0, jitter=0.5)
@@ -118,9 +119,10 @@ def test_disk_reasons() -> None:
 
 def test_the_condition_is_in_the_node_status_only_once_there_is_one() -> None:
     common = {"supported": True, "reason": "", "parser_version": "3", "agent_version": "1", "ready": True}
-    assert "conditions" not in node_status(**common, state=NodeState())  # type: ignore[arg-type]
+    empty = Report(None, None, {})
+    assert "conditions" not in node_status(**common, report=empty)  # type: ignore[arg-type]
     condition = {"type": "ProfileDirWritable", "status": "True"}
-    assert node_status(**common, state=NodeState(), conditions=[condition])["conditions"] == [condition]  # type: ignore[arg-type]
+    assert node_status(**common, report=empty, conditions=[condition])["conditions"] == [condition]  # type: ignore[arg-type]
 
 
 def test_a_parser_killed_sooner_than_its_cpu_budget_allows_was_not_over_the_budget() -> None:

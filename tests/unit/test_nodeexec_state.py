@@ -10,10 +10,11 @@ from typing import Any
 import pytest
 
 from tests import helpers
+from varmor.loadreport import Ledger, Report
 from varmor.nodeexec import kernel
 from varmor.nodeexec.eventqueue import RateLimiter
 from varmor.nodeexec.files import ProfileDir, atomic_write, is_varmor_name, parse_partitions
-from varmor.nodeexec.state import Failed, Loaded, NodeState, choose, node_status, validate
+from varmor.nodeexec.state import Desired, Failed, Loaded, NodeState, choose, node_status, outcome, validate
 from varmor.nodeexec.violations import Follower
 
 TEXT = "profile varmor-demo-web {\n  file,\n}\n"
@@ -80,23 +81,38 @@ def test_choose_ignores_objects_being_deleted() -> None:
 
 
 def test_node_status_shape_matches_the_contract() -> None:
+    """A watermark and the exceptions, never a map of every loaded profile."""
     state = NodeState(
         loaded={"varmor-a": Loaded("demo", "h1", "enforce")},
         failures={"varmor-b": Failed("demo", "h2", "apparmor_parser: boom")},
     )
+    desired = {"varmor-a": Desired("varmor-a", "demo", "", "h1", "enforce")}
+    ledger = Ledger()
+    for rv, name in ((5, "varmor-a"), (6, "varmor-b")):
+        ledger.received(("demo", name), {"metadata": {"resourceVersion": str(rv), "generation": 1}}, deleted=False)
+        ledger.settle(name, ledger.begin(name))
+    report = ledger.report(lambda name: outcome(state, desired, name))
     status = node_status(
-        supported=True, reason="", parser_version="3.0.8", agent_version="0.1.0", ready=True, state=state
+        supported=True, reason="", parser_version="3.0.8", agent_version="0.1.0", ready=True, report=report
     )
     assert status == {
         "phase": "Supported",
         "parserVersion": "3.0.8",
         "agentVersion": "0.1.0",
         "ready": True,
-        "profiles": {"varmor-a": {"namespace": "demo", "sha256": "h1", "mode": "enforce"}},
-        "failures": {"varmor-b": {"namespace": "demo", "sha256": "h2", "message": "apparmor_parser: boom"}},
+        "loaded": 0,
+        "watermark": "6",
+        "exceptions": {
+            "varmor-b": {"state": "Failed", "namespace": "demo", "sha256": "h2", "message": "apparmor_parser: boom"}
+        },
     }
     unsupported = node_status(
-        supported=False, reason="no", parser_version="", agent_version="0.1.0", ready=True, state=NodeState()
+        supported=False,
+        reason="no",
+        parser_version="",
+        agent_version="0.1.0",
+        ready=True,
+        report=Report(None, None, {}),
     )
     assert unsupported["phase"] == "Unsupported"
     assert unsupported["reason"] == "no"

@@ -1,7 +1,9 @@
 """The agent's ArmorNode writer (`varmor/nodeexec/status.py`) and its heartbeat, against a
 recording stand-in for the API server and a manual clock: every write carries
-heartbeatTime, an idle agent renews it alone with one small patch per interval, anything
-unusual falls back to the full status, and writes pace themselves to a slow API server.
+heartbeatTime, the first write sets the whole status and later ones merge-patch what
+changed, an idle agent renews heartbeatTime alone with one small patch per interval,
+anything unusual falls back to the full status, and writes pace themselves to a slow API
+server.
 
 No real time passes: the writer's waits go through `ManualClock.sleep`, each step advances
 the clock by a fixed amount, and assertions are on exact counts at fixed readings."""
@@ -21,38 +23,51 @@ from prometheus_client import REGISTRY
 from tests.helpers import ManualClock, settle, wait_for
 from varmor.kube.backoff import Backoff
 from varmor.kube.client import ApiException
-from varmor.kube.kube import JSON_PATCH, Kube
+from varmor.kube.kube import JSON_PATCH, MERGE_PATCH, Kube
 from varmor.nodeexec.status import StatusWriter
 
 
 class RecordingKube(Kube):
-    """Records PATCHes; `fail` holds HTTP statuses to raise for the next PATCHes; each
-    PATCH takes `latency` seconds on the manual clock (a busy API server)."""
+    """Records PATCHes (a JSON patch is a list, a merge patch a dict); `fail` holds HTTP
+    statuses to raise for the next PATCHes; each PATCH takes `latency` seconds on the
+    manual clock (a busy API server)."""
 
     def __init__(self, clock: ManualClock) -> None:
         self.clock = clock
-        self.patches: list[list[dict[str, Any]]] = []
+        self.patches: list[Any] = []
         self.fail: list[int] = []
         self.latency = 0.0
-        self.started: list[float] = []  # clock time each full-status PATCH began
+        self.started: list[float] = []  # clock time each status write (not heartbeat) began
 
     async def request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         if method == "PATCH":
             assert path.endswith("/status")
-            assert kwargs["content_type"] == JSON_PATCH
+            body = kwargs["body"]
+            assert kwargs["content_type"] == (JSON_PATCH if isinstance(body, list) else MERGE_PATCH)
             if self.fail:
                 raise ApiException(status=self.fail.pop(0), reason="test")
-            if kwargs["body"][0]["path"] == "/status":
+            if isinstance(body, dict) or body[0]["path"] == "/status":
                 self.started.append(self.clock.monotonic())
             await self.clock.sleep(self.latency)
-            self.patches.append(kwargs["body"])
+            self.patches.append(body)
         return {}
 
     def heartbeats(self) -> list[list[dict[str, Any]]]:
-        return [p for p in self.patches if p[0]["path"] == "/status/heartbeatTime"]
+        return [p for p in self.patches if isinstance(p, list) and p[0]["path"] == "/status/heartbeatTime"]
 
     def full(self) -> list[list[dict[str, Any]]]:
-        return [p for p in self.patches if p[0]["path"] == "/status"]
+        return [p for p in self.patches if isinstance(p, list) and p[0]["path"] == "/status"]
+
+    def merges(self) -> list[dict[str, Any]]:
+        return [p for p in self.patches if isinstance(p, dict)]
+
+    def writes(self) -> list[dict[str, Any]]:
+        """Every status write, as the status fields it sent."""
+        return [
+            p["status"] if isinstance(p, dict) else p[0]["value"]
+            for p in self.patches
+            if p in self.full() or isinstance(p, dict)
+        ]
 
 
 def profiles(n: int) -> dict[str, Any]:
@@ -204,9 +219,10 @@ async def test_a_status_write_is_the_heartbeat() -> None:
             node.change(profiles=profiles(i + 1))
             await node.parked()
             await node.step(DEBOUNCE)
-            assert len(node.kube.full()) == i + 2
+            assert len(node.kube.writes()) == i + 2
     assert node.kube.heartbeats() == []
-    assert all("heartbeatTime" in p[0]["value"] for p in node.kube.full())
+    assert len(node.kube.full()) == 1  # then only what changed
+    assert all("heartbeatTime" in w for w in node.kube.writes())
 
 
 async def test_heartbeat_zero_writes_no_heartbeat_at_all() -> None:
@@ -229,7 +245,7 @@ async def test_pending_change_turns_the_beat_into_the_full_write() -> None:
     assert node.kube.heartbeats() == []
     assert node.writer._dirty.is_set()
     await node.writer.flush()
-    assert [p[0]["value"]["ready"] for p in node.kube.full()] == [True, False]
+    assert [w["ready"] for w in node.kube.writes()] == [True, False]
 
 
 async def test_failed_heartbeat_on_missing_status_falls_back_to_the_full_status() -> None:
@@ -309,7 +325,7 @@ async def test_writes_pace_themselves_to_a_slow_api_server() -> None:
         assert gaps
         assert all(gap >= 0.1 + 0.2 - 1e-9 for gap in gaps), gaps  # latency + pace x latency
         assert len(starts) <= 4  # 0.6 s of changes, not one write per change
-        assert node.kube.full()[-1][0]["value"]["profiles"] == profiles(12)  # nothing lost
+        assert node.kube.writes()[-1]["profiles"] == profiles(12)  # nothing lost
         assert node.writer.writes == len(starts)
 
     paused = REGISTRY.get_sample_value("varmor_agent_status_pacing_seconds_total") or 0.0

@@ -5,12 +5,12 @@ Pure; see `varmor.models` for the conventions every model follows.
 
 from __future__ import annotations
 
-from typing import Annotated, Final
+from typing import Annotated, Final, Literal
 
 from msgspec import UNSET, Meta, UnsetType
 
 from varmor import api
-from varmor.models.base import Condition, KindName, KubeObject, NodePhase, ProfileMode, Timestamp, Wire
+from varmor.models.base import Condition, Int32, KindName, KubeObject, NodePhase, ProfileMode, Timestamp, Wire
 
 
 class LoadedProfile(Wire):
@@ -19,6 +19,21 @@ class LoadedProfile(Wire):
     namespace: Annotated[str, Meta(description="The ArmorProfile's namespace.")] | UnsetType = UNSET
     sha256: Annotated[str, Meta(description="The content hash it was loaded at.")] | UnsetType = UNSET
     mode: Annotated[ProfileMode, Meta(description="How it was loaded.")] | UnsetType = UNSET
+
+
+class LoadException(Wire):
+    """A profile this node has not loaded at the content it last received."""
+
+    state: Annotated[
+        Literal["Loading", "Failed"], Meta(description="Loading: still being loaded; Failed: the load failed.")
+    ]
+    namespace: Annotated[str, Meta(description="The ArmorProfile's namespace.")] | UnsetType = UNSET
+    sha256: (
+        Annotated[str, Meta(description="The first 16 hex digits of the content's sha256.", max_length=64)] | UnsetType
+    ) = UNSET
+    message: (
+        Annotated[str, Meta(description="Why (at most 160 bytes; the agent's log has the whole text).")] | UnsetType
+    ) = UNSET
 
 
 class FailedProfile(Wire):
@@ -42,17 +57,49 @@ class ArmorNodeStatus(Wire):
     parser_version: Annotated[str, Meta(description="apparmor_parser version.")] | UnsetType = UNSET
     agent_version: Annotated[str, Meta(description="varmor agent version.")] | UnsetType = UNSET
     ready: Annotated[bool, Meta(description="The agent finished its initial sync.")] | UnsetType = UNSET
+    loaded: (
+        Annotated[Int32, Meta(description="How many varmor profiles this node's kernel holds from the agent.")]
+        | UnsetType
+    ) = UNSET
+    watermark: (
+        Annotated[
+            str,
+            Meta(
+                description="Every ArmorProfile version this agent received with a resourceVersion up to this one "
+                "is loaded here, unless its profile is listed in exceptions (docs/contracts.md).",
+                pattern="^[1-9][0-9]*$",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    exceptions: (
+        Annotated[
+            dict[str, LoadException],
+            Meta(
+                description="Profiles up to the watermark not loaded at the content received, keyed by profile "
+                "name: still loading (at most 8) or failed (at most 64).",
+                extra_json_schema={"maxProperties": api.MAX_LOADING_EXCEPTIONS + api.MAX_FAILED_EXCEPTIONS},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
     profiles: (
         Annotated[
             dict[str, LoadedProfile],
-            Meta(description="Loaded varmor profiles, keyed by profile name.", extra_json_schema=_ATOMIC_MAP),
+            Meta(
+                description="Deprecated (agents before the load report): loaded profiles, keyed by profile name.",
+                extra_json_schema=_ATOMIC_MAP,
+            ),
         ]
         | UnsetType
     ) = UNSET
     failures: (
         Annotated[
             dict[str, FailedProfile],
-            Meta(description="Profiles that failed to load, keyed by profile name.", extra_json_schema=_ATOMIC_MAP),
+            Meta(
+                description="Deprecated (agents before the load report): failed profiles, keyed by profile name.",
+                extra_json_schema=_ATOMIC_MAP,
+            ),
         ]
         | UnsetType
     ) = UNSET

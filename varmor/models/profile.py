@@ -70,12 +70,26 @@ class ArmorProfileStatus(Wire):
         ]
         | UnsetType
     ) = UNSET
+    observed_generation: (
+        Annotated[Int32, Meta(description="The generation specResourceVersion is about.")] | UnsetType
+    ) = UNSET
+    spec_resource_version: (
+        Annotated[
+            str,
+            Meta(
+                description="The resourceVersion at which the leader first saw this generation's spec: a node "
+                "counts as having loaded it once its ArmorNode watermark reaches it (docs/contracts.md)."
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
     conditions: (
         Annotated[
             list[NodeCondition],
             Meta(
-                description="One entry per failed, unsupported, stale or lost (AgentLost) node.",
-                max_length=10000,
+                description="One entry per failed, unsupported, stale or lost (AgentLost) node, at most 10 per "
+                "reason (the policy's Ready condition gives the counts).",
+                max_length=40,
                 extra_json_schema={"x-kubernetes-list-type": "atomic"},
             ),
         ]

@@ -43,13 +43,14 @@ from varmor.kube.informer import EventType, Informer, Key, object_key
 from varmor.kube.kube import Kube
 from varmor.kube.tasks import task_group
 from varmor.kube.workqueue import WorkQueue
-from varmor.nodeexec import kernel, metrics
+from varmor.loadreport import Ledger
+from varmor.nodeexec import kernel, metrics, state
 from varmor.nodeexec.files import ProfileDir, Writes, is_varmor_name
 from varmor.nodeexec.kernel import Detection
 from varmor.nodeexec.loader import Loader
 from varmor.nodeexec.parser_runner import ParserConfig, ParserRunner
 from varmor.nodeexec.retries import BUDGET, CONTENT, TRANSIENT, Retries, RetryPolicy, describe
-from varmor.nodeexec.state import Desired, Failed, Loaded, NodeState, choose, node_status
+from varmor.nodeexec.state import Desired, Failed, Loaded, NodeState, choose
 from varmor.nodeexec.status import StatusWriter
 from varmor.parser import DEFAULT_BUDGET, CompileBudget, ParserNotFoundError
 
@@ -89,12 +90,15 @@ class Agent:
         self.parser_version = ""
         self.synced = False  # initial sync finished (reported in the ArmorNode)
         self.ready = False  # ... and reported (the readiness check)
+        self.ledger = Ledger()  # what arrived and what was acted on: the load report
+        self._progress: int | None = None
         self.status = StatusWriter(
             self.kube,
             config.node_name,
             self._status,
             debounce=config.status_debounce,
             heartbeat=config.heartbeat_seconds,
+            key=lambda status: status | {"watermark": self._progress},
         )
         self.loader: Loader | None = None
         self._index: dict[str, set[Key]] = {}
@@ -114,13 +118,16 @@ class Agent:
 
     # -- status ----------------------------------------------------------------------
     def _status(self) -> JSON:
-        return node_status(
+        report = self.ledger.report(functools.partial(state.outcome, self.state, self.desired))
+        self._progress = report.progress
+        return state.node_status(
             supported=self.detection.supported,
             reason=self.detection.reason,
             parser_version=self.parser_version,
             agent_version=__version__,
             ready=self.synced,
-            state=self.state,
+            report=report,
+            loaded=len(self.state.loaded),
             conditions=[c for c in [self.writes.health.condition] if c],
         )
 
@@ -136,22 +143,14 @@ class Agent:
         reloaded now rather than at the next refresh."""
         if not self.detection.supported:
             return f"this node cannot load AppArmor profiles ({self.detection.reason})"
-        loaded = kernel.top_level(await asyncio.to_thread(kernel.read_loaded, self.config.securityfs))
-        if name in loaded:
+        if name in kernel.top_level(await asyncio.to_thread(kernel.read_loaded, self.config.securityfs)):
             return None
-        if not self.synced:
-            return "the agent is still loading this node's profiles after its start"
-        failure = self.state.failures.get(name)
-        if failure is not None:
-            return f"it failed to load here: {failure.message}"
-        if name in self.state.loaded:
+        why = state.missing_reason(self.state, self.desired, name, synced=self.synced)
+        if why == state.REMOVED_OUTSIDE:
             log.warning("profile %s was removed from the kernel outside varmor; loading it again", name)
             self._force.add(name)
             self.queue.add(name)
-            return "it was removed from the kernel outside varmor, and the agent is loading it again"
-        if name not in self.desired:
-            return "no ArmorProfile of that name has reached this node (its policy does not exist, or not yet)"
-        return "the agent is loading it"
+        return why
 
     def owner(self, profile: str) -> Desired | None:
         """The ArmorProfile a (possibly child) profile name comes from, for attribution."""
@@ -185,16 +184,6 @@ class Agent:
             return None
         return runner if self.detection.supported else None
 
-    async def _ensure_node(self) -> None:
-        backoff = Backoff(base=0.2, cap=10.0)
-        while True:
-            try:
-                await self.status.ensure()
-                return
-            except Exception as exc:
-                log.warning("cannot create ArmorNode %s: %r; retrying", self.config.node_name, exc)
-                await asyncio.sleep(backoff.next())
-
     async def initial_sync(self) -> None:
         """Load everything current, unload orphans, delete stale files."""
         assert self.loader is not None
@@ -219,7 +208,7 @@ class Agent:
         runner = await self._detect()
         metrics.SUPPORTED.set(1 if runner else 0)
         self._phase("detect")
-        await self._ensure_node()
+        await self.status.ensure_retrying()
         self._phase("armornode")
         async with task_group() as group:
             group.create_task(self.status.run(), name="agent-status")
@@ -262,6 +251,9 @@ class Agent:
     async def _on_event(self, event: EventType, obj: JSON) -> None:
         key = object_key(obj)
         name = key[1]
+        if event != "RESYNC":
+            self.ledger.received(key, obj, deleted=event == "DELETED")
+            self.status.mark()
         keys = self._index.setdefault(name, set())
         if event == "DELETED":
             keys.discard(key)
@@ -314,8 +306,11 @@ class Agent:
     async def sync(self, name: str, kernel_loaded: dict[str, str] | None = None) -> None:
         """Make the kernel match the ArmorProfiles named `name`. Raises on transient
         errors (the queue retries); a profile that does not compile is a recorded failure."""
+        token = self.ledger.begin(name)
         try:
             await self._sync(name, kernel_loaded)
+            self.ledger.settle(name, token)
+            self.status.mark()
         finally:
             for listener in self.synced_listeners:
                 listener(name)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from varmor import api
+from varmor.loadreport import LoadException, Report
 from varmor.nodeexec.files import is_varmor_name
 from varmor.profile.trust import check_profile_text
 
@@ -147,6 +148,35 @@ def choose(objects: Iterable[Mapping[str, Any]]) -> tuple[Desired | None, list[F
     return winner, rejected
 
 
+def outcome(state: NodeState, desired: Mapping[str, Desired], name: str) -> LoadException | None:
+    """What the load report says of profile `name` once its last sync finished: nothing
+    when its received content is loaded (or it is gone), else a failure or still loading."""
+    failure = state.failures.get(name)
+    if failure is not None:
+        return LoadException("Failed", failure.namespace, failure.sha256, failure.message)
+    want = desired.get(name)
+    if want is None or state.loaded.get(name) == Loaded(want.namespace, want.sha256, want.mode):
+        return None
+    return LoadException("Loading", want.namespace, want.sha256)
+
+
+REMOVED_OUTSIDE = "it was removed from the kernel outside varmor, and the agent is loading it again"
+
+
+def missing_reason(state: NodeState, desired: Mapping[str, Desired], name: str, *, synced: bool) -> str:
+    """Why profile `name`, which the kernel does not have, is missing (for a pod waiting
+    for it)."""
+    if not synced:
+        return "the agent is still loading this node's profiles after its start"
+    if (failure := state.failures.get(name)) is not None:
+        return f"it failed to load here: {failure.message}"
+    if name in state.loaded:
+        return REMOVED_OUTSIDE
+    if name not in desired:
+        return "no ArmorProfile of that name has reached this node (its policy does not exist, or not yet)"
+    return "the agent is loading it"
+
+
 def node_status(
     *,
     supported: bool,
@@ -154,7 +184,8 @@ def node_status(
     parser_version: str,
     agent_version: str,
     ready: bool,
-    state: NodeState,
+    report: Report,
+    loaded: int = 0,
     conditions: Iterable[JSON] = (),
 ) -> JSON:
     """The ArmorNode status (docs/contracts.md), without lastUpdateTime so that two
@@ -164,14 +195,8 @@ def node_status(
         "parserVersion": parser_version,
         "agentVersion": agent_version,
         "ready": ready,
-        "profiles": {
-            name: {"namespace": p.namespace, "sha256": p.sha256, "mode": p.mode}
-            for name, p in sorted(state.loaded.items())
-        },
-        "failures": {
-            name: {"namespace": f.namespace, "sha256": f.sha256, "message": f.message}
-            for name, f in sorted(state.failures.items())
-        },
+        "loaded": loaded,
+        **report.to_json(),
     }
     if not supported:
         status["reason"] = reason

@@ -4,7 +4,12 @@ Creates the ArmorNode (owner reference to the Node, so it goes when the node goe
 writes its status through the status subresource. Writes are coalesced: callers `mark()`
 after every change, and the writer waits for a quiet `debounce` period (at most
 `max_delay` after the first change) and writes only if the status differs from the last
-one written, so one policy change costs one write per node.
+one written (as `key` sees it), so one policy change costs one write per node.
+
+Size: the first write (and the first after a failed one, whose outcome is unknown) sets
+the whole status; every later one is a JSON merge patch of what changed since the last
+write, per entry for the load report's exceptions (`varmor.loadreport.delta`), so a change
+to one profile is one write of a few hundred bytes whatever the number of profiles.
 
 Pacing: a full write is also held until `pace` times the duration of the previous one has
 passed since it. An idle API server answers in milliseconds and nothing changes; one that is
@@ -42,7 +47,8 @@ from varmor.clock import Clock, rfc3339, utc_now
 from varmor.kube import paths
 from varmor.kube.backoff import Backoff
 from varmor.kube.client import JSON, ApiException
-from varmor.kube.kube import JSON_PATCH, Kube
+from varmor.kube.kube import JSON_PATCH, MERGE_PATCH, Kube
+from varmor.loadreport import delta
 from varmor.nodeexec import metrics
 
 log = logging.getLogger(__name__)
@@ -64,10 +70,14 @@ class StatusWriter:
         monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         backoff: Backoff | None = None,
+        key: Callable[[JSON], object] | None = None,
     ) -> None:
         self.kube = kube
         self.node_name = node_name
         self.build = build
+        # What makes a status worth writing; the agent leaves out a watermark that moved
+        # only because the leader updated ArmorProfile statuses (heartbeats carry that).
+        self.key: Callable[[JSON], object] = key or (lambda status: status)
         self.debounce = debounce
         self.max_delay = max_delay
         self.pace = pace  # hold the next full write `pace` x the last one's duration (0: off)
@@ -80,7 +90,8 @@ class StatusWriter:
         self.writes = 0  # every successful write, heartbeats included
         self.heartbeats = 0  # heartbeat-only writes
         self._dirty = asyncio.Event()
-        self._last: JSON | None = None
+        self._last: JSON | None = None  # the status as last written (None: unknown)
+        self._last_key: object = None
         self._last_write = 0.0  # monotonic time of the last successful write
         self._last_duration = 0.0  # seconds the last full write took
         self._lock = asyncio.Lock()
@@ -120,6 +131,17 @@ class StatusWriter:
             if exc.status != 409:
                 raise
 
+    async def ensure_retrying(self) -> None:
+        """`ensure()` until it succeeds (the API server may not be reachable yet)."""
+        backoff = Backoff(base=0.2, cap=10.0)
+        while True:
+            try:
+                await self.ensure()
+                return
+            except Exception as exc:
+                log.warning("cannot create ArmorNode %s: %r; retrying", self.node_name, exc)
+                await self.sleep(backoff.next())
+
     def mark(self) -> None:
         """Something in the status changed; write soon."""
         self._dirty.set()
@@ -130,24 +152,28 @@ class StatusWriter:
             if self.gone:
                 return False
             status = self.build()
-            if status == self._last:
+            key = self.key(status)
+            if self._last is not None and key == self._last_key:
                 metrics.STATUS_WRITES.labels("skipped").inc()
                 return False
             now = rfc3339(self.clock())
-            value = {**status, "lastUpdateTime": now}
-            if self.heartbeat > 0:
-                value["heartbeatTime"] = now
-            body = [{"op": "add", "path": "/status", "value": value}]
+            stamps = {"lastUpdateTime": now} | ({"heartbeatTime": now} if self.heartbeat > 0 else {})
+            if self._last is None:  # the whole status: the first write, or after an unknown outcome
+                body: Any = [{"op": "add", "path": "/status", "value": {**status, **stamps}}]
+                content_type = JSON_PATCH
+            else:
+                body, content_type = {"status": {**delta(self._last, status), **stamps}}, MERGE_PATCH
             started = self.monotonic()
+            self._last = None  # until the write is known to have landed
             try:
-                await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=JSON_PATCH)
+                await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=content_type)
             except ApiException as exc:
                 if exc.status == 404:
                     self._deleted()
                     return False
                 metrics.STATUS_WRITES.labels("error").inc()
                 raise
-            self._last = status
+            self._last, self._last_key = status, key
             self._wrote()
             self._last_duration = self._last_write - started
             metrics.STATUS_WRITES.labels("ok").inc()
@@ -168,18 +194,23 @@ class StatusWriter:
         self._last_write = self.monotonic()
 
     async def beat(self) -> None:
-        """Renew heartbeatTime alone (one small patch; the maps are not resent). Before the
-        first full write, or after a failed one, the full status goes instead."""
+        """Renew heartbeatTime alone (one small patch; the rest is not resent), with the
+        load report's watermark when only it moved. Before the first full write, or after
+        a failed one, the full status goes instead."""
         if self._last is None:
             await self.flush()
             return
         async with self._lock:
-            if self.gone:
+            if self.gone or self._last is None:
                 return
-            if self.build() != self._last:  # a change is pending: the full write is the beat
+            status = self.build()
+            if self.key(status) != self._last_key:  # a change is pending: the full write is the beat
                 self._dirty.set()
                 return
             body = [{"op": "add", "path": "/status/heartbeatTime", "value": rfc3339(self.clock())}]
+            moved = "watermark" in status and status["watermark"] != self._last.get("watermark")
+            if moved:
+                body.append({"op": "add", "path": "/status/watermark", "value": status["watermark"]})
             try:
                 await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=JSON_PATCH)
             except ApiException as exc:
@@ -191,6 +222,8 @@ class StatusWriter:
                 self._last = None
                 self._dirty.set()
                 raise
+            if moved:
+                self._last = {**self._last, "watermark": status["watermark"]}
             self._wrote()
             self.heartbeats += 1
             metrics.STATUS_WRITES.labels("heartbeat").inc()

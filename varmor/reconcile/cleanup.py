@@ -68,7 +68,7 @@ async def _wait_unloaded(api_client: Any, limit: float) -> bool:
         # to unload: waiting for it would only stall the uninstall.
         liveness = Liveness(now=dt.datetime.now(dt.UTC))
         loaded = [
-            n["metadata"]["name"] for n in nodes if (n.get("status") or {}).get("profiles") and not liveness.lost(n)
+            n["metadata"]["name"] for n in nodes if _holds_profiles(n.get("status") or {}) and not liveness.lost(n)
         ]
         if not loaded:
             return True
@@ -76,6 +76,12 @@ async def _wait_unloaded(api_client: Any, limit: float) -> bool:
             log.warning("profiles still loaded on %s; continuing", ", ".join(sorted(loaded)[:10]))
             return False
         await asyncio.sleep(1.0)
+
+
+def _holds_profiles(status: dict[str, Any]) -> bool:
+    """Whether an ArmorNode says its kernel still holds varmor profiles (`loaded`; the
+    map of an agent not yet upgraded)."""
+    return bool(status.get("loaded") or status.get("profiles"))
 
 
 async def cleanup(

@@ -46,25 +46,18 @@ from varmor.reconcile.audit import AuditResult, findings_of
 from varmor.reconcile.behaviors import ModelController
 from varmor.reconcile.compiles import CompileGate, CompilePending
 from varmor.reconcile.livewatch import LivenessWatch
+from varmor.reconcile.loadindex import ALL, LoadIndex, NodeView
+from varmor.reconcile.nodecounts import ProfileStatus, lost_message, node_state
 from varmor.reconcile.profiles import (
     ROLLOUT_FINALIZER,
     PolicyKey,
-    changed_profiles,
     desired_armor_profile,
     owner_key,
     policy_key,
     profile_identity,
     transition_events,
 )
-from varmor.reconcile.status import (
-    LEADER_FIELDS,
-    Liveness,
-    Outcome,
-    ProfileStatus,
-    node_state,
-    policy_status,
-    status_patch,
-)
+from varmor.reconcile.status import LEADER_FIELDS, Liveness, Outcome, policy_status, status_patch
 from varmor.reconcile.statuswrites import Written, patch_policy_status, write_profile_status
 
 log = logging.getLogger(__name__)
@@ -108,8 +101,8 @@ class PolicyController:
         self.queue: WorkQueue[PolicyKey] = WorkQueue(
             self._reconcile_counted, concurrency=settings.workers, name="policies"
         )
-        self._node_seen: dict[str, JSON] = {}
-        self._delayed: set[PolicyKey] = set()
+        self.loads = LoadIndex()  # the nodes' load reports, indexed: aggregation costs O(changes)
+        self._recount_timer: asyncio.TimerHandle | None = None
         self._extra_conditions: dict[str, JSON] = {}  # policy uid -> condition (Rollout)
         self._audit: AuditResult | None = None  # the latest unprotected-workload audit
         # What this leader last wrote, and at which versions: the cache lags our own writes.
@@ -190,6 +183,10 @@ class PolicyController:
         if owner is not None:
             self.queue.add(owner[0])
         meta = ap.get("metadata", {})
+        if event != "RESYNC":
+            key = (str(meta.get("namespace") or ""), str(meta.get("name")))
+            self.loads.profile(key, ap, deleted=event == "DELETED")
+            self._schedule_recount()
         if event == "ADDED":
             self.models.profile_changed(str(meta.get("namespace")), str(meta.get("name")))
         finalizing = meta.get("deletionTimestamp") and ROLLOUT_FINALIZER in (meta.get("finalizers") or [])
@@ -209,37 +206,31 @@ class PolicyController:
             self.queue.add(owner[0])
 
     async def _on_node(self, event: EventType, node: JSON) -> None:
-        name = node["metadata"]["name"]
-        old = self._node_seen.get(name)
-        new = None if event == "DELETED" else node
-        if new is None:
-            self._node_seen.pop(name, None)
-        else:
-            self._node_seen[name] = new
         if event == "RESYNC":
             return  # policy resyncs already cover periodic recomputation
         self.watch.node_event(event, node)  # a lost agent is back, or a node arrived with an old heartbeat
-        changed = changed_profiles(old, new)
-        if changed is not None and not changed:
-            return
-        for ap in self.profiles.list():
-            if changed is None or ap["metadata"]["name"] in changed:
-                owner = owner_key(ap)
-                if owner is not None:
-                    self._add_delayed(owner[0])
+        status = None if event == "DELETED" else (node.get("status") or {})
+        self.loads.node(node["metadata"]["name"], status)
+        self._schedule_recount()
 
-    def _add_delayed(self, key: PolicyKey) -> None:
-        """Coalesce: many node reports within `status_delay` cost one reconcile."""
-        if key in self._delayed:
-            return
-        self._delayed.add(key)
-        loop = asyncio.get_running_loop()
+    def _schedule_recount(self) -> None:
+        """Coalesce: the node reports of `status_delay` seconds cost one pass over the
+        profiles they can change (a burst of reports from every node: one pass)."""
+        if self._recount_timer is None and self.loads.changes:
+            self._recount_timer = asyncio.get_running_loop().call_later(self.settings.status_delay, self._recount)
 
-        def fire() -> None:
-            self._delayed.discard(key)
-            self.queue.add(key)
-
-        loop.call_later(self.settings.status_delay, fire)
+    def _recount(self) -> None:
+        """Reconcile the policies of the ArmorProfiles whose counts may have changed."""
+        self._recount_timer = None
+        affected = self.loads.take_changed()
+        keys = (
+            affected
+            if affected is not ALL
+            else ((ap["metadata"]["namespace"], ap["metadata"]["name"]) for ap in self.profiles.list())
+        )
+        for namespace, name in keys:
+            if (owner := owner_key(self.profiles.get(namespace, name) or {})) is not None:
+                self.queue.add(owner[0])
 
     def _derived_name(self, policy: Mapping[str, Any]) -> str | None:
         kind, ns, name = policy_key(policy)
@@ -322,6 +313,8 @@ class PolicyController:
             else:
                 ap, spec_written = await self.writer.apply(ap, desired)
                 self._ap_status.moved(ap)
+            if ap is not None:  # our write tells the spec's resourceVersion before the watch does
+                self.loads.profile((ap_ns, ap["metadata"]["name"]), ap, watched=False)
                 if spec_written:
                     events.append(("Normal", "ProfileUpdated", f"ArmorProfile updated for generation {generation}"))
             if ap is not None and built.warnings and previous.get("observedGeneration") != generation:
@@ -372,7 +365,16 @@ class PolicyController:
         return self.watch.liveness()
 
     async def _write_profile_status(self, ap: JSON) -> ProfileStatus:
-        return await write_profile_status(self.kube, ap, self.nodes.list(), self.liveness(), self._ap_status)
+        key = (ap["metadata"]["namespace"], ap["metadata"]["name"])
+        lost_after = self.settings.lost_after
+
+        def lost(node: NodeView) -> str:
+            return lost_message(node.status, lost_after)
+
+        ps = self.loads.status(key, self.watch.lost, lost)
+        spec = self.loads.specs.get(key)
+        version = (spec.generation, spec.spec_rv) if spec is not None else None
+        return await write_profile_status(self.kube, ap, ps, version, self._ap_status)
 
     # -- lifecycle ------------------------------------------------------------------
     async def run(self) -> None:
@@ -384,6 +386,7 @@ class PolicyController:
             for informer in informers:
                 await informer.wait_synced()
             await self._delete_orphans(None)
+            self.watch.check()  # the lost agents, before the first status is computed
             group.create_task(self.models.run(), name="models")
             group.create_task(self.compiles.run(), name="policy-compiles")
             group.create_task(self.queue.run(), name="policy-queue")

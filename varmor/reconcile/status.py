@@ -1,31 +1,14 @@
-"""Pure status math: ArmorNodes + ArmorProfile -> counts, per-node conditions, readiness,
-and the policy status the leader writes.
+"""Pure status math the leader writes: the ArmorProfile status body from one profile's
+counts (`nodecounts`), and the policy status.
 
-Everything is recomputed from the ArmorNode objects on every pass; nothing is kept in
-memory between passes, so a new leader after failover computes exactly what the old one
-would have (vArmor rebuilt its in-memory counters optimistically). Rules:
-
-* desired = nodes whose agent is ready and whose phase is Supported;
-* current = those reporting this profile (same namespace) loaded at spec.profile.sha256;
-* a failure recorded at the current hash is LoadFailed; a profile loaded at another hash
-  is Stale (visible, never counted as current);
-* Unsupported nodes are listed with their reason but are not desired, so they do not
-  block readiness on the others;
-* Lost nodes (the leader saw no heartbeat from the agent for `lost_after`, on its own
-  clock: `varmor.reconcile.liveness`; the DaemonSet no longer runs there, the agent
-  crash-loops, the node is NotReady) are listed as AgentLost and are not desired either:
-  a report nobody renews says nothing about the node now. Nodes without a heartbeat
-  (agents before heartbeats) count as alive;
-* ready = at least one desired node, all desired nodes current, none failed.
-
-Liveness is the only input that changes with time alone; the caller passes it (a clock
-reading and when each heartbeat was last seen), so this module stays pure and tests use
-fixed times.
+Everything the policy status says is recomputed from its inputs on every pass, so a new
+leader after failover computes exactly what the old one would have (vArmor rebuilt its
+in-memory counters optimistically).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -36,118 +19,22 @@ from varmor.reconcile.findings import AUDIT_CONDITIONS, Findings, audit_conditio
 from varmor.reconcile.liveness import Liveness as Liveness
 from varmor.reconcile.liveness import lost_nodes as lost_nodes
 from varmor.reconcile.liveness import next_expiry as next_expiry
-from varmor.reconcile.liveness import node_name
+from varmor.reconcile.nodecounts import NODE_STATES as NODE_STATES
+from varmor.reconcile.nodecounts import NodeCondition as NodeCondition
+from varmor.reconcile.nodecounts import ProfileStatus
+from varmor.reconcile.nodecounts import aggregate as aggregate
+from varmor.reconcile.nodecounts import node_state as node_state
 
 JSON = dict[str, Any]
-NodeReason = Literal["LoadFailed", "Unsupported", "Stale", "AgentLost"]
 Phase = Literal["Pending", "Protecting", "Modeling", "Completed", "Error"]
 
 MAX_NAMES_IN_MESSAGE = 10
 
 
-@dataclass(frozen=True)
-class NodeCondition:
-    node: str
-    reason: NodeReason
-    message: str
-
-
-@dataclass(frozen=True)
-class ProfileStatus:
-    desired: int
-    current: int
-    conditions: tuple[NodeCondition, ...] = ()
-    pending: tuple[str, ...] = ()  # desired nodes that have not reported this hash yet
-    sha256: str = ""  # the profile content these counts are about
-
-    def nodes(self, reason: NodeReason) -> list[str]:
-        return [c.node for c in self.conditions if c.reason == reason]
-
-    @property
-    def failed(self) -> list[str]:
-        return self.nodes("LoadFailed")
-
-    @property
-    def ready(self) -> bool:
-        return self.desired > 0 and self.current == self.desired and not self.failed
-
-
-def _entry(entries: Any, profile: str, namespace: str) -> Mapping[str, Any] | None:
-    if not isinstance(entries, Mapping):
-        return None
-    entry = entries.get(profile)
-    if isinstance(entry, Mapping) and entry.get("namespace", namespace) == namespace:
-        return entry
-    return None
-
-
-def _lost_message(status: Mapping[str, Any], liveness: Liveness) -> str:
-    # Stable while the node stays lost, and the same for every leader (no "N seconds ago",
-    # no leader clock), so re-evaluating writes nothing. The stamp is the node's clock.
-    return (
-        f"no heartbeat from the varmor agent for over {liveness.lost_after:g}s (the last one stamped "
-        f"{status.get('heartbeatTime')} by the node's clock): is the agent running on this node?"
-    )
-
-
-NodeState = Literal["Ready", "Syncing", "Unsupported", "AgentLost"]
-NODE_STATES: tuple[NodeState, ...] = ("Ready", "Syncing", "Unsupported", "AgentLost")
-
-
-def node_state(node: Mapping[str, Any], liveness: Liveness | None = None) -> NodeState:
-    """One ArmorNode's state, judged in `aggregate`'s order: a lost agent first (a report
-    nobody renews says nothing about the node now), then no AppArmor, then ready or not."""
-    status = node.get("status") or {}
-    if liveness is not None and liveness.lost(node):
-        return "AgentLost"
-    if status.get("phase") == "Unsupported":
-        return "Unsupported"
-    return "Ready" if status.get("phase") == "Supported" and status.get("ready") is True else "Syncing"
-
-
-def aggregate(
-    profile: str,
-    namespace: str,
-    sha256: str,
-    nodes: Iterable[Mapping[str, Any]],
-    liveness: Liveness | None = None,
-) -> ProfileStatus:
-    """The status of one ArmorProfile (name, namespace, content hash) across ArmorNodes.
-    Without `liveness` every node counts as alive."""
-    desired = current = 0
-    conditions: list[NodeCondition] = []
-    pending: list[str] = []
-    for node in sorted(nodes, key=node_name):
-        name = node_name(node)
-        status = node.get("status") or {}
-        if liveness is not None and liveness.lost(node):
-            # Before Unsupported: a report nobody renews says nothing about the node now.
-            conditions.append(NodeCondition(name, "AgentLost", _lost_message(status, liveness)))
-            continue
-        if status.get("phase") == "Unsupported":
-            reason = status.get("reason") or "AppArmor is not available on this node"
-            conditions.append(NodeCondition(name, "Unsupported", str(reason)))
-            continue
-        if status.get("phase") != "Supported" or status.get("ready") is not True:
-            continue  # agent missing or still syncing: neither desired nor listed
-        desired += 1
-        loaded = _entry(status.get("profiles"), profile, namespace)
-        failure = _entry(status.get("failures"), profile, namespace)
-        if failure is not None and failure.get("sha256") == sha256:
-            conditions.append(NodeCondition(name, "LoadFailed", str(failure.get("message") or "load failed")))
-        elif loaded is not None and loaded.get("sha256") == sha256:
-            current += 1
-        elif loaded is not None:
-            got = str(loaded.get("sha256") or "?")[:12]
-            conditions.append(NodeCondition(name, "Stale", f"loaded at sha256 {got}…, want {sha256[:12]}…"))
-        else:
-            pending.append(name)
-    return ProfileStatus(desired, current, tuple(conditions), tuple(pending), sha256)
-
-
-def _names(names: Sequence[str]) -> str:
+def _names(names: Sequence[str], total: int | None = None) -> str:
+    """Up to MAX_NAMES_IN_MESSAGE of `names`, and how many more of `total` there are."""
     shown = ", ".join(names[:MAX_NAMES_IN_MESSAGE])
-    more = len(names) - MAX_NAMES_IN_MESSAGE
+    more = (len(names) if total is None else total) - min(len(names), MAX_NAMES_IN_MESSAGE)
     return shown + (f" and {more} more" if more > 0 else "")
 
 
@@ -158,8 +45,12 @@ def _keep_time(previous: Mapping[str, Any] | None, status: str, now: str) -> str
     return now
 
 
-def armor_profile_status(ps: ProfileStatus, previous: Mapping[str, Any] | None, now: str) -> JSON:
-    """The ArmorProfile `.status` body: counts plus one Ready=False condition per listed node."""
+def armor_profile_status(
+    ps: ProfileStatus, previous: Mapping[str, Any] | None, now: str, spec: tuple[int, int] | None = None
+) -> JSON:
+    """The ArmorProfile `.status` body: counts plus one Ready=False condition per listed
+    node; with `spec` (generation, the resourceVersion it was first seen at) also those,
+    so that a new leader judges watermarks against the same version (`loadindex`)."""
     before = {
         (c.get("nodeName"), c.get("reason")): c for c in (previous or {}).get("conditions") or [] if isinstance(c, dict)
     }
@@ -183,7 +74,7 @@ def armor_profile_status(ps: ProfileStatus, previous: Mapping[str, Any] | None, 
         # so a reader never takes the previous content's counts for the new one's.
         "observedSha256": ps.sha256,
         "conditions": conditions,
-    }
+    } | ({"observedGeneration": spec[0], "specResourceVersion": str(spec[1])} if spec is not None else {})
 
 
 # -- policy status -----------------------------------------------------------------
@@ -210,40 +101,41 @@ def _ready_condition(o: Outcome) -> tuple[str, str, str]:
         if o.error_reason:
             return "False", o.error_reason, o.error_message
         return "False", "Processing", "the profile is being created"
-    unsupported = ps.nodes("Unsupported")
-    lost = ps.nodes("AgentLost")
-    note = f"; {len(unsupported)} node(s) without AppArmor: {_names(unsupported)}" if unsupported else ""
-    if lost:
-        note += f"; {len(lost)} node(s) whose agent stopped reporting (AgentLost): {_names(lost)}"
-    if ps.failed:
-        msgs = [c for c in ps.conditions if c.reason == "LoadFailed"]
-        first = msgs[0]
+    note = ""
+    if unsupported := ps.count("Unsupported"):
+        note += f"; {unsupported} node(s) without AppArmor: {_names(ps.nodes('Unsupported'), unsupported)}"
+    if lost := ps.count("AgentLost"):
+        note += f"; {lost} node(s) whose agent stopped reporting (AgentLost): {_names(ps.nodes('AgentLost'), lost)}"
+    if failed := ps.count("LoadFailed"):
+        first = next(c for c in ps.conditions if c.reason == "LoadFailed")
         return (
             "False",
             "LoadFailed",
-            f"{len(msgs)} node(s) failed to load the profile ({_names(ps.failed)}); {first.node}: "
+            f"{failed} node(s) failed to load the profile ({_names(ps.failed, failed)}); {first.node}: "
             f"{first.message[:512]}{note}",
         )
     if ps.desired == 0:
         return "False", "NoSupportedNodes", f"no node with a ready varmor agent and AppArmor{note}"
-    stale = ps.nodes("Stale")
     if ps.ready:
         return "True", "AllNodesLoaded", f"{ps.current}/{ps.desired} nodes loaded the current profile{note}"
-    if stale:
+    if stale := ps.count("Stale"):
         return (
             "False",
             "Stale",
-            f"{ps.current}/{ps.desired} nodes loaded the current profile; stale on {_names(stale)}{note}",
+            f"{ps.current}/{ps.desired} nodes loaded the current profile; stale on "
+            f"{_names(ps.nodes('Stale'), stale)}{note}",
         )
+    waiting = ps.desired - ps.current
     return (
         "False",
         "Loading",
-        f"{ps.current}/{ps.desired} nodes loaded the current profile; waiting for {_names(ps.pending)}{note}",
+        f"{ps.current}/{ps.desired} nodes loaded the current profile; waiting for "
+        f"{_names(ps.pending, max(waiting, len(ps.pending)))}{note}",
     )
 
 
 def phase(o: Outcome) -> Phase:
-    if o.error_reason or (o.profile is not None and o.profile.failed):
+    if o.error_reason or (o.profile is not None and o.profile.count("LoadFailed")):
         return "Error"
     if o.modeling_active is not None:
         return "Modeling" if o.modeling_active else "Completed"

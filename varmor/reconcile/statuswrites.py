@@ -19,7 +19,8 @@ from varmor.kube.client import JSON, ApiException
 from varmor.kube.errors import TemporaryError
 from varmor.kube.kube import MERGE_PATCH, Kube
 from varmor.reconcile import metrics
-from varmor.reconcile.status import Liveness, ProfileStatus, aggregate, armor_profile_status
+from varmor.reconcile.nodecounts import ProfileStatus
+from varmor.reconcile.status import armor_profile_status
 
 KEEP_VERSIONS = 8
 
@@ -86,14 +87,13 @@ async def _patch_status(kube: Kube, path: str, obj: Mapping[str, Any], status: J
 
 
 async def write_profile_status(
-    kube: Kube, ap: JSON, nodes: list[JSON], liveness: Liveness, written: Written
+    kube: Kube, ap: JSON, ps: ProfileStatus, spec: tuple[int, int] | None, written: Written
 ) -> ProfileStatus:
-    """Aggregate the nodes' reports into `ap`'s status; write it when it differs from what
-    it holds (as far as `written` knows)."""
-    meta, spec = ap["metadata"], ap["spec"]
-    ps = aggregate(meta["name"], meta["namespace"], spec["profile"]["sha256"], nodes, liveness)
+    """Write `ps` (and `spec`: the generation and resourceVersion it is about) to `ap`'s
+    status when it differs from what it holds (as far as `written` knows)."""
+    meta = ap["metadata"]
     previous = written.previous(ap)
-    body = armor_profile_status(ps, previous, now_rfc3339())
+    body = armor_profile_status(ps, previous, now_rfc3339(), spec)
     version = None
     if any(previous.get(k) != v for k, v in body.items()):
         path = paths.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
