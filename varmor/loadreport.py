@@ -125,11 +125,13 @@ class Ledger:
     _versions: dict[tuple[str, str], tuple[object, bool]] = field(default_factory=dict)  # key -> (generation, deleting)
     _names: dict[str, set[tuple[str, str]]] = field(default_factory=dict)
 
-    def received(self, key: tuple[str, str], obj: Mapping[str, Any], deleted: bool) -> None:
+    def received(self, key: tuple[str, str], obj: Mapping[str, Any], deleted: bool) -> bool:
+        """Take one watch event; returns whether it is a change to act on (not merely
+        another writer's update of the status or metadata)."""
         meta = obj.get("metadata") or {}
         rv = resource_version(meta.get("resourceVersion"))
         if rv is None:
-            return
+            return False
         name = key[1]
         self.seen = rv if self.seen is None else max(self.seen, rv)
         version = (meta.get("generation"), bool(meta.get("deletionTimestamp")))
@@ -142,9 +144,9 @@ class Ledger:
                 self.required.pop(name, None)
                 self.settled.pop(name, None)
                 self.contents.pop(name, None)
-                return
+                return True
         elif self._versions.get(key) == version:
-            return  # status or metadata only: nothing to act on
+            return False  # status or metadata only: nothing to act on
         else:
             self._versions[key] = version
             self._names.setdefault(name, set()).add(key)
@@ -152,6 +154,7 @@ class Ledger:
             self.contents[name] = (str(meta.get("namespace") or ""), str(spec.get("sha256") or ""))
         self.required[name] = rv
         self.acted = rv if self.acted is None else max(self.acted, rv)
+        return True
 
     def begin(self, name: str) -> int | None:
         return self.required.get(name)

@@ -251,9 +251,9 @@ class Agent:
     async def _on_event(self, event: EventType, obj: JSON) -> None:
         key = object_key(obj)
         name = key[1]
-        if event != "RESYNC":
-            self.ledger.received(key, obj, deleted=event == "DELETED")
-            self.status.mark()
+        # Another writer's update of an ArmorProfile's status (the leader's counts) changes
+        # nothing to load: it neither wakes the writer nor costs a sync.
+        act = event == "RESYNC" or self.ledger.received(key, obj, deleted=event == "DELETED")
         keys = self._index.setdefault(name, set())
         if event == "DELETED":
             keys.discard(key)
@@ -263,7 +263,9 @@ class Agent:
             keys.add(key)
         # Queued even before the initial sync: the queue runs after it, and a name that
         # is already in sync costs nothing, while a change during start-up is not lost.
-        self.queue.add(name)
+        if act:
+            self.status.mark()
+            self.queue.add(name)
 
     async def _refresh_loop(self) -> None:
         """Every resync period: follow disk changes (node-local include) and repair drift

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -69,6 +70,7 @@ class Settings:
     workers: int = 4
     resync_seconds: float = 300.0
     status_delay: float = 0.5  # coalesce bursts of node reports into one status write
+    profile_progress_interval: float = 5.0  # an ArmorProfile's count alone is rewritten at most this often
     attachment: Callable[[], Attachment] = lambda: FIELD_ONLY  # asked per rollout: the release can change
     lost_after: float = DEFAULT_LOST_AFTER  # no ArmorNode heartbeat seen for this long: agent lost
     liveness_margin: float = 1.0  # recheck this long after the first expiry (server times have 1 s precision)
@@ -86,10 +88,13 @@ class PolicyController:
         kube: Kube | None = None,
         on_ready: Callable[[JSON, JSON], None] | None = None,
         clock: Clock = utc_now,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self.settings = settings
         self._install_ns = settings.install_namespace
         self.clock = clock
+        self.monotonic = monotonic
+        self._progress_written: dict[str, float] = {}  # ArmorProfile uid -> when its counts were last written
         self.kube = kube or Kube(api_client, component="reconcile", role="leader")
         self.writer = ArmorProfileWriter(self.kube, self._policy_alive)
         self.compiles = CompileGate(settings.budget)
@@ -194,6 +199,7 @@ class PolicyController:
             self.on_profile_deleting(ap)
         if event == "DELETED":
             self._ap_status.forget(meta.get("uid", ""))
+            self._progress_written.pop(meta.get("uid", ""), None)
             # A name may have been freed: retry policies that collided on it.
             name = meta.get("name")
             for policy in self.all_policies():
@@ -319,7 +325,7 @@ class PolicyController:
                     events.append(("Normal", "ProfileUpdated", f"ArmorProfile updated for generation {generation}"))
             if ap is not None and built.warnings and previous.get("observedGeneration") != generation:
                 events.append(("Warning", "RuleNotEnforced", "; ".join(built.warnings)))
-        ps = await self._write_profile_status(ap) if ap is not None else None
+        ps = await self._write_profile_status(key, ap) if ap is not None else None
         extra = self._extra_conditions.get(uid)
         outcome = Outcome(
             generation=generation,
@@ -364,7 +370,7 @@ class PolicyController:
     def liveness(self) -> Liveness:
         return self.watch.liveness()
 
-    async def _write_profile_status(self, ap: JSON) -> ProfileStatus:
+    async def _write_profile_status(self, policy: PolicyKey, ap: JSON) -> ProfileStatus:
         key = (ap["metadata"]["namespace"], ap["metadata"]["name"])
         lost_after = self.settings.lost_after
 
@@ -374,7 +380,14 @@ class PolicyController:
         ps = self.loads.status(key, self.watch.lost, lost)
         spec = self.loads.specs.get(key)
         version = (spec.generation, spec.spec_rv) if spec is not None else None
-        return await write_profile_status(self.kube, ap, ps, version, self._ap_status)
+        uid, now = str(ap["metadata"].get("uid")), self.monotonic()
+        wait = self._progress_written.get(uid, -math.inf) + self.settings.profile_progress_interval - now
+        result = await write_profile_status(self.kube, ap, ps, version, self._ap_status, hold=wait > 0)
+        if result == "held":
+            self.queue.add_after(policy, wait)
+        elif result == "written":
+            self._progress_written[uid] = now
+        return ps
 
     # -- lifecycle ------------------------------------------------------------------
     async def run(self) -> None:

@@ -10,7 +10,7 @@ one. `Written` says which version that is, and which status to compare with."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 
 from varmor import api
 from varmor.clock import now_rfc3339
@@ -86,21 +86,39 @@ async def _patch_status(kube: Kube, path: str, obj: Mapping[str, Any], status: J
     return str(result["metadata"]["resourceVersion"])
 
 
+def only_progress(previous: Mapping[str, Any], body: Mapping[str, Any]) -> bool:
+    """Whether `body` differs from `previous` only by currentNumberLoaded, and not onto or
+    off desiredNumberLoaded (readiness is unchanged)."""
+    if {k for k, v in body.items() if previous.get(k) != v} != {"currentNumberLoaded"}:
+        return False
+    desired = body.get("desiredNumberLoaded")
+    return (previous.get("currentNumberLoaded") == desired) == (body.get("currentNumberLoaded") == desired)
+
+
 async def write_profile_status(
-    kube: Kube, ap: JSON, ps: ProfileStatus, spec: tuple[int, int] | None, written: Written
-) -> ProfileStatus:
+    kube: Kube, ap: JSON, ps: ProfileStatus, spec: tuple[int, int] | None, written: Written, *, hold: bool = False
+) -> Literal["held", "written", "unchanged"]:
     """Write `ps` (and `spec`: the generation and resourceVersion it is about) to `ap`'s
-    status when it differs from what it holds (as far as `written` knows)."""
+    status when it differs from what it holds (as far as `written` knows). With `hold`, a
+    change of progress alone (`only_progress`) is not written ("held").
+
+    Why hold: every ArmorProfile write reaches every agent's watch (they watch the spec),
+    so during a burst the counts are refreshed at an interval, not per node report; the
+    policy's status, which nobody but its readers watches, is always current."""
     meta = ap["metadata"]
     previous = written.previous(ap)
     body = armor_profile_status(ps, previous, now_rfc3339(), spec)
+    if hold and only_progress(previous, body):
+        return "held"
     version = None
+    result: Literal["written", "unchanged"] = "unchanged"
     if any(previous.get(k) != v for k, v in body.items()):
+        result = "written"
         path = paths.custom_path(api.ARMOR_PROFILE, meta["namespace"], meta["name"])
         if (version := await _patch_status(kube, path, ap, body, written)) is not None:
             metrics.STATUS_WRITES.labels("armorprofile").inc()
     written.remember(ap, {**previous, **body}, version)
-    return ps
+    return result
 
 
 async def patch_policy_status(kube: Kube, policy: JSON, patch: JSON | None, status: JSON, written: Written) -> None:
