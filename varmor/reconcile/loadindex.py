@@ -143,8 +143,8 @@ class LoadIndex:
                 self.specs[key] = spec
                 bisect.insort(self._by_rv, (spec.spec_rv, key))
                 self._keys.setdefault(key[1], set()).add(key)
-        if not stale:
-            self.changes.keys.add(key)
+            if self.specs.get(key) != known:  # its owner is reconciled by the event anyway
+                self.changes.keys.add(key)
         self._catch_up()
 
     def _forget(self, key: ProfileKey) -> None:
