@@ -100,6 +100,7 @@ class StatusWriter:
         # would leave an ArmorNode behind after every uninstall (owned by the Node, it
         # never goes away). An agent restart creates it again through ensure().
         self.gone = False
+        self.schema_outdated = False  # the API server dropped the load report (an old CRD)
 
     @property
     def path(self) -> str:
@@ -166,7 +167,7 @@ class StatusWriter:
             started = self.monotonic()
             self._last = None  # until the write is known to have landed
             try:
-                await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=content_type)
+                stored = await self.kube.request("PATCH", f"{self.path}/status", body=body, content_type=content_type)
             except ApiException as exc:
                 if exc.status == 404:
                     self._deleted()
@@ -174,10 +175,24 @@ class StatusWriter:
                 metrics.STATUS_WRITES.labels("error").inc()
                 raise
             self._last, self._last_key = status, key
+            self._check_schema(status, stored)
             self._wrote()
             self._last_duration = self._last_write - started
             metrics.STATUS_WRITES.labels("ok").inc()
             return True
+
+    def _check_schema(self, sent: JSON, stored: JSON) -> None:
+        """An API server that drops the fields just written has an ArmorNode CRD older than
+        this agent (Helm installs CRDs but never upgrades them): nothing it reports counts."""
+        missing = sorted(k for k in ("watermark", "exceptions") if k in sent and k not in (stored.get("status") or {}))
+        if missing and stored and not self.schema_outdated:
+            self.schema_outdated = True
+            log.error(
+                "the API server dropped status.%s from ArmorNode %s: its CRD is older than this agent; apply "
+                "the chart's CRDs (kubectl apply -f chart/crds/), or no policy counts this node as loaded",
+                "/".join(missing),
+                self.node_name,
+            )
 
     def _deleted(self) -> None:
         if not self.gone:
