@@ -1,8 +1,8 @@
 """Webhook benchmark: AdmissionReview throughput/latency over TLS keep-alive, and
 end-to-end pod-create latency through the real API server with and without varmor.
 
-    .venv/bin/python bench/bench_webhook.py            # both parts
-    .venv/bin/python bench/bench_webhook.py --part server|e2e
+    .venv/bin/python bench/bench_webhook.py            # parts server and e2e
+    .venv/bin/python bench/bench_webhook.py --part server|e2e|scale
 
 Part 1 runs each server in its own process (one core) and the Go load generator
 (bench/loadgen, GOMAXPROCS=1) in another: a bare aiohttp TLS handler that reads the
@@ -13,6 +13,9 @@ Part 2 starts the local control plane, runs varmor's webhook + leader tasks in a
 process, and rotates pod creations over namespaces: one no webhook is registered for,
 one varmor's policy selects, and three echo webhooks (Python, Go, Go answering a fixed
 patch) that bound what any webhook call costs this API server.
+Part `scale` runs /mutate as part 1 does with 10, 1,000 and 10,000
+policies, spread over namespaces and all in the request's namespace, with the label index
+and with the linear scan it replaced, and prints the webhook configurations' sizes.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -41,7 +45,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from varmor import api  # noqa: E402
+from varmor.admission.objects import ObjectView, view_of  # noqa: E402
 from varmor.admission.planner import plan_patch  # noqa: E402
+from varmor.admission.registration import Registration, mutating_configuration, validating_configuration  # noqa: E402
+from varmor.admission.selection import PolicyIndex, Selection, _select  # noqa: E402
 from varmor.app import EVENT_LOOPS as LOOPS  # noqa: E402
 from varmor.app import run_on_loop  # noqa: E402
 from varmor.certs import pki  # noqa: E402
@@ -176,12 +183,16 @@ async def _serve(kind: str, port: int, cert: str, key: str) -> None:
         app = web.Application(client_max_size=6 * 1024 * 1024)
         app.router.add_post("/mutate", echo)
     else:
-        from varmor.admission.selection import PolicyIndex
         from varmor.webhook.mutate import MutationState
         from varmor.webhook.server import build_app
         from varmor.webhook.validate import PolicyValidator
 
-        state = MutationState(index=PolicyIndex(_policies()), synced=True, use_field=True)
+        if kind.startswith("scale:"):  # scale:<distribution>:<policies>:<index|linear>
+            _, dist, n, impl = kind.split(":")
+            index = (PolicyIndex if impl == "index" else LinearIndex)(scale_policies(dist, int(n)))
+        else:
+            index = PolicyIndex(_policies())
+        state = MutationState(index=index, synced=True, use_field=True)
         app = build_app(state, PolicyValidator("varmor"))
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
@@ -254,6 +265,34 @@ def loadgen(
     return result
 
 
+def _workspace(tmp: Path) -> Path:
+    """A CA, the server's certificate, the review body and the load generator, in `tmp`."""
+    ca = pki.new_ca("bench-ca", dt.timedelta(hours=1))
+    leaf = pki.issue(ca, "bench", dt.timedelta(hours=1), ip_addresses=("127.0.0.1",))
+    (tmp / "ca.crt").write_bytes(ca.cert_pem)
+    (tmp / "tls.crt").write_bytes(leaf.cert_pem)
+    (tmp / "tls.key").write_bytes(leaf.key_pem)
+    (tmp / "review.json").write_bytes(review_body())
+    return build_loadgen(tmp)
+
+
+def _measure(
+    tmp: Path, binary: Path, kind: str, loop: str, *, conns: int, seconds: float, rate: float
+) -> dict[str, Any]:
+    """One load-generator run against a fresh server process, with its CPU time per request."""
+    port = free_port()
+    proc = start_server(kind, port, tmp / "tls.crt", tmp / "tls.key", loop)
+    try:
+        cpu0 = cpu_seconds(proc.pid)
+        result = loadgen(binary, port, tmp / "ca.crt", tmp / "review.json", conns=conns, seconds=seconds, rate=rate)
+        served = result["requests"] + result["warmup_requests"]
+        result["cpu_us_per_request"] = (cpu_seconds(proc.pid) - cpu0) / max(served, 1) * 1e6
+        return result
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def part_server(seconds: float, conns: int, rounds: int) -> dict[str, Any]:
     """Both servers on both event loops, interleaved `rounds` times (the machine is shared:
     interleaving makes all see the same background load); medians are reported.
@@ -264,27 +303,10 @@ def part_server(seconds: float, conns: int, rounds: int) -> dict[str, Any]:
     runs: dict[tuple[str, str], dict[str, list[dict[str, Any]]]] = {k: {"max": [], "half": []} for k in servers}
     with tempfile.TemporaryDirectory(prefix="varmor-bench-") as tmp_s:
         tmp = Path(tmp_s)
-        ca = pki.new_ca("bench-ca", dt.timedelta(hours=1))
-        leaf = pki.issue(ca, "bench", dt.timedelta(hours=1), ip_addresses=("127.0.0.1",))
-        (tmp / "ca.crt").write_bytes(ca.cert_pem)
-        (tmp / "tls.crt").write_bytes(leaf.cert_pem)
-        (tmp / "tls.key").write_bytes(leaf.key_pem)
-        body = tmp / "review.json"
-        body.write_bytes(review_body())
-        binary = build_loadgen(tmp)
+        binary = _workspace(tmp)
 
         def measure(server: tuple[str, str], rate: float) -> dict[str, Any]:
-            port = free_port()
-            proc = start_server(server[0], port, tmp / "tls.crt", tmp / "tls.key", server[1])
-            try:
-                cpu0 = cpu_seconds(proc.pid)
-                result = loadgen(binary, port, tmp / "ca.crt", body, conns=conns, seconds=seconds, rate=rate)
-                served = result["requests"] + result["warmup_requests"]
-                result["cpu_us_per_request"] = (cpu_seconds(proc.pid) - cpu0) / max(served, 1) * 1e6
-                return result
-            finally:
-                proc.terminate()
-                proc.wait(10)
+            return _measure(tmp, binary, server[0], server[1], conns=conns, seconds=seconds, rate=rate)
 
         for _ in range(rounds):
             for server in servers:
@@ -318,6 +340,221 @@ def part_server(seconds: float, conns: int, rounds: int) -> dict[str, Any]:
     best_bare = max(results[loop]["bare"]["max"]["rps"] for loop in LOOPS)
     results["product_vs_best_bare"] = results[PRODUCT_LOOP]["varmor"]["max"]["rps"] / best_bare
     return results
+
+
+# -- admission at scale ----------------------------------------------------------------
+
+SCALE_SIZES = (10, 1_000, 10_000)
+DISTRIBUTIONS = ("spread", "one-namespace")
+IMPLS = ("index", "linear")
+SELECTOR_SHAPES = 4
+
+
+class LinearIndex(PolicyIndex):
+    """The selection before the label index: every candidate of the kind and namespace
+    through the precedence rules (what `PolicyIndex.select` did)."""
+
+    def select(self, kind: str, obj: Mapping[str, Any] | ObjectView, namespace: str) -> Selection:
+        return _select(self.candidates(kind, namespace), kind, view_of(obj), namespace)
+
+
+def _scale_policy(name: str, namespace: str, kind: str, selector: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": api.API_VERSION,
+        "kind": "VarmorPolicy",
+        "metadata": {"name": name, "namespace": namespace, "uid": f"u-{namespace}-{name}"},
+        "spec": {"target": {"kind": kind, "selector": selector}},
+        "status": {"profileName": f"varmor-{namespace}-{name}"},
+    }
+
+
+def _distinct_selector(i: int) -> dict[str, Any]:
+    """The i-th of distinct selectors the benchmark Pod (app=web, tier=frontend) never matches,
+    in four shapes; one in four shares the Pod's `app: web`."""
+    shape = i % SELECTOR_SHAPES
+    if shape == 0:
+        return {"matchLabels": {"app": f"svc-{i}"}}
+    if shape == 1:
+        return {"matchLabels": {"app": "web", "tier": f"t-{i}"}}
+    if shape == 2:
+        return {"matchExpressions": [{"key": "app", "operator": "In", "values": [f"svc-{i}", f"alt-{i}"]}]}
+    return {"matchExpressions": [{"key": f"feature-{i}", "operator": "Exists"}]}
+
+
+def scale_policies(dist: str, n: int) -> list[dict[str, Any]]:
+    """n policies; the benchmark Pod (namespace bench) matches exactly one, `web`.
+
+    `spread`: 10 Pod policies in bench, the others 10 per namespace (team-0000, ...) over
+    the four kinds. `one-namespace`: every policy a Pod policy in bench, each with its own
+    selector (the worst case for the index: one (kind, namespace) group)."""
+    web = _scale_policy("web", "bench", "Pod", {"matchLabels": {"app": "web"}})
+    if dist == "one-namespace":
+        return [web, *(_scale_policy(f"p{i}", "bench", "Pod", _distinct_selector(i)) for i in range(n - 1))]
+    local = [web, *(_scale_policy(f"p{i}", "bench", "Pod", _distinct_selector(i)) for i in range(min(n, 10) - 1))]
+    rest = n - len(local)
+    namespaces = max(1, rest // 10)
+    return local + [
+        _scale_policy(
+            f"p{i}",
+            f"team-{i % namespaces:04d}",
+            api.TARGET_KINDS[(i // namespaces) % len(api.TARGET_KINDS)],
+            _distinct_selector(i),
+        )
+        for i in range(rest)
+    ]
+
+
+def registration_sizes(ca_pem: bytes) -> dict[str, dict[str, int]]:
+    """JSON bytes of the webhook configurations the leader writes for 10,000 policies."""
+    reg = Registration(name="varmor", namespace="varmor", excluded_namespaces=("kube-system", "varmor"))
+    cases = {
+        "spread": scale_policies("spread", 10_000),
+        "one-namespace": scale_policies("one-namespace", 10_000),
+        "10,000 namespaces": [
+            _scale_policy("p", f"tenant-{i:05d}", "Pod", _distinct_selector(i)) for i in range(10_000)
+        ],
+        "10,000 namespaces, 63-char names": [
+            _scale_policy("p", f"tenant-{i:05d}-" + "x" * 50, "Pod", _distinct_selector(i)) for i in range(10_000)
+        ],
+    }
+    out: dict[str, dict[str, int]] = {}
+    for name, policies in cases.items():
+        mutating = mutating_configuration(reg, policies, ca_pem)
+        unbounded = mutating_configuration(reg, policies, ca_pem, max_listed_namespaces=10**9)
+        out[name] = {
+            "mutating_bytes": len(orjson.dumps(mutating)),
+            "mutating_entries": len(mutating["webhooks"]),
+            "unbounded_bytes": len(orjson.dumps(unbounded)),
+            "validating_bytes": len(orjson.dumps(validating_configuration(reg, ca_pem))),
+        }
+    return out
+
+
+def index_build_ms(dist: str, n: int) -> dict[str, float]:
+    """Building the index from scratch, and rebuilding it after one policy changed (as the
+    webhook does on every change, from the index it replaces)."""
+    policies = scale_policies(dist, n)
+    t0 = time.perf_counter()
+    first = PolicyIndex(policies)
+    t1 = time.perf_counter()
+    changed = list(policies)
+    changed[len(changed) // 2] = orjson.loads(orjson.dumps(changed[len(changed) // 2]))  # a new object
+    PolicyIndex(changed, previous=first)
+    t2 = time.perf_counter()
+    return {"full_ms": (t1 - t0) * 1e3, "one_change_ms": (t2 - t1) * 1e3}
+
+
+def part_scale(seconds: float, conns: int, rounds: int, rate: float) -> dict[str, Any]:
+    """/mutate for every (distribution, implementation, policy count), interleaved `rounds`
+    times in a rotating order; medians reported, with every run's requests/s."""
+    pod = orjson.loads(review_body())["request"]["object"]
+    for dist in DISTRIBUTIONS:
+        for n in SCALE_SIZES:  # the same answer from both: one match, no conflict, nothing pending
+            policies = scale_policies(dist, n)
+            sel = PolicyIndex(policies).select("Pod", pod, "bench")
+            assert sel == LinearIndex(policies).select("Pod", pod, "bench"), (dist, n)
+            assert sel.winner is not None, (dist, n)
+            assert (sel.winner.candidate.name, sel.losers, sel.pending) == ("web", (), ()), (dist, n)
+    configs = [(d, i, n) for d in DISTRIBUTIONS for i in IMPLS for n in SCALE_SIZES]
+    runs: dict[tuple[str, str, int], dict[str, list[dict[str, Any]]]] = {c: {"max": [], "rate": []} for c in configs}
+    with tempfile.TemporaryDirectory(prefix="varmor-bench-") as tmp_s:
+        tmp = Path(tmp_s)
+        binary = _workspace(tmp)
+
+        def measure_all(mode: str, chosen: list[tuple[str, str, int]], at: float) -> None:
+            for r in range(rounds):
+                for config in chosen[r % len(chosen) :] + chosen[: r % len(chosen)]:
+                    kind = f"scale:{config[0]}:{config[2]}:{config[1]}"
+                    result = _measure(tmp, binary, kind, PRODUCT_LOOP, conns=conns, seconds=seconds, rate=at)
+                    runs[config][mode].append(result)
+                    print(f"round {r + 1} {mode} {kind}: {result['rps']:.0f} req/s", file=sys.stderr, flush=True)
+
+        measure_all("max", configs, 0.0)
+        # Latency at a fixed rate, for the servers that sustain it with room (an overloaded
+        # one only queues: its latency is the load generator's timeout).
+        able = [c for c in configs if statistics.median(i["rps"] for i in runs[c]["max"]) >= 1.5 * rate]
+        if rate and able:
+            measure_all("rate", able, rate)
+        ca_pem = (tmp / "ca.crt").read_bytes()
+    keys = ("rps", "p50_ms", "p99_ms", "cpu_us_per_request")
+    out: dict[str, Any] = {"rate": rate, "runs": {}, "registration": registration_sizes(ca_pem)}
+    for dist, impl, n in configs:
+        row: dict[str, Any] = {}
+        for mode, items in runs[(dist, impl, n)].items():
+            if items:
+                row[mode] = {k: statistics.median(i[k] for i in items) for k in keys}
+                row[mode]["runs"] = [round(i["rps"]) for i in items]
+                row[mode]["errors"] = sum(i["errors"] for i in items)
+        out["runs"][f"{dist}/{impl}/{n}"] = row
+    for dist, impl, n in configs:  # paired within each round (the runs are adjacent): less drift
+        row, base = runs[(dist, impl, n)]["max"], runs[(dist, impl, SCALE_SIZES[0])]["max"]
+        out["runs"][f"{dist}/{impl}/{n}"]["ratio"] = statistics.median(
+            r["rps"] / b["rps"] for r, b in zip(row, base, strict=True)
+        )
+        out["runs"][f"{dist}/{impl}/{n}"]["cpu_ratio"] = statistics.median(
+            b["cpu_us_per_request"] / r["cpu_us_per_request"] for r, b in zip(row, base, strict=True)
+        )
+    out["build"] = {dist: index_build_ms(dist, SCALE_SIZES[-1]) for dist in DISTRIBUTIONS}
+    out["select_us"] = {f"{d}/{i}/{n}": select_us(d, i, n) for d, i, n in configs}
+    return out
+
+
+def select_us(dist: str, impl: str, n: int) -> float:
+    """`select` alone for the benchmark Pod, in-process (best of 5): the part of /mutate the
+    number of policies can move, without the HTTP, TLS and JSON around it."""
+    index = (PolicyIndex if impl == "index" else LinearIndex)(scale_policies(dist, n))
+    pod = view_of(orjson.loads(review_body())["request"]["object"])
+    calls = max(20, 20_000 // max(1, len(index.candidates("Pod", "bench")) // 50))
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        for _ in range(calls):
+            index.select("Pod", pod, "bench")
+        best = min(best, (time.perf_counter() - t0) / calls * 1e6)
+    return best
+
+
+def print_scale(s: dict[str, Any]) -> None:
+    for dist in DISTRIBUTIONS:
+        for impl in IMPLS:
+            for n in SCALE_SIZES:
+                row = s["runs"][f"{dist}/{impl}/{n}"]
+                m = row["max"]
+                line = (
+                    f"{dist:13s} {impl:6s} {n:6d} policies: {m['rps']:6.0f} req/s {m['runs']}, "
+                    f"p50 {m['p50_ms']:.2f} ms, p99 {m['p99_ms']:.2f} ms, {m['cpu_us_per_request']:.0f} us CPU/req, "
+                    f"x{row['ratio']:.3f} of {SCALE_SIZES[0]} (paired per round; by CPU x{row['cpu_ratio']:.3f}), "
+                    f"errors {m['errors']}"
+                )
+                if "rate" in row:
+                    at = row["rate"]
+                    line += f" | at {s['rate']:.0f} req/s: p50 {at['p50_ms']:.2f} ms, p99 {at['p99_ms']:.2f} ms"
+                elif s["rate"]:
+                    line += f" | cannot sustain {s['rate']:.0f} req/s"
+                print(line)
+    for dist in DISTRIBUTIONS:
+        for impl in IMPLS:
+            each = ", ".join(f"{n}: {s['select_us'][f'{dist}/{impl}/{n}']:.2f} us" for n in SCALE_SIZES)
+            print(f"select() alone, {dist} {impl}: {each}")
+    for dist in DISTRIBUTIONS:
+        gains = ", ".join(
+            f"{n}: x{s['runs'][f'{dist}/index/{n}']['max']['rps'] / s['runs'][f'{dist}/linear/{n}']['max']['rps']:.2f}"
+            for n in SCALE_SIZES
+        )
+        print(f"index/linear scan requests/s, {dist}: {gains}")
+    for dist in DISTRIBUTIONS:
+        row = s["runs"][f"{dist}/index/{SCALE_SIZES[-1]}"]
+        verdict = "met" if row["ratio"] >= 0.9 else "NOT met"
+        big, small = SCALE_SIZES[-1], SCALE_SIZES[0]
+        print(f"goal {dist}: index at {big} policies x{row['ratio']:.3f} of {small} (>= 0.9): {verdict}")
+        b = s["build"][dist]
+        print(f"index build {dist} at {big}: {b['full_ms']:.0f} ms, after one change {b['one_change_ms']:.0f} ms")
+    for name, size in s["registration"].items():
+        print(
+            f"registration for 10,000 policies, {name}: MutatingWebhookConfiguration {size['mutating_bytes']} bytes "
+            f"({size['mutating_entries']} entries; {size['unbounded_bytes']} without the namespace bound), "
+            f"ValidatingWebhookConfiguration {size['validating_bytes']} bytes"
+        )
 
 
 # -- end to end through the real API server ---------------------------------------------
@@ -551,11 +788,12 @@ def main() -> int:
         run_on_loop(_run_varmor(sys.argv[2], sys.argv[3], int(sys.argv[4])), PRODUCT_LOOP)
         return 0
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--part", choices=("all", "server", "e2e"), default="all")
+    parser.add_argument("--part", choices=("all", "server", "e2e", "scale"), default="all")
     parser.add_argument("--seconds", type=float, default=8.0, help="per load-generator run")
     parser.add_argument("--conns", type=int, default=8, help="keep-alive connections")
     parser.add_argument("--rounds", type=int, default=3, help="interleaved runs per server (medians reported)")
     parser.add_argument("--pods", type=int, default=300, help="pod creations per namespace (e2e)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="open-loop req/s for latency (scale; 0: none)")
     args = parser.parse_args()
     out: dict[str, Any] = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     if args.part in ("all", "server"):
@@ -576,6 +814,9 @@ def main() -> int:
             f"varmor as `varmor run` serves ({PRODUCT_LOOP}) / the faster bare ceiling: "
             f"{s['product_vs_best_bare']:.1%} (review {s['review_bytes']} bytes)"
         )
+    if args.part == "scale":
+        out["scale"] = part_scale(args.seconds, args.conns, args.rounds, args.rate)
+        print_scale(out["scale"])
     if args.part in ("all", "e2e"):
         out["e2e"] = part_e2e(args.pods)
         e = out["e2e"]

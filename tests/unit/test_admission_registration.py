@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import base64
 import copy
+import datetime as dt
 from typing import Any
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,6 +18,9 @@ from varmor.admission.jsonpatch import apply_patch
 from varmor.admission.planner import plan_patch
 from varmor.admission.registration import (
     EPHEMERAL_WEBHOOK,
+    MAX_LISTED_NAMESPACES,
+    MAX_SELECTOR_BYTES,
+    MAX_SELECTOR_ENTRIES,
     NAMESPACE_LABEL,
     Registration,
     differs,
@@ -25,6 +30,7 @@ from varmor.admission.registration import (
 )
 from varmor.admission.selection import select_policy
 from varmor.admission.selector import compile_selector
+from varmor.certs import pki
 from varmor.reconcile.audit import AuditResult, audit, findings_of, is_protected
 from varmor.reconcile.status import Outcome, policy_status, status_patch
 
@@ -199,11 +205,15 @@ def sel_pol(policy_name: str, kind: str, namespace: str | None, **target: Any) -
     return doc
 
 
-def hooks_for(policies: list[dict[str, Any]]) -> list[tuple[Any, list[dict[str, Any]]]]:
-    """(objectSelector, namespace expressions) per webhook entry."""
+def hooks_for(
+    policies: list[dict[str, Any]], limit: int = MAX_LISTED_NAMESPACES, *, ephemeral: bool = False
+) -> list[tuple[Any, list[dict[str, Any]]]]:
+    """(objectSelector, namespace expressions) per webhook entry (with `ephemeral`, the
+    ephemeral containers' one last)."""
+    config = mutating_configuration(REG, policies, b"CA", max_listed_namespaces=limit)
     return [
         (w["objectSelector"], w["namespaceSelector"]["matchExpressions"])
-        for w in kind_hooks(mutating_configuration(REG, policies, b"CA"))
+        for w in (config["webhooks"] if ephemeral else kind_hooks(config))
     ]
 
 
@@ -250,6 +260,101 @@ def test_too_many_distinct_selectors_fall_back_to_one_entry_per_kind() -> None:
     assert len(hooks_for(policies[:8])) == 8
 
 
+def test_namespace_lists_are_bounded_by_widening_the_largest_first() -> None:
+    """Past the bound, the entry listing the most namespaces (the first of equals) selects by
+    the exclusion list alone, keeping its objectSelector, until the rest fit."""
+    web = {"matchLabels": {"app": "web"}}
+    policies = [
+        sel_pol("d", "Deployment", "a", selector=web),
+        *(sel_pol(f"p{ns}", "Pod", ns, selector=web) for ns in ("a", "b", "c")),
+    ]
+    assert hooks_for(policies, 7, ephemeral=True) == [
+        (web, [NOT_EXCLUDED, ns_in("a")]),
+        (web, [NOT_EXCLUDED, ns_in("a", "b", "c")]),
+        ({}, [NOT_EXCLUDED, ns_in("a", "b", "c")]),
+    ]
+    assert hooks_for(policies, 4, ephemeral=True) == [
+        (web, [NOT_EXCLUDED, ns_in("a")]),
+        (web, [NOT_EXCLUDED]),  # the Pod entry came before the ephemeral one (3 names each)
+        ({}, [NOT_EXCLUDED, ns_in("a", "b", "c")]),
+    ]
+    assert hooks_for(policies, 0, ephemeral=True) == [
+        (web, [NOT_EXCLUDED]),
+        (web, [NOT_EXCLUDED]),
+        ({}, [NOT_EXCLUDED]),
+    ]
+
+
+def test_a_widened_catch_all_replaces_its_kinds_other_entries() -> None:
+    web = {"matchLabels": {"app": "web"}}
+    policies = [
+        *(sel_pol(f"n{ns}", "Pod", ns, name="web") for ns in ("a", "b", "c")),
+        sel_pol("s", "Pod", "d", selector=web),
+    ]
+    assert hooks_for(policies) == [({}, [NOT_EXCLUDED, ns_in("a", "b", "c")]), (web, [NOT_EXCLUDED, ns_in("d")])]
+    # 3 + 1 + 4 (ephemeral) names: the ephemeral entry goes first, then the catch-all.
+    assert hooks_for(policies, 4, ephemeral=True) == [
+        ({}, [NOT_EXCLUDED, ns_in("a", "b", "c")]),
+        (web, [NOT_EXCLUDED, ns_in("d")]),
+        ({}, [NOT_EXCLUDED]),
+    ]
+    assert hooks_for(policies, 3, ephemeral=True) == [({}, [NOT_EXCLUDED]), ({}, [NOT_EXCLUDED])]
+    # A selector entry for every namespace but the catch-all's lists the same names: the
+    # catch-all comes first, widens, and takes the whole kind.
+    cluster = [*policies[:3], sel_pol("cs", "Pod", None, selector=web)]
+    covered = {"key": NAMESPACE_LABEL, "operator": "NotIn", "values": ["a", "b", "c", "kube-system", "varmor"]}
+    assert hooks_for(cluster) == [({}, [NOT_EXCLUDED, ns_in("a", "b", "c")]), (web, [covered])]
+    assert hooks_for(cluster, 5) == [({}, [NOT_EXCLUDED])]
+
+
+def test_ten_thousand_namespaces_stay_far_below_the_object_size_limit() -> None:
+    """One policy in each of 10,000 namespaces (names of the longest kind): unbounded, the
+    pods and ephemeral entries would list every name (over 1.3 MB); bounded, they select by
+    exclusion and the configuration is a few kilobytes."""
+    policies = [
+        sel_pol(f"p{i}", "Pod", f"{i:05d}-" + "n" * 57, selector={"matchLabels": {"app": f"a{i}"}})
+        for i in range(10_000)
+    ]
+    unbounded = mutating_configuration(REG, policies, b"CA", max_listed_namespaces=10**6)
+    assert len(orjson.dumps(unbounded)) > 1_300_000
+    config = mutating_configuration(REG, policies, b"CA")
+    assert [(w["objectSelector"], w["namespaceSelector"]["matchExpressions"]) for w in config["webhooks"]] == [
+        ({}, [NOT_EXCLUDED]),
+        ({}, [NOT_EXCLUDED]),
+    ]
+    assert len(orjson.dumps(config)) < 4096
+
+
+def test_the_largest_configuration_the_bounds_allow_stays_under_200_kb() -> None:
+    """Every kind at 8 selectors just under the selector budget, 1,000 namespaces of 63
+    characters listed, 33 entries, a real CA certificate: the documented ceiling."""
+    ca = pki.new_ca("registration-test", dt.timedelta(hours=1)).cert_pem
+    policies = []
+    for k, kind in enumerate(api.TARGET_KINDS):
+        for s in range(8):
+            values = [f"v{k}-{s}-{j:03d}-" + "x" * 10 for j in range(88)]
+            selector = {"matchExpressions": [{"key": "app", "operator": "In", "values": values}]}
+            policies += [
+                sel_pol(f"p{k}-{s}-{n}", kind, f"{(k * 8 + s) * 40 + n:05d}-" + "n" * 57, selector=selector)
+                for n in range(40)
+            ]
+    config = mutating_configuration(REG, policies, ca)
+    assert len(config["webhooks"]) == 4 * MAX_SELECTOR_ENTRIES + 1
+    assert len(orjson.dumps(config)) < 200 * 1024
+    assert len(orjson.dumps(mutating_configuration(REG, policies, ca, max_listed_namespaces=10**6))) > 250 * 1024
+
+
+def test_large_selectors_fall_back_to_one_entry_per_kind() -> None:
+    big = [
+        {"matchExpressions": [{"key": "app", "operator": "In", "values": [f"{c}{i:04d}" for i in range(1200)]}]}
+        for c in "ab"
+    ]
+    assert len(orjson.dumps(big[0])) > MAX_SELECTOR_BYTES / 2
+    policies = [sel_pol(f"p{i}", "Pod", "a", selector=sel) for i, sel in enumerate(big)]
+    assert hooks_for(policies) == [({}, [NOT_EXCLUDED, ns_in("a")])]
+    assert hooks_for(policies[:1]) == [(big[0], [NOT_EXCLUDED, ns_in("a")])]
+
+
 labels_st = st.dictionaries(st.sampled_from(["app", "tier", "x"]), st.sampled_from(["web", "db"]), max_size=3)
 selectors_st = st.one_of(
     st.just({}),
@@ -287,18 +392,24 @@ def _matches(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return compile_selector(selector)(labels)
 
 
-@settings(max_examples=300, deadline=None)
-@given(policies=policy_sets(), labels=labels_st, namespace=st.sampled_from(["team-a", "team-b", "other"]))
+@settings(max_examples=400, deadline=None)
+@given(
+    policies=policy_sets(),
+    labels=labels_st,
+    namespace=st.sampled_from(["team-a", "team-b", "other"]),
+    limit=st.sampled_from([0, 1, 2, 3, MAX_LISTED_NAMESPACES]),
+)
 def test_every_object_a_policy_selects_is_sent_to_the_webhook(
-    policies: list[dict[str, Any]], labels: dict[str, str], namespace: str
+    policies: list[dict[str, Any]], labels: dict[str, str], namespace: str, limit: int
 ) -> None:
     """The safety property of narrowing: the API server's selectors never hide an object
-    from varmor that a policy would select (a hidden one would run unconfined)."""
+    from varmor that a policy would select (a hidden one would run unconfined), also once
+    the namespace bound (`limit`) widens entries."""
     obj = {"metadata": {"name": "web", "labels": labels}, "spec": {"containers": [{"name": "c"}]}}
     selection = select_policy(policies, "Pod", obj, namespace)
     sent = any(
         _matches(object_selector, labels) and _matches({"matchExpressions": ns_exprs}, {NAMESPACE_LABEL: namespace})
-        for object_selector, ns_exprs in hooks_for(policies)
+        for object_selector, ns_exprs in hooks_for(policies, limit)
     )
     if selection.selected:
         assert sent, (policies, labels, namespace)

@@ -13,6 +13,15 @@ no policies the configuration has no entries, so the API server sends varmor not
 kube-system and the install namespace are always excluded, so varmor can never block
 its own recovery.
 
+The configuration stays small whatever the number of policies (the API server stores it
+in etcd, whose default request limit is 1.5 MiB): a kind's selectors beyond
+MAX_SELECTOR_BYTES of JSON also fall back to the one entry, and when the entries would list
+more than MAX_LISTED_NAMESPACES namespace names in all, the entry listing the most selects
+namespaces by the exclusion list alone (`NotIn` kube-system and the install namespace),
+again until they list at most that many. A widened `{}` entry takes every object of its
+kind, so it replaces its kind's other entries. Widening only sends varmor more objects
+(answered "not selected"), never fewer.
+
 Ephemeral containers are added to running Pods through the `pods/ephemeralcontainers`
 subresource (an UPDATE): one more entry sends those in every namespace with a policy of
 any kind, whatever the Pod's labels (a workload policy's Pods carry its profile, not its
@@ -33,6 +42,8 @@ from varmor.admission.selection import Candidate, candidate_from
 
 NAMESPACE_LABEL = "kubernetes.io/metadata.name"
 MAX_SELECTOR_ENTRIES = 8
+MAX_SELECTOR_BYTES = 16 * 1024  # a kind's distinct objectSelectors, as JSON
+MAX_LISTED_NAMESPACES = 1000  # namespace names in all entries: at most 63 bytes each
 MANAGED_LABELS = {api.MANAGED_BY_LABEL: "varmor"}
 
 _RULES = {
@@ -139,7 +150,7 @@ def _kind_entries(kind: str, by_selector: dict[bytes, tuple[dict[str, Any], set[
             out.append(Entry(kind, selector, None, also_excluded=covered))
         elif namespaces - covered:
             out.append(Entry(kind, selector, frozenset(namespaces - covered)))
-    if len(out) <= MAX_SELECTOR_ENTRIES:
+    if len(out) <= MAX_SELECTOR_ENTRIES and sum(len(key) for key in by_selector) <= MAX_SELECTOR_BYTES:
         return out
     if any(e.namespaces is None for e in out):
         return [Entry(kind, {}, None)]
@@ -163,11 +174,34 @@ def ephemeral_entry(policies: Iterable[Mapping[str, Any]]) -> Entry | None:
     return Entry("Pod", {}, frozenset().union(*(v for v in kinds.values() if v is not None)))
 
 
+def _listed(entry: Entry, excluded: frozenset[str]) -> int:
+    """How many namespace names the entry's namespaceSelector lists beyond the excluded ones."""
+    listed = len(entry.also_excluded - excluded)
+    return listed + len(entry.namespaces - excluded) if entry.namespaces is not None else listed
+
+
+def bounded(planned: list[tuple[Entry, bool]], excluded: frozenset[str], limit: int) -> list[tuple[Entry, bool]]:
+    """Widen the entries listing the most namespaces until all list at most `limit` (see the
+    module docstring). Each step empties one entry's lists, so this ends within len(planned) steps."""
+    out = list(planned)
+    while sum(_listed(e, excluded) for e, _ in out) > limit:
+        i = max(range(len(out)), key=lambda j: _listed(out[j][0], excluded))  # the first of the largest
+        entry, for_ephemeral = out[i]
+        if for_ephemeral or entry.selector:  # also_excluded goes: an object may be sent twice
+            out[i] = (Entry(entry.kind, entry.selector, None), for_ephemeral)
+        else:  # every object of the kind everywhere: the kind's other entries add nothing
+            whole = (Entry(entry.kind, {}, None), False)
+            out = [whole if j == i else p for j, p in enumerate(out) if j == i or p[1] or p[0].kind != entry.kind]
+    return out
+
+
 def mutating_configuration(
     reg: Registration,
     policies: Iterable[Mapping[str, Any]],
     ca_bundle: bytes,
     owner: Mapping[str, Any] | None = None,
+    *,
+    max_listed_namespaces: int = MAX_LISTED_NAMESPACES,
 ) -> dict[str, Any]:
     webhooks = []
     excluded = set(reg.excluded_namespaces)
@@ -176,7 +210,7 @@ def mutating_configuration(
     planned: list[tuple[Entry, bool]] = [(e, False) for e in entries(policies)]
     if (ephemeral := ephemeral_entry(policies)) is not None:
         planned.append((ephemeral, True))
-    for entry, for_ephemeral in planned:
+    for entry, for_ephemeral in bounded(planned, frozenset(excluded), max_listed_namespaces):
         group, resource, operations = _RULES[entry.kind]
         if for_ephemeral:
             resource, operations = EPHEMERAL_RESOURCE, ("UPDATE",)

@@ -54,7 +54,7 @@ async def run(ctx: Any) -> None:
     state.on_conflict = reporter.report
 
     def rebuild() -> None:
-        state.index = PolicyIndex(cache.policies())
+        state.index = PolicyIndex(cache.policies(), previous=state.index)  # reuses what did not change
         state.synced = cache.synced
 
     cache = PolicyCache(ctx.api_client, rebuild)
