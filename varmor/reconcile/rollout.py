@@ -27,7 +27,7 @@ from typing import Any, Literal
 from varmor import api
 from varmor.admission import planner
 from varmor.admission.jsonpatch import apply_patch
-from varmor.admission.selection import select_policy
+from varmor.admission.selection import PolicyIndex
 from varmor.admission.selector import LabelSelector
 from varmor.clock import now_rfc3339
 from varmor.kube import paths
@@ -243,9 +243,10 @@ class Rollouts:
                 if self._needs_change(job, o) and (o.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
             ]
             return report
+        index = PolicyIndex(self.controller.all_policies()) if job.action == "create" else None
         for obj in objs:
             name = obj["metadata"]["name"] if policy_ns else f"{obj['metadata']['namespace']}/{obj['metadata']['name']}"
-            if job.action == "create" and not self._wins(job, obj):
+            if index is not None and not self._wins(job, obj, index):
                 report.other_policy += 1
                 continue
             try:
@@ -261,10 +262,10 @@ class Rollouts:
                 report.unchanged += 1
         return report
 
-    def _wins(self, job: Job, obj: JSON) -> bool:
-        """The planner's precedence: roll only workloads this policy actually owns."""
-
-        selection = select_policy(self.controller.all_policies(), job.target["kind"], obj, obj["metadata"]["namespace"])
+    def _wins(self, job: Job, obj: JSON, index: PolicyIndex) -> bool:
+        """The planner's precedence: roll only workloads this policy actually owns (the
+        policies indexed once per rollout, as the webhook does, not parsed per workload)."""
+        selection = index.select(job.target["kind"], obj, obj["metadata"]["namespace"])
         return selection.winner is not None and selection.winner.candidate.uid == job.policy_uid
 
     def _ops(self, job: Job, kind: str, obj: Mapping[str, Any]) -> list[JSON]:
