@@ -4,25 +4,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Iterable
 from typing import Any
 
 import pytest
 
 from varmor.kube import paths
 
+JSON = dict[str, Any]
+
 
 # -- leader test helpers -----------------------------------------------------------
+REPORT, LEGACY = "report", "legacy"  # the ArmorNode status formats a simulated agent writes
+
+
 class NodeSim:
     """Stands in for node agents: creates Node objects and writes their ArmorNode status
-    the way an agent would (status subresource, keyed maps). Deletes its Nodes afterwards
-    (the garbage collector then removes the ArmorNodes, which are owned by the Nodes)."""
+    the way an agent would (status subresource), in `fmt`: a load report (REPORT: a
+    watermark and exceptions, what agents write now) or the earlier per-profile maps
+    (LEGACY: an agent not yet upgraded, which the leader still understands). Deletes its
+    Nodes afterwards (the garbage collector then removes the ArmorNodes, owned by the Nodes)."""
 
-    def __init__(self, api_client: Any, prefix: str) -> None:
+    def __init__(self, api_client: Any, prefix: str, fmt: str = REPORT) -> None:
         from varmor.kube.kube import Kube
 
+        assert fmt in (REPORT, LEGACY), fmt
         self.kube = Kube(api_client)
         self.prefix = prefix
+        self.fmt = fmt
         self.names: list[str] = []
+        self._held: dict[str, set[str]] = {}  # node -> profile names reported loaded (status.loaded)
 
     def _path(self, name: str) -> str:
         from varmor import api
@@ -59,8 +70,7 @@ class NodeSim:
         status: dict[str, Any] = {"phase": phase, "ready": ready, "parserVersion": "3.0.8", "agentVersion": "test"}
         if reason:
             status["reason"] = reason
-        status["profiles"] = {}
-        status["failures"] = {}
+        status.update({"profiles": {}, "failures": {}} if self.fmt == LEGACY else {"loaded": 0, "exceptions": {}})
         if heartbeat:  # else: an agent from before heartbeats, alive forever
             status["heartbeatTime"] = now_rfc3339(lambda: at) if at is not None else now_rfc3339()
         await self.write(name, status)
@@ -87,30 +97,30 @@ class NodeSim:
         result: dict[str, Any] = obj.get("status") or {}
         return result
 
-    async def load(self, name: str, ap: dict[str, Any]) -> None:
-        """Report `ap` loaded at its current hash on node `name`."""
-        status = await self.status(name)
-        profiles = dict(status.get("profiles") or {})
-        failures = dict(status.get("failures") or {})
-        prof = ap["spec"]["profile"]
-        profiles[prof["name"]] = {
-            "namespace": ap["metadata"]["namespace"],
-            "sha256": prof["sha256"],
-            "mode": prof["mode"],
-        }
-        failures.pop(prof["name"], None)
-        await self.write(name, {**status, "profiles": profiles, "failures": failures})
+    async def load(self, name: str, *aps: dict[str, Any]) -> None:
+        """Report `aps` loaded at their current hash on node `name` (one write)."""
+        await self.report(name, loaded=aps)
 
     async def fail(self, name: str, ap: dict[str, Any], message: str) -> None:
-        status = await self.status(name)
-        failures = dict(status.get("failures") or {})
-        prof = ap["spec"]["profile"]
-        failures[prof["name"]] = {
-            "namespace": ap["metadata"]["namespace"],
-            "sha256": prof["sha256"],
-            "message": message,
-        }
-        await self.write(name, {**status, "failures": failures})
+        """Report `ap` failed to load at its current hash on node `name`."""
+        await self.report(name, failed=[(ap, message)])
+
+    async def report(
+        self,
+        name: str,
+        *,
+        loaded: Iterable[dict[str, Any]] = (),
+        failed: Iterable[tuple[dict[str, Any], str]] = (),
+    ) -> None:
+        """One status write: node `name` now has `loaded` and failed `failed` (ArmorProfile,
+        message) at their current hashes, on top of what it reported before."""
+        status, loaded, failed = await self.status(name), list(loaded), list(failed)
+        if self.fmt == LEGACY:
+            await self.write(name, {**status, **_legacy(status, loaded, failed)})
+            return
+        held = self._held.setdefault(name, set())
+        held.update(ap["metadata"]["name"] for ap in loaded)
+        await self.write(name, {**status, **_report(status, loaded, failed), "loaded": len(held)})
 
     async def cleanup(self) -> None:
         from varmor.kube.client import ApiException
@@ -128,9 +138,43 @@ class NodeSim:
                     raise
 
 
+def _legacy(status: dict[str, Any], loaded: list[JSON], failed: list[tuple[JSON, str]]) -> JSON:
+    """The earlier format: every loaded profile and every failure, by name. A failure leaves
+    the version loaded before in `profiles`, as such an agent did."""
+    profiles, failures = dict(status.get("profiles") or {}), dict(status.get("failures") or {})
+    for ap in loaded:
+        ns, prof = ap["metadata"]["namespace"], ap["spec"]["profile"]
+        profiles[prof["name"]] = {"namespace": ns, "sha256": prof["sha256"], "mode": prof["mode"]}
+        failures.pop(prof["name"], None)
+    for ap, message in failed:
+        ns, prof = ap["metadata"]["namespace"], ap["spec"]["profile"]
+        failures[prof["name"]] = {"namespace": ns, "sha256": prof["sha256"], "message": message}
+    return {"profiles": profiles, "failures": failures}
+
+
+def _report(status: dict[str, Any], loaded: list[JSON], failed: list[tuple[JSON, str]]) -> JSON:
+    """The load report: the watermark moves up to the resourceVersion of each ArmorProfile
+    given (as read by the test: the version the node is to have acted on), and failures
+    are exceptions, encoded as the agent encodes them."""
+    from varmor.loadreport import LoadException, resource_version
+
+    mark = resource_version(status.get("watermark")) or 0
+    exceptions = dict(status.get("exceptions") or {})
+    for ap in loaded:
+        mark = max(mark, resource_version(ap["metadata"]["resourceVersion"]) or 0)
+        exceptions.pop(ap["metadata"]["name"], None)
+    for ap, message in failed:
+        mark = max(mark, resource_version(ap["metadata"]["resourceVersion"]) or 0)
+        ns, prof = ap["metadata"]["namespace"], ap["spec"]["profile"]
+        exceptions[prof["name"]] = LoadException("Failed", ns, prof["sha256"], message).to_json()
+    return {"exceptions": exceptions} | ({"watermark": str(mark)} if mark else {})
+
+
 @pytest.fixture
-async def nodes(api_client: Any, namespace: str, crds: list[str]) -> Any:
-    sim = NodeSim(api_client, namespace)
+async def nodes(request: pytest.FixtureRequest, api_client: Any, namespace: str, crds: list[str]) -> Any:
+    """Simulated nodes writing load reports; `@pytest.mark.parametrize("nodes", [LEGACY],
+    indirect=True)` makes them agents of the earlier format."""
+    sim = NodeSim(api_client, namespace, getattr(request, "param", REPORT))
     try:
         yield sim
     finally:
@@ -184,6 +228,13 @@ class InProcessLeader:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self.tasks = []
+
+
+def quiet(controller: Any) -> bool:
+    """A PolicyController with nothing queued, delayed or waiting to be recounted: every
+    status it computes from what it has seen is written (or found unchanged)."""
+    queue, recount = controller.queue, controller._recount_timer
+    return bool(queue._idle.is_set() and not queue._timers and recount is None and not controller.loads.changes)
 
 
 @pytest.fixture

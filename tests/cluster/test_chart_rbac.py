@@ -314,7 +314,7 @@ def share(node: str, namespace: str) -> dict[str, Any]:
     }
 
 
-STATUS = {"phase": "Supported", "ready": True, "parserVersion": "3.0.8", "agentVersion": "test", "profiles": {}}
+STATUS = {"phase": "Supported", "ready": True, "parserVersion": "3.0.8", "agentVersion": "test", "loaded": 0}
 
 
 async def refused(call: Awaitable[Any]) -> str:

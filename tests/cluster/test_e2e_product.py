@@ -145,8 +145,8 @@ async def _scenario(api_client: Any, install: Install, ns: str, apps: Any, custo
         if pol["status"].get("observedGeneration") != pol["metadata"]["generation"]:
             return False
         for node in NODES:
-            reported = await custom.get_cluster_custom_object(G, V, "armornodes", node)
-            if ((reported.get("status") or {}).get("profiles") or {}).get(profile, {}).get("sha256") != sha:
+            reported = await helpers.armor_node_maps(api_client, node)
+            if reported is None or reported["profiles"].get(profile, {}).get("sha256") != sha:
                 return False
         return True
 

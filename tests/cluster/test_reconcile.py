@@ -7,6 +7,7 @@ real `varmor run --roles leader` processes).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 from collections.abc import Awaitable, Callable
@@ -17,7 +18,7 @@ from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 from prometheus_client import REGISTRY
 
-from tests.cluster.conftest import purge_policies
+from tests.cluster.conftest import LEGACY, REPORT, purge_policies
 from tests.helpers import Api, armor_profile, condition, slow_rule, vpol, wait_for
 from varmor import api, parser
 from varmor.parser import CompileBudget
@@ -30,7 +31,10 @@ def k(api_client: Any) -> Api:
     return Api(api_client)
 
 
+@pytest.mark.parametrize("nodes", [REPORT, LEGACY], indirect=True)
 async def test_policy_lifecycle(k: Api, namespace: str, nodes: Any, leader: Any) -> None:
+    """Counts, Ready, LoadFailed and recovery from simulated nodes, in both ArmorNode
+    formats: load reports, and the earlier per-profile maps (agents not yet upgraded)."""
     n1 = await nodes.add("n1")
     n2 = await nodes.add("n2")
     n3 = await nodes.add("n3", phase="Unsupported", reason="AppArmor is not enabled in the kernel")
@@ -69,7 +73,9 @@ async def test_policy_lifecycle(k: Api, namespace: str, nodes: Any, leader: Any)
     assert ap["status"]["currentNumberLoaded"] == 2
     assert [(c["nodeName"], c["reason"]) for c in ap["status"]["conditions"]] == [(n3, "Unsupported")]
 
-    # Update: new content hash; nodes still on the old one are Stale until they reload.
+    # Update: new content hash. Until the nodes report it: Loading (a load report proves
+    # nothing about content newer than its watermark), or Stale (an earlier-format node
+    # names the old content it still holds).
     body = copy.deepcopy(pol)
     body["spec"]["policy"]["enhanceProtect"]["hardeningRules"].append("disallow-mount")
     await k.replace_policy(namespace, body)
@@ -79,7 +85,8 @@ async def test_policy_lifecycle(k: Api, namespace: str, nodes: Any, leader: Any)
             lambda a: a["spec"]["profile"]["sha256"] != ap["spec"]["profile"]["sha256"],
         )
     )
-    pol = await wait_for(lambda: _having(status, lambda p: condition(p, "Ready").get("reason") == "Stale"))
+    waiting = "Stale" if nodes.fmt == LEGACY else "Loading"
+    pol = await wait_for(lambda: _having(status, lambda p: condition(p, "Ready").get("reason") == waiting))
     assert pol["status"]["observedGeneration"] == 2
     assert pol["status"]["ready"] is False
     await nodes.load(n1, new_ap)
@@ -202,6 +209,10 @@ async def test_profile_name_collision(k: Api, api_client: Any, namespace: str, n
     finally:
         await purge_policies(api_client, other_ns)  # the leader still runs here
         await core.delete_namespace(other_ns)
+        with contextlib.suppress(ApiException):  # owned by no policy: the teardown's purge would wait for it
+            await custom.delete_namespaced_custom_object(
+                api.GROUP, api.VERSION, namespace, api.ARMOR_PROFILE.plural, f"varmor-{namespace}-z"
+            )
 
 
 async def test_garbage_collector_deletes_profile_while_varmor_is_down(

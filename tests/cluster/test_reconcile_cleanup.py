@@ -10,18 +10,27 @@ from typing import Any
 import pytest
 from kubernetes.aio import client
 
+from tests.cluster.conftest import LEGACY, REPORT
 from varmor.kube.client import ApiException
 from varmor.reconcile.cleanup import cleanup
 
 pytestmark = pytest.mark.cluster
 
 
+def holding(nodes: Any, count: int) -> dict[str, Any]:
+    """Status fields saying the node's kernel holds `count` varmor profiles, in the
+    simulated agents' format (the earlier one listed them)."""
+    if nodes.fmt == LEGACY:
+        entry = {"namespace": "x", "sha256": "0" * 64, "mode": "enforce"}
+        return {"profiles": {f"varmor-x-y{i}": entry for i in range(count)}}
+    return {"loaded": count}
+
+
 async def test_uninstall_does_not_wait_for_nodes_whose_agent_is_gone(api_client: Any, nodes: Any) -> None:
     live = await nodes.add("live", heartbeat=True)
     gone = await nodes.add("gone", heartbeat=True)
-    loaded = {"profiles": {"varmor-x-y": {"namespace": "x", "sha256": "0" * 64, "mode": "enforce"}}}
     # the agent on `gone` stopped an hour ago with a profile loaded; `live` has unloaded
-    await nodes.write(gone, {**await nodes.status(gone), **loaded, "heartbeatTime": "2026-01-01T00:00:00Z"})
+    await nodes.write(gone, {**await nodes.status(gone), **holding(nodes, 1), "heartbeatTime": "2026-01-01T00:00:00Z"})
     started = time.monotonic()
     await cleanup(api_client, "no-such-config", unload_timeout=30)
     assert time.monotonic() - started < 10, "waited for an agent that is not there"
@@ -31,11 +40,14 @@ async def test_uninstall_does_not_wait_for_nodes_whose_agent_is_gone(api_client:
         assert missing.value.status == 404
 
 
+@pytest.mark.parametrize("nodes", [REPORT, LEGACY], indirect=True)
 async def test_cleanup_removes_configurations_a_running_leader_re_registered(
-    api_client: Any, namespace: str, nodes: Any
+    api_client: Any, namespace: str, nodes: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The leader keeps running during the hook and re-registers when the policies go;
-    the hook ends by deleting what it wrote, so nothing waits for the garbage collector."""
+    the hook ends by deleting what it wrote, so nothing waits for the garbage collector.
+    The hook waits for the node to unload, told by `loaded` or, from an agent not yet
+    upgraded, by its map of loaded profiles."""
     from tests.helpers import policy, wait_for
     from varmor import api
     from varmor.clock import now_rfc3339
@@ -51,8 +63,7 @@ async def test_cleanup_removes_configurations_a_running_leader_re_registered(
     body = policy("p", namespace, "Pod", selector={})
     await custom.create_namespaced_custom_object(api.GROUP, api.VERSION, namespace, api.VARMOR_POLICY.plural, body)
     node = await nodes.add("busy", heartbeat=True)
-    loaded = {"varmor-x-y": {"namespace": "x", "sha256": "0" * 64, "mode": "enforce"}}
-    await nodes.write(node, {**await nodes.status(node), "profiles": loaded, "heartbeatTime": now_rfc3339()})
+    await nodes.write(node, {**await nodes.status(node), **holding(nodes, 1), "heartbeatTime": now_rfc3339()})
 
     async def still_running_leader() -> None:
         """Once the policies are gone: register again, then (as the agent) unload."""
@@ -68,11 +79,12 @@ async def test_cleanup_removes_configurations_a_running_leader_re_registered(
 
         await wait_for(policy_gone, timeout=60, interval=0.05)
         await raw_request(api_client, "POST", mutating, body={"metadata": {"name": name}, "webhooks": []})
-        await nodes.write(node, {**await nodes.status(node), "profiles": {}, "heartbeatTime": now_rfc3339()})
+        await nodes.write(node, {**await nodes.status(node), **holding(nodes, 0), "heartbeatTime": now_rfc3339()})
 
     leader = asyncio.create_task(still_running_leader())
     deleted = await cleanup(api_client, name, unload_timeout=30)
     await leader
+    assert "still loaded" not in caplog.text  # it waited for the unload, and did not give up on it
     assert deleted == [
         f"MutatingWebhookConfiguration/{name}",
         f"ValidatingWebhookConfiguration/{name}",

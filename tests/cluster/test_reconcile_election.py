@@ -3,12 +3,13 @@
 One leader is SIGKILLed in the middle of reconciling a burst of policies; the standby
 must take over within the lease duration and the end state must be exact: one
 ArmorProfile per policy (none lost, none duplicated), and statuses recomputed from the
-ArmorNodes by the new leader.
+ArmorNodes by the new leader; a leader after that, with no node writing, agrees with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
@@ -20,13 +21,14 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.conftest import purge_policies
+from tests.cluster.conftest import LEGACY, REPORT, purge_policies, quiet
 from tests.helpers import Api, vpol, wait_for
 from varmor import api
 from varmor.dev.cluster import free_port
 from varmor.kube import paths
 from varmor.kube.client import ApiException
 from varmor.kube.kube import Kube
+from varmor.reconcile.policies import PolicyController, Settings
 
 pytestmark = pytest.mark.cluster
 
@@ -113,6 +115,7 @@ async def holder(kube: Kube, namespace: str) -> str:
     return str(lease["spec"].get("holderIdentity") or "")
 
 
+@pytest.mark.parametrize("nodes", [REPORT, LEGACY], indirect=True)
 async def test_failover_mid_reconcile_is_exact(api_client: Any, namespace: str, nodes: Any, leaders: Any) -> None:
     kube = Kube(api_client)
     k = Api(api_client)
@@ -153,25 +156,9 @@ async def test_failover_mid_reconcile_is_exact(api_client: Any, namespace: str, 
 
     # Statuses come from the ArmorNodes alone: n1 loads everything, n2 fails one profile.
     by_name = {ap["metadata"]["name"]: ap for ap in aps}
-    status_n1 = {
-        "phase": "Supported",
-        "ready": True,
-        "profiles": {
-            name: {"namespace": namespace, "sha256": ap["spec"]["profile"]["sha256"], "mode": "enforce"}
-            for name, ap in by_name.items()
-        },
-        "failures": {},
-    }
-    await nodes.write(n1, status_n1)
     bad = f"varmor-{namespace}-p07"
-    status_n2 = {
-        **status_n1,
-        "profiles": {n: e for n, e in status_n1["profiles"].items() if n != bad},
-        "failures": {
-            bad: {"namespace": namespace, "sha256": by_name[bad]["spec"]["profile"]["sha256"], "message": "boom"}
-        },
-    }
-    await nodes.write(n2, status_n2)
+    await nodes.load(n1, *aps)
+    await nodes.report(n2, loaded=[ap for name, ap in by_name.items() if name != bad], failed=[(by_name[bad], "boom")])
 
     async def settled() -> list[dict[str, Any]] | None:
         items = await _policies(k, namespace)
@@ -187,6 +174,40 @@ async def test_failover_mid_reconcile_is_exact(api_client: Any, namespace: str, 
         else:
             assert (st["phase"], st["ready"], st["currentNumberLoaded"]) == ("Protecting", True, 2)
     assert b.proc.poll() is None, b.logs()
+
+    # Failover again, and no node writes: the next leader computes the same for every policy.
+    if nodes.fmt == REPORT:
+        # Every ArmorProfile's status was written after the reports, so its resourceVersion is
+        # past the watermarks: only status.specResourceVersion tells the next leader that the
+        # reports cover its spec.
+        marks = [int((await nodes.status(n))["watermark"]) for n in (n1, n2)]
+        for ap in await profiles_here():
+            assert int(ap["metadata"]["resourceVersion"]) > max(marks)
+            assert int(ap["status"]["specResourceVersion"]) <= min(marks)
+    b.kill()
+    await same_from_a_fresh_leader(api_client, namespace, {p["metadata"]["name"]: p["status"]["ready"] for p in final})
+    leaders("leader-c")  # the teardown deletes the policies through a running leader
+
+
+async def same_from_a_fresh_leader(api_client: Any, namespace: str, ready: dict[str, bool]) -> None:
+    """A fresh PolicyController, started on what the previous leader left, agrees on every
+    policy's readiness and so writes nothing (a write would be a status it computed differently)."""
+    controller = PolicyController(api_client, Settings(namespace, status_delay=0.05))
+    task = asyncio.create_task(controller.run())
+    try:
+        await wait_for(lambda: controller.synced, timeout=30)
+        await wait_for(lambda: quiet(controller), timeout=30, what="the fresh leader done with every policy")
+        assert controller.kube.writes == 0, "the fresh leader changed a status the previous one had right"
+        computed = {
+            name: controller.loads.status(key, controller.watch.lost, lambda node: "").ready
+            for key in list(controller.loads.specs)
+            if key[0] == namespace and (name := key[1].removeprefix(f"varmor-{namespace}-")) in ready
+        }
+        assert computed == ready
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 async def test_graceful_stop_releases_the_lease(api_client: Any, namespace: str, leaders: Any, crds: list[str]) -> None:

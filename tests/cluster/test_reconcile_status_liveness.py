@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from tests.cluster.conftest import LEGACY, REPORT
 from tests.helpers import Api, ManualClock, condition, vpol, wait_for
 from varmor.clock import now_rfc3339, utc_now
 
@@ -21,12 +22,14 @@ def k(api_client: Any) -> Api:
     return Api(api_client)
 
 
+@pytest.mark.parametrize("nodes", [REPORT, LEGACY], indirect=True)
 async def test_node_whose_agent_stops_heartbeating_turns_agent_lost_and_back(
     k: Api, namespace: str, nodes: Any, leader: Any
 ) -> None:
     """Time passing is the only input: the leader runs on a manual wall clock, and the test
     writes heartbeats on the same clock, so "no heartbeat for lost_after" is a fact of the
-    clock readings, not of how busy the machine is."""
+    clock readings, not of how busy the machine is. Both ArmorNode formats (load reports,
+    and the per-profile maps of agents not yet upgraded)."""
     clock = ManualClock(wall=utc_now())
     n1 = await nodes.add("n1")  # no heartbeat field: an agent from before heartbeats, always alive
     n2 = await nodes.add("n2", heartbeat=True, at=clock.now())

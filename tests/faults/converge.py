@@ -1,9 +1,9 @@
 """The end state every fault test asserts once varmor recovered on its own.
 
 For the policies of one namespace: each is Ready at its current generation; there is
-exactly one ArmorProfile per policy and none other (no duplicate, no orphan); every node
-reports each profile loaded at the ArmorProfile's sha256 and no failure; every node's
-kernel holds exactly those profiles. And the user's side of a fault: a request the API
+exactly one ArmorProfile per policy and none other (no duplicate, no orphan); every node's
+load report proves each profile loaded at the ArmorProfile's sha256 and no failure; every
+node's kernel holds exactly those profiles. And the user's side of a fault: a request the API
 server dropped is retried, as kubectl's user would.
 """
 
@@ -17,7 +17,7 @@ import aiohttp
 from kubernetes.aio import client
 from kubernetes.aio.client.exceptions import ApiException
 
-from tests.helpers import wait_for
+from tests.helpers import armor_node_maps, wait_for
 from tests.product import Install
 from varmor import api
 
@@ -69,8 +69,7 @@ async def converged(api_client: Any, install: Install, namespace: str, policies:
     sha = {ap["metadata"]["name"]: ap["spec"]["profile"]["sha256"] for ap in profiles}
     prefix = f"varmor-{namespace}-"
     for node in install.nodes:
-        armor_node = await custom.get_cluster_custom_object(G, V, "armornodes", node)
-        status = armor_node.get("status") or {}
+        status = await armor_node_maps(api_client, node) or {}
         loaded = {n: p["sha256"] for n, p in (status.get("profiles") or {}).items() if n.startswith(prefix)}
         failed = {n: f["message"] for n, f in (status.get("failures") or {}).items() if n.startswith(prefix)}
         if loaded != sha or failed:

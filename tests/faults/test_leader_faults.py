@@ -38,7 +38,8 @@ from varmor.dev.cluster import ControlPlane
 from varmor.kube import paths
 from varmor.kube.client import ApiException
 from varmor.kube.kube import Kube
-from varmor.nodeexec.state import Loaded, NodeState, node_status
+from varmor.loadreport import Ledger
+from varmor.nodeexec.state import node_status
 from varmor.nodeexec.status import StatusWriter
 from varmor.reconcile.policies import PolicyController, Settings
 
@@ -50,11 +51,12 @@ LOST_AFTER = 4.0
 
 
 class SkewedAgent:
-    """The agent's real ArmorNode writer, on a wall clock `skew` off, reporting what it loaded."""
+    """The agent's real ArmorNode writer, on a wall clock `skew` off, reporting what it loaded
+    in the agent's load report (its `Ledger`, fed the ArmorProfiles the test says arrived)."""
 
     def __init__(self, api_client: Any, name: str, skew: dt.timedelta) -> None:
         self.name = name
-        self.state = NodeState()
+        self.ledger = Ledger()
         clock: Clock = lambda: utc_now() + skew  # noqa: E731
         kube = Kube(api_client, component="agent", instance=name)
         self.writer = StatusWriter(
@@ -63,8 +65,15 @@ class SkewedAgent:
         self.task: asyncio.Task[None] | None = None
 
     def build(self) -> dict[str, Any]:
+        report = self.ledger.report(lambda name: None)  # whatever arrived is loaded
         return node_status(
-            supported=True, reason="", parser_version="3.0.8", agent_version="test", ready=True, state=self.state
+            supported=True,
+            reason="",
+            parser_version="3.0.8",
+            agent_version="test",
+            ready=True,
+            report=report,
+            loaded=len(self.ledger.required),
         )
 
     async def start(self) -> None:
@@ -73,8 +82,9 @@ class SkewedAgent:
         self.writer.mark()
 
     def load(self, ap: dict[str, Any]) -> None:
-        prof = ap["spec"]["profile"]
-        self.state.loaded[prof["name"]] = Loaded(ap["metadata"]["namespace"], prof["sha256"], prof["mode"])
+        name = ap["metadata"]["name"]
+        self.ledger.received((ap["metadata"]["namespace"], name), ap, deleted=False)
+        self.ledger.settle(name, self.ledger.begin(name))
         self.writer.mark()
 
     async def stop(self) -> None:
