@@ -1,325 +1,411 @@
-"""Leader benchmark: 100 simulated node agents, 200 policies, one real leader process.
+"""Leader benchmark: simulated node agents, many policies, one real leader process, the
+real kube-apiserver + etcd.
 
-What it measures (against the project's real kube-apiserver + etcd on loopback):
-* policy create -> Ready latency, p50 / p95 (the bench creates all policies at once);
-* the leader process's CPU time and RSS (from /proc) while that happens, and idle;
-* the write cost of one policy change, per node: after everything is Ready, one policy's
-  rules change; count the agents' ArmorNode writes and the leader's writes (from its
-  `varmor_api_writes_total` metric) until that policy is Ready again.
+Commands (without --kubeconfig each starts its own control plane in a temporary
+directory; `K8S_VERSION` picks its release, default the newest):
 
-The simulated agents write their ArmorNodes with the agent's own StatusWriter (its
-debounce, coalescing and pacing): each watches ArmorProfiles (one shared watch here, to
-spare the 2-core machine 100 watches) and reports every profile loaded at its current
-hash; only the parser is left out.
+    # the classic figures: 100 nodes, 200 policies, 20 single creates, 20 changes
+    .venv/bin/python bench/bench_leader.py [--nodes 100] [--policies 200] [--single 20] [--changes 20]
+    # 5,000 nodes x 1,000 policies created at once, then 20 changes one at a time, the
+    # per-write calibration, then 2 rounds of watch fan-out; --json keeps the figures
+    .venv/bin/python bench/bench_leader.py --scale-run --json /tmp/scale.json
+    # watch fan-out alone: K real ArmorProfile watches, the API server's cost per event per watcher
+    .venv/bin/python bench/bench_leader.py --fanout-only [--fanout 500,1000] [--fanout-profiles 50] --json /tmp/fan.json
+    # before/after in one run: the earlier status format and leader (a checkout of the commit
+    # before the load report) against this tree, taking turns, at each scale
+    git worktree add --detach /tmp/varmor-base efd32a9
+    .venv/bin/python bench/bench_leader.py --ab /tmp/varmor-base --ab-scales 300x200,1000x200 --rounds 2 --changes 10
+    # the projection to 10,000 and 50,000 nodes from a scale run's figures (and a fan-out run's)
+    .venv/bin/python bench/bench_leader.py --project /tmp/scale.json,/tmp/fan.json
 
-Run: .venv/bin/python bench/bench_leader.py [--kubeconfig K] [--nodes 100] [--policies 200]
-Without --kubeconfig it starts its own control plane in a temporary directory.
+Options of note: `--load-delay S --groups G` settles each profile after a random 0-S s per
+group of nodes (G ledgers) instead of at once; `--heartbeat S` turns the agents'
+heartbeats on; `--connections` sizes the simulated agents' connection pool; `--tick` is
+how often at most the simulated writers are marked.
+
+What it measures, per phase (burst: every policy created at once, 20 requests in flight;
+changes: one policy changed at a time, each until Ready at its new generation):
+* create/change -> Ready latency, p50 / p95, and all-Ready time of the burst;
+* the agents' ArmorNode writes and their request bodies' bytes, counted where the
+  simulated writers send them (`leader_fleet.CountingKube`), per node and per change;
+* CPU seconds of kube-apiserver, etcd, the controller-manager, the leader (and its parser
+  children), the simulator, and the rest of the machine (other work), from /proc; the
+  leader's peak RSS sampled through the phase;
+* calibration, the leader still running: one small ArmorNode write per node, for the API
+  server's CPU per write and the leader's CPU per ArmorNode event;
+* watch fan-out (`leader_fanout`): what one ArmorProfile watch per agent would add.
+
+The simulated agents (`leader_fleet`) write with the agent's own StatusWriter and build
+the agent's own status (nodes with the same events and instant loads share one Ledger:
+the output says so); `--format old` simulates the earlier map-of-every-profile status
+(run it with `--repo` pointing at a checkout of that tree: its StatusWriter and leader).
+Setup (Nodes, ArmorNodes, the agents' first writes) is not measured. The API server's
+figures (kube-apiserver and etcd CPU, RSS) need the control plane this benchmark starts:
+with --kubeconfig they are left out.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import contextlib
-import os
-import re
-import shutil
-import signal
-import statistics
-import subprocess
 import sys
-import tempfile
-import time
-import urllib.request
 from pathlib import Path
-from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
+
+def _repo() -> Path:
+    """The tree whose varmor is measured (`--repo DIR`; default this one), before any import of it."""
+    argv = sys.argv[1:]
+    for i, arg in enumerate(argv):
+        if arg == "--repo" and i + 1 < len(argv):
+            return Path(argv[i + 1]).resolve()
+        if arg.startswith("--repo="):
+            return Path(arg.split("=", 1)[1]).resolve()
+    return Path(__file__).resolve().parents[1]
+
+
+REPO = _repo()
 sys.path.insert(0, str(REPO))
 
+import argparse  # noqa: E402
+import asyncio  # noqa: E402
+import contextlib  # noqa: E402
+import json  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+import signal  # noqa: E402
+import subprocess  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any  # noqa: E402
+
+from leader_figures import Figures, leader_metrics  # noqa: E402
+from leader_fleet import Fleet, endpoint, setup_nodes  # noqa: E402
+from procstat import Meter  # noqa: E402
+
+from tests import helpers  # noqa: E402
 from varmor import api  # noqa: E402
 from varmor.dev.cluster import ControlPlane, free_port  # noqa: E402
 from varmor.dev.install import install_crds  # noqa: E402
 from varmor.kube import paths  # noqa: E402
 from varmor.kube.client import ApiException, new_api_client  # noqa: E402
 from varmor.kube.informer import Informer  # noqa: E402
-from varmor.kube.kube import JSON_PATCH, Kube  # noqa: E402
-from varmor.nodeexec.status import StatusWriter  # noqa: E402
+from varmor.kube.kube import MERGE_PATCH, Kube  # noqa: E402
 
 INSTALL_NS = "varmor-bench"
 POLICY_NS = "bench"
-DEBOUNCE = 0.5
+RULES = ["disallow-write-core-pattern", "disallow-mount"]
 
 
-def proc_stats(pid: int) -> tuple[float, int, int]:
-    """(cpu seconds, rss kB, peak rss kB) of a process."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    cpu = (int(fields[11]) + int(fields[12])) / ticks
-    status = Path(f"/proc/{pid}/status").read_text()
-    rss = int(re.search(r"VmRSS:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-    hwm = int(re.search(r"VmHWM:\s+(\d+)", status).group(1))  # type: ignore[union-attr]
-    return cpu, rss, hwm
-
-
-def leader_writes(metrics_port: int) -> float:
-    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).read().decode()
-    m = re.search(r'varmor_api_writes_total\{component="reconcile"\} ([0-9.e+]+)', text)
-    return float(m.group(1)) if m else 0.0
-
-
-class Agents:
-    """N simulated agents sharing one ArmorProfile watch; each writes its own ArmorNode."""
-
-    def __init__(self, api_client: Any, names: list[str], pace: float) -> None:
-        self.kube = Kube(api_client)
-        self.names = names
-        self.profiles = Informer(api_client, api.ARMOR_PROFILE, resync_seconds=3600)
-        # The agent's own status writer (coalescing, pacing), minus heartbeats (not measured).
-        self.writers = [StatusWriter(self.kube, n, self.status, heartbeat=0, pace=pace) for n in names]
-        self.seen: dict[tuple[str, str], str | None] = {}
-        self.profiles.add_handler(self._changed)
-
-    @property
-    def writes(self) -> int:
-        return sum(w.writes for w in self.writers)
-
-    async def _changed(self, event: str, obj: Any) -> None:
-        """Only content changes matter to an agent (status writes by the leader do not)."""
-        key = (obj["metadata"].get("namespace", ""), obj["metadata"]["name"])
-        sha = None if event == "DELETED" else obj["spec"]["profile"]["sha256"]
-        if self.seen.get(key) == sha:
-            return
-        self.seen[key] = sha
-        for writer in self.writers:
-            writer.mark()
-
-    def status(self) -> dict[str, Any]:
-        loaded = {
-            ap["metadata"]["name"]: {
-                "namespace": ap["metadata"]["namespace"],
-                "sha256": ap["spec"]["profile"]["sha256"],
-                "mode": ap["spec"]["profile"]["mode"],
-            }
-            for ap in self.profiles.list()
-            if not ap["metadata"].get("deletionTimestamp")
-        }
-        return {
-            "phase": "Supported",
-            "ready": True,
-            "parserVersion": "3.0.8",
-            "agentVersion": "bench",
-            "profiles": loaded,
-            "failures": {},
-        }
-
-    async def run(self) -> None:
-        await asyncio.gather(self.profiles.run(), *(w.run() for w in self.writers))
-
-
-async def setup_nodes(kube: Kube, count: int) -> list[str]:
-    names = []
-    for i in range(count):
-        name = f"bench-node-{i:03d}"
-        try:
-            node = await kube.request("POST", "/api/v1/nodes", body={"metadata": {"name": name}})
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-            node = await kube.request("GET", f"/api/v1/nodes/{name}")
-        body = {
-            "apiVersion": api.API_VERSION,
-            "kind": "ArmorNode",
-            "metadata": {
-                "name": name,
-                "ownerReferences": [{"apiVersion": "v1", "kind": "Node", "name": name, "uid": node["metadata"]["uid"]}],
-            },
-        }
-        with contextlib.suppress(ApiException):
-            await kube.request("POST", paths.custom_path(api.ARMOR_NODE), body=body)
-        status = {
-            "phase": "Supported",
-            "ready": True,
-            "parserVersion": "3.0.8",
-            "agentVersion": "bench",
-            "profiles": {},
-            "failures": {},
-        }
-        await kube.request(
-            "PATCH",
-            paths.custom_path(api.ARMOR_NODE, None, name) + "/status",
-            body=[{"op": "add", "path": "/status", "value": status}],
-            content_type=JSON_PATCH,
-        )
-        names.append(name)
-    return names
-
-
-def policy(i: int, rules: list[str]) -> dict[str, Any]:
+def policy(name: str, rules: list[str]) -> dict[str, Any]:
     return {
         "apiVersion": api.API_VERSION,
         "kind": "VarmorPolicy",
-        "metadata": {"name": f"p{i:03d}"},
+        "metadata": {"name": name},
         "spec": {
-            "target": {"kind": "Deployment", "selector": {"matchLabels": {"app": f"p{i:03d}"}}},
+            "target": {"kind": "Deployment", "selector": {"matchLabels": {"app": name}}},
             "policy": {"enforcer": "AppArmor", "mode": "EnhanceProtect", "enhanceProtect": {"hardeningRules": rules}},
         },
     }
 
 
-def pct(values: list[float], p: float) -> float:
-    values = sorted(values)
-    return values[min(len(values) - 1, round(p / 100 * (len(values) - 1)))]
+def start_leader(kubeconfig: str, metrics_port: int, extra: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
+    log = Path(tempfile.mkstemp(prefix="bench-leader-", suffix=".log")[1])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    argv = [
+        sys.executable,
+        "-m",
+        "varmor.cli",
+        "run",
+        "--roles=leader",
+        f"--kubeconfig={kubeconfig}",
+        f"--namespace={INSTALL_NS}",
+        "--bind-address=127.0.0.1",
+        f"--health-port={free_port()}",
+        f"--metrics-port={metrics_port}",
+        "--no-leader-webhook-tasks",
+        "--log-level=warning",
+        *extra,
+    ]
+    proc = subprocess.Popen(argv, stdout=log.open("wb"), stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    return proc, log
 
 
-async def bench(kubeconfig: str, n_nodes: int, n_policies: int, n_single: int, pace: float) -> None:
+async def until(check: Any, timeout: float, what: str, every: float = 0.1) -> None:
+    """Poll `check()` until true: the tests' one `wait_for`, with this benchmark's argument order."""
+    await helpers.wait_for(check, timeout, every, what=what)
+
+
+async def quiet(fleet: Fleet, gap: float = 1.0, limit: float = 20.0) -> None:
+    """Until the simulated agents sent nothing for `gap` seconds (stragglers counted)."""
+    deadline = time.monotonic() + limit
+    last, since = fleet.kube.sent, time.monotonic()
+    while time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+        if fleet.kube.sent != last:
+            last, since = fleet.kube.sent, time.monotonic()
+        elif time.monotonic() - since >= gap:
+            return
+
+
+async def bench(args: argparse.Namespace, kubeconfig: str, pids: dict[str, int]) -> dict[str, Any]:
     api_client = await new_api_client(kubeconfig)
     kube = Kube(api_client)
     await install_crds(api_client)
     for ns in (INSTALL_NS, POLICY_NS):
         with contextlib.suppress(ApiException):
             await kube.request("POST", "/api/v1/namespaces", body={"metadata": {"name": ns}})
-    names = await setup_nodes(kube, n_nodes)
-    metrics_port = free_port()
-    log = Path(tempfile.mkstemp(prefix="bench-leader-", suffix=".log")[1])
-    leader = subprocess.Popen(  # noqa: ASYNC220 (started once, before measuring)
-        [
-            sys.executable,
-            "-m",
-            "varmor.cli",
-            "run",
-            "--roles=leader",
-            f"--kubeconfig={kubeconfig}",
-            f"--namespace={INSTALL_NS}",
-            "--bind-address=127.0.0.1",
-            f"--health-port={free_port()}",
-            f"--metrics-port={metrics_port}",
-            "--no-leader-webhook-tasks",
-            "--log-level=warning",
-        ],
-        stdout=log.open("wb"),
-        stderr=subprocess.STDOUT,
-        cwd=REPO,
+    fig = Figures(args)
+    t0 = time.monotonic()
+    names = await setup_nodes(kube, args.nodes)
+    fleet = Fleet(
+        api_client,
+        names,
+        endpoint(kubeconfig),
+        connections=args.connections,
+        format=args.format,
+        pace=args.pace,
+        heartbeat=args.heartbeat,
+        tick=args.tick,
+        load_delay=args.load_delay,
+        groups=args.groups,
+        timing={k: v for k, v in (("max_delay", args.max_delay), ("max_pause", args.max_pause)) if v is not None},
     )
-    agents = Agents(api_client, names, pace)
+    tasks = [asyncio.create_task(fleet.run())]
+    await fleet.profiles.wait_synced()
+    fleet.mark_all()
+    await until(lambda: fleet.unwritten() == 0, 600, "every simulated agent's first status write")
+    took = time.monotonic() - t0
+    fig.line(f"setup (not measured): {args.nodes} Nodes + ArmorNodes and first status writes in {took:.1f} s")
+    fig.line(f"fleet: {fleet.describe()}; {args.connections} connections; marks every {args.tick} s")
+    metrics_port = free_port()
+    leader, log = start_leader(kubeconfig, metrics_port, args.leader_arg)
+    meter = Meter({**pids, "leader": leader.pid, "simulator": os.getpid()})
+    tasks.append(asyncio.create_task(meter.sample()))
     policies = Informer(api_client, api.VARMOR_POLICY, namespace=POLICY_NS, resync_seconds=3600)
     created: dict[str, float] = {}
     ready_at: dict[str, float] = {}
 
     async def on_policy(_event: str, obj: Any) -> None:
         name = obj["metadata"]["name"]
-        st = obj.get("status") or {}
-        if st.get("ready") and name in created and name not in ready_at:
+        if (obj.get("status") or {}).get("ready") and name in created and name not in ready_at:
             ready_at[name] = time.monotonic()
 
     policies.add_handler(on_policy)
-    tasks = [asyncio.create_task(agents.run()), asyncio.create_task(policies.run())]
+    tasks.append(asyncio.create_task(policies.run()))
     try:
-        await asyncio.sleep(3)  # leader elected, informers synced
-        cpu0, _, _ = proc_stats(leader.pid)
-        t0 = time.monotonic()
+        await until(
+            lambda: leader_metrics(metrics_port).get("nodes", 0) >= args.nodes,
+            300,
+            "the leader to count every node",
+            1.0,
+        )
         sem = asyncio.Semaphore(20)
 
-        async def create(i: int) -> None:
+        async def create(name: str) -> None:
             async with sem:
-                body = policy(i, ["disallow-write-core-pattern", "disallow-mount"])
-                await kube.request("POST", paths.custom_path(api.VARMOR_POLICY, POLICY_NS), body=body)
-                created[body["metadata"]["name"]] = time.monotonic()
+                await kube.request("POST", paths.custom_path(api.VARMOR_POLICY, POLICY_NS), body=policy(name, RULES))
+                created[name] = time.monotonic()
 
-        await asyncio.gather(*(create(i) for i in range(n_policies)))
-        while len(ready_at) < n_policies:
-            if time.monotonic() - t0 > 600:
-                raise RuntimeError(f"only {len(ready_at)} policies Ready after 600 s; see {log}")
-            await asyncio.sleep(0.1)
-        all_ready = time.monotonic() - t0
-        cpu1, rss1, hwm1 = proc_stats(leader.pid)
-        lat = [ready_at[n] - created[n] for n in created]
+        # -- burst -----------------------------------------------------------------------------
+        burst = [f"p{i:05d}" for i in range(args.policies)]
+        mark = fig.start(meter, fleet, metrics_port)
+        start = time.monotonic()
+        await asyncio.gather(*(create(n) for n in burst))
+        await until(
+            lambda: all(n in ready_at for n in burst), args.timeout, f"all {args.policies} policies Ready; see {log}"
+        )
+        all_ready = time.monotonic() - start
+        fig.burst(
+            mark, fig.start(meter, fleet, metrics_port), fleet, all_ready, [ready_at[n] - created[n] for n in burst]
+        )
+        whole = mark
 
-        # Idle: nothing changes; the leader only renews its lease.
+        # -- idle --------------------------------------------------------------------------------
+        await quiet(fleet)
+        idle = fig.start(meter, fleet, metrics_port)
         await asyncio.sleep(5)
-        cpu_idle0, _, _ = proc_stats(leader.pid)
-        await asyncio.sleep(10)
-        cpu_idle1, rss_idle, _ = proc_stats(leader.pid)
+        fig.idle(idle, fig.start(meter, fleet, metrics_port), fleet)
 
-        # Steady state: one policy at a time on top of the others.
-        single: list[float] = []
-        for i in range(n_policies, n_policies + n_single):
-            name = f"p{i:03d}"
-            await create(i)
-            while name not in ready_at:  # noqa: ASYNC110
-                await asyncio.sleep(0.02)
-            single.append(ready_at[name] - created[name])
+        # -- single creates ---------------------------------------------------------------------
+        if args.single:
+            single = []
+            for i in range(args.single):
+                name = f"s{i:05d}"
+                await create(name)
+                await until(lambda name=name: name in ready_at, 120, f"{name} Ready", 0.02)
+                single.append(ready_at[name] - created[name])
+            fig.single(single)
+            await quiet(fleet)
 
-        # One policy change: count writes until it is Ready at the new hash.
-        agent_w0, leader_w0 = agents.writes, leader_writes(metrics_port)
-        target = "p000"
-        obj = await kube.request("GET", paths.custom_path(api.VARMOR_POLICY, POLICY_NS, target))
-        obj["spec"]["policy"]["enhanceProtect"]["hardeningRules"].append("disallow-umount")
-        t_change = time.monotonic()
-        await kube.request("PUT", paths.custom_path(api.VARMOR_POLICY, POLICY_NS, target), body=obj)
-        while True:
-            cur = policies.get(POLICY_NS, target) or {}
-            st = cur.get("status") or {}
-            if st.get("observedGeneration") == 2 and st.get("ready"):
-                break
-            await asyncio.sleep(0.05)
-        change_latency = time.monotonic() - t_change
-        await asyncio.sleep(3 * DEBOUNCE + 1)  # let stragglers land before counting
-        agent_w = agents.writes - agent_w0
-        leader_w = leader_writes(metrics_port) - leader_w0
-
-        print(f"nodes={n_nodes} policies={n_policies}")
-        print(
-            f"create->Ready: p50={statistics.median(lat):.2f}s p95={pct(lat, 95):.2f}s max={max(lat):.2f}s "
-            f"(all {n_policies} Ready after {all_ready:.1f}s)"
-        )
-        print(
-            f"leader CPU during the burst: {cpu1 - cpu0:.1f}s over {all_ready:.1f}s "
-            f"({100 * (cpu1 - cpu0) / all_ready:.0f}% of one core); "
-            f"RSS {rss1 / 1024:.0f} MiB, peak {hwm1 / 1024:.0f} MiB"
-        )
-        if single:
-            print(
-                f"single create->Ready with {n_policies} policies in place: p50={statistics.median(single):.2f}s "
-                f"p95={pct(single, 95):.2f}s (n={len(single)})"
+        # -- one policy changed at a time -------------------------------------------------------
+        mark = fig.start(meter, fleet, metrics_port)
+        latencies = []
+        for i in range(args.changes):
+            name = burst[i % len(burst)]
+            rules = [*RULES, "disallow-umount"] if (i // len(burst)) % 2 == 0 else RULES
+            path = paths.custom_path(api.VARMOR_POLICY, POLICY_NS, name)
+            changed = time.monotonic()
+            done = await kube.request(
+                "PATCH",
+                path,
+                body={"spec": {"policy": {"enhanceProtect": {"hardeningRules": rules}}}},
+                content_type=MERGE_PATCH,
             )
-        print(f"leader idle: {100 * (cpu_idle1 - cpu_idle0) / 10:.1f}% of one core, RSS {rss_idle / 1024:.0f} MiB")
-        print(
-            f"one policy change: Ready again after {change_latency:.2f}s; writes: agents {agent_w} "
-            f"({agent_w / n_nodes:.2f}/node), leader {leader_w:.0f} ({leader_w / n_nodes:.3f}/node); "
-            f"total {(agent_w + leader_w) / n_nodes:.2f} per node"
-        )
-        print(f"agent writes overall: {agents.writes} ({agents.writes / n_nodes:.1f}/node)")
+            generation = done["metadata"]["generation"]
+
+            def is_ready(name: str = name, generation: int = generation) -> bool:
+                st = ((policies.get(POLICY_NS, name) or {}).get("status")) or {}
+                return bool(st.get("observedGeneration") == generation and st.get("ready"))
+
+            await until(is_ready, 120, f"{name} Ready at generation {generation}", 0.02)
+            latencies.append(time.monotonic() - changed)
+            await quiet(fleet)
+        if args.changes:
+            fig.changes(mark, fig.start(meter, fleet, metrics_port), fleet, latencies)
+        fig.whole(whole, fig.start(meter, fleet, metrics_port))
+
+        # -- calibration: one small write per node, nothing else changing -----------------------
+        if args.calibrate:
+            await fig.calibrate(meter, fleet, metrics_port, kube)
+        if args.fanout_rounds and args.fanout:
+            for task in tasks:
+                task.cancel()
+            leader.send_signal(signal.SIGTERM)
+            leader.wait(timeout=30)
+            try:
+                await fanout(args, kube, kubeconfig, Meter({**pids, "simulator": os.getpid()}), fig)
+            except Exception as exc:  # the figures before it stand
+                fig.line(f"watch fan-out failed: {exc!r}")
+        fig.line(f"leader log: {log}")
     finally:
         for task in tasks:
             task.cancel()
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
-        leader.send_signal(signal.SIGTERM)
-        leader.wait(timeout=20)
+        if leader.poll() is None:
+            leader.send_signal(signal.SIGTERM)
+            leader.wait(timeout=30)
+        await fleet.kube.close()
         await api_client.close()
+    return fig.result
+
+
+async def fanout(args: argparse.Namespace, kube: Kube, kubeconfig: str, meter: Meter, fig: Figures) -> None:
+    from leader_fanout import measure
+
+    text = policy_text()
+    counts = [int(k) for k in args.fanout.split(",") if k]
+    fig.line(
+        f"watch fan-out: {args.fanout_profiles} ArmorProfiles x 4 writes (create, status, spec, status), "
+        f"{counts} raw HTTP/1.1 watches, {args.fanout_rounds} rounds"
+    )
+    got = await measure(kube, kubeconfig, meter, counts, args.fanout_profiles, args.fanout_rounds, text)
+    fig.fanout(got)
+
+
+def policy_text() -> str:
+    """A profile text of the benchmark's policies (what one ArmorProfile carries)."""
+    from varmor.pipeline import compile_policy
+
+    obj = policy("p00000", RULES) | {"metadata": {"name": "p00000", "namespace": POLICY_NS, "uid": "u"}}
+    return compile_policy(obj, INSTALL_NS).profile.text
+
+
+async def fanout_only(args: argparse.Namespace, kubeconfig: str, pids: dict[str, int]) -> dict[str, Any]:
+    api_client = await new_api_client(kubeconfig)
+    try:
+        await install_crds(api_client)
+        fig = Figures(args)
+        await fanout(args, Kube(api_client), kubeconfig, Meter({**pids, "simulator": os.getpid()}), fig)
+        return fig.result
+    finally:
+        await api_client.close()
+
+
+def run_with_plane(args: argparse.Namespace) -> dict[str, Any]:
+    body = fanout_only if args.fanout_only else bench
+    runner: Any = asyncio.run
+    with contextlib.suppress(ImportError):
+        import uvloop
+
+        runner = uvloop.run
+    if args.kubeconfig:
+        return runner(body(args, args.kubeconfig, {}))  # type: ignore[no-any-return]
+    workdir = Path(tempfile.mkdtemp(prefix="varmor-bench-cp-"))
+    plane = ControlPlane(workdir)
+    try:
+        state = plane.start()
+        pids = {name: proc.pid for name, proc in plane.procs.items()}
+        return runner(body(args, state.kubeconfig, pids))  # type: ignore[no-any-return]
+    finally:
+        plane.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--kubeconfig", default=os.environ.get("VARMOR_TEST_KUBECONFIG"))
+    parser.add_argument("--repo", default=None, help="the checkout whose varmor runs (leader and StatusWriter)")
     parser.add_argument("--nodes", type=int, default=100)
     parser.add_argument("--policies", type=int, default=200)
-    parser.add_argument("--single", type=int, default=20, help="policies created one at a time afterwards")
+    parser.add_argument("--single", type=int, default=20, help="policies created one at a time after the burst")
+    parser.add_argument("--changes", type=int, default=20, help="policies changed one at a time after that")
+    parser.add_argument("--format", choices=("new", "old"), default="new", help="the simulated agents' status format")
     parser.add_argument("--pace", type=float, default=2.0, help="the agents' StatusWriter pace (0: no pacing)")
+    parser.add_argument("--heartbeat", type=float, default=0.0, help="agent heartbeat seconds (0: off)")
+    parser.add_argument("--tick", type=float, default=0.25, help="seconds between marks of the simulated writers")
+    parser.add_argument("--max-delay", type=float, default=None, help="what-if: the writers' max delay")
+    parser.add_argument("--max-pause", type=float, default=None, help="what-if: the writers' max pacing pause")
+    parser.add_argument("--load-delay", type=float, default=0.0, help="max random seconds before a load settles")
+    parser.add_argument("--groups", type=int, default=10, help="ledger groups when --load-delay > 0")
+    parser.add_argument("--connections", type=int, default=200, help="the simulated agents' connection pool")
+    parser.add_argument(
+        "--leader-arg", action="append", default=[], help="an extra flag for the leader (e.g. --reconcile-workers=16)"
+    )
+    parser.add_argument("--timeout", type=float, default=900.0, help="seconds the burst may take")
+    parser.add_argument("--calibrate", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--fanout", default="500,1000", help="watcher counts for the fan-out measurement")
+    parser.add_argument("--fanout-profiles", type=int, default=50)
+    parser.add_argument(
+        "--fanout-rounds",
+        type=int,
+        default=None,
+        help="fan-out rounds (default: 2 with --scale-run or --fanout-only)",
+    )
+    parser.add_argument("--fanout-only", action="store_true", help="only the watch fan-out measurement")
+    parser.add_argument("--scale-run", action="store_true", help="5,000 nodes, 1,000 policies, 20 changes, fan-out")
+    parser.add_argument("--json", default=None, help="write the figures to this file")
+    parser.add_argument("--ab", default=None, help="a checkout of the earlier tree: before/after in one run")
+    parser.add_argument("--ab-scales", default="300x200,1000x200")
+    parser.add_argument("--rounds", type=int, default=2, help="A/B rounds")
+    parser.add_argument("--project", default=None, help="print the projection from result files (comma-separated)")
     args = parser.parse_args()
-    if args.kubeconfig:
-        asyncio.run(bench(args.kubeconfig, args.nodes, args.policies, args.single, args.pace))
+    if args.fanout_rounds is None:
+        args.fanout_rounds = 2 if args.scale_run or args.fanout_only else 0
+    if args.scale_run:
+        args.nodes, args.policies, args.single = 5000, 1000, 0
+    if args.project:
+        from leader_project import project
+
+        result: dict[str, Any] = {}
+        for path in args.project.split(","):  # a scale run's figures, then e.g. a fan-out run's
+            data = json.loads(Path(path).read_text())
+            result |= {k: v for k, v in data.items() if k != "config" or k not in result}
+        print("\n".join(project(result)))
         return
-    workdir = Path(tempfile.mkdtemp(prefix="varmor-bench-cp-"))
-    plane = ControlPlane(workdir)
-    try:
-        state = plane.start()
-        asyncio.run(bench(state.kubeconfig, args.nodes, args.policies, args.single, args.pace))
-    finally:
-        plane.stop()
-        shutil.rmtree(workdir, ignore_errors=True)
+    if args.ab:
+        from leader_ab import ab
+
+        ab(Path(args.ab).resolve(), Path(__file__).resolve(), args)
+        return
+    result = run_with_plane(args)
+    text = json.dumps(result)
+    if args.json:
+        Path(args.json).write_text(text)
+    if not args.fanout_only and args.format == "new" and args.nodes >= 1000:
+        from leader_project import project
+
+        print("\n".join(project(result)))
+    print(f"RESULT {text}", flush=True)
 
 
 if __name__ == "__main__":
