@@ -308,6 +308,7 @@ class PolicyController:
                 modeling=plan.active,
                 model_sha256=plan.model_sha256,
             )
+            spec_written = False
             if ap is None:
                 async with self.writer.lock(profile_name):
                     conflict = await self.writer.name_conflict(profile_name, uid)
