@@ -18,7 +18,7 @@ Departures from the agent's code, all to save the simulator's CPU (one process p
 5,000 agents): the writers' wait primitive (wait until marked or a timeout) is one timer
 instead of two tasks (~20 us per wake instead of ~60 us); marks reach a group's writers
 at once after a quiet `tick`, then at most once per `tick` rather than once per event;
-and requests leave through one lean aiohttp session instead of the kubernetes client
+and requests leave through one lean aiohttp client instead of the kubernetes client
 (`CountingKube`), the same method, path, body and content type.
 """
 
@@ -68,7 +68,7 @@ def endpoint(kubeconfig: str) -> Endpoint:
 class CountingKube(Kube):
     """The simulated agents' Kube: sums the bodies of what they send (ArmorNode writes) as
     they leave, and how long each took, so bytes per node per change are measured at the
-    source. Requests go out through one lean aiohttp session (the same method, path,
+    source. Requests go out through one lean aiohttp client (the same method, path,
     body and content type as `Kube.request`; the kubernetes client's own per-request
     CPU is each real agent's, on its own node, and would only crowd this one process)."""
 
