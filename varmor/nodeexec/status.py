@@ -245,8 +245,10 @@ class StatusWriter:
 
     def pause(self, now: float) -> float:
         """Seconds to hold the next full write at monotonic time `now`, so writes pace
-        themselves to the API server."""
-        if self.pace <= 0 or self._last is None:
+        themselves to the API server. A failed write does not lift it: the retry after an
+        unknown outcome (a timeout) is paced too, or retries would add load exactly when the
+        API server is behind."""
+        if self.pace <= 0 or self.writes == 0:
             return 0.0
         gap = min(self.max_pause, self.pace * self._last_duration)
         return max(0.0, self._last_write + gap - now)
