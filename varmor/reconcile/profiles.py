@@ -140,21 +140,6 @@ def merged_for_update(existing: Mapping[str, Any], desired: Mapping[str, Any]) -
     return {**existing, "metadata": meta, "spec": desired["spec"]}
 
 
-def changed_profiles(old: Mapping[str, Any] | None, new: Mapping[str, Any] | None) -> set[str] | None:
-    """Profile names whose entries differ between two versions of an ArmorNode, or None
-    when the node as a whole changed (appeared, went away, phase or readiness)."""
-    if old is None or new is None:
-        return None
-    os_, ns_ = old.get("status") or {}, new.get("status") or {}
-    if os_.get("phase") != ns_.get("phase") or os_.get("ready") != ns_.get("ready"):
-        return None
-    changed: set[str] = set()
-    for field in ("profiles", "failures"):
-        a, b = os_.get(field) or {}, ns_.get(field) or {}
-        changed.update(k for k in set(a) | set(b) if a.get(k) != b.get(k))
-    return changed
-
-
 def transition_events(previous: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[Severity, str, str]]:
     """One Event per condition that changed reason (state changes only, never per pass)."""
     old = {c.get("type"): c for c in previous.get("conditions") or []}
